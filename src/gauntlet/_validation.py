@@ -1,0 +1,155 @@
+"""Declarative validation of hyperparameters, in the style of scikit-learn.
+
+A class lists its constraints once (``{"eps": [Interval(float, 0, None, closed="neither")]}``)
+and :func:`validate_params` checks a dict of values against them, raising
+:class:`~gauntlet.errors.ConfigError` with one uniform message.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gauntlet.errors import ConfigError
+
+
+class Constraint:
+    def is_satisfied_by(self, value: Any) -> bool:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Interval(Constraint):
+    """A real or integral number in an interval; ``None`` bounds are open-ended."""
+
+    kind: type
+    low: float | None
+    high: float | None
+    closed: str = "both"  # "both" | "left" | "right" | "neither"
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        if isinstance(value, bool):
+            return False
+        if self.kind is int and not isinstance(value, numbers.Integral):
+            return False
+        if self.kind is float and not isinstance(value, numbers.Real):
+            return False
+        v = float(value)
+        if not math.isfinite(v):
+            return False
+        if self.low is not None:
+            if self.closed in ("both", "left") and v < self.low:
+                return False
+            if self.closed in ("right", "neither") and v <= self.low:
+                return False
+        if self.high is not None:
+            if self.closed in ("both", "right") and v > self.high:
+                return False
+            if self.closed in ("left", "neither") and v >= self.high:
+                return False
+        return True
+
+    def describe(self) -> str:
+        name = "an int" if self.kind is int else "a finite number"
+        parts = []
+        if self.low is not None:
+            parts.append((">= " if self.closed in ("both", "left") else "> ") + _fmt(self.low))
+        if self.high is not None:
+            parts.append(("<= " if self.closed in ("both", "right") else "< ") + _fmt(self.high))
+        return name + (" " + " and ".join(parts) if parts else "")
+
+
+@dataclass(frozen=True)
+class Options(Constraint):
+    """One of a fixed set of values."""
+
+    values: frozenset
+
+    def __init__(self, values: Iterable[Any]) -> None:
+        object.__setattr__(self, "values", frozenset(values))
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        try:
+            return value in self.values
+        except TypeError:
+            return False
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in sorted(self.values, key=str))
+
+
+@dataclass(frozen=True)
+class IsNone(Constraint):
+    def is_satisfied_by(self, value: Any) -> bool:
+        return value is None
+
+    def describe(self) -> str:
+        return "None"
+
+
+@dataclass(frozen=True)
+class Boolean(Constraint):
+    def is_satisfied_by(self, value: Any) -> bool:
+        return isinstance(value, bool)
+
+    def describe(self) -> str:
+        return "a bool"
+
+
+@dataclass(frozen=True)
+class SequenceOf(Constraint):
+    """A non-empty list/tuple whose every item satisfies ``item``."""
+
+    item: Constraint
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or len(value) == 0:
+            return False
+        return all(self.item.is_satisfied_by(v) for v in value)
+
+    def describe(self) -> str:
+        return "a non-empty list of " + self.item.describe()
+
+
+@dataclass(frozen=True)
+class Check(Constraint):
+    """An arbitrary predicate with a description."""
+
+    predicate: Callable[[Any], bool]
+    description: str
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        try:
+            return bool(self.predicate(value))
+        except Exception:
+            return False
+
+    def describe(self) -> str:
+        return self.description
+
+
+def _fmt(v: float) -> str:
+    return repr(int(v)) if float(v).is_integer() else repr(v)
+
+
+def validate_params(
+    owner: str,
+    params: Mapping[str, Any],
+    constraints: Mapping[str, Sequence[Constraint]],
+    error: type[ConfigError] = ConfigError,
+) -> None:
+    """Raise ``error`` for the first parameter that satisfies none of its constraints."""
+    for key, allowed in constraints.items():
+        if key not in params:
+            continue
+        value = params[key]
+        if any(c.is_satisfied_by(value) for c in allowed):
+            continue
+        wanted = " or ".join(c.describe() for c in allowed)
+        raise error(f"{owner}: parameter {key!r} must be {wanted}, got {value!r}")

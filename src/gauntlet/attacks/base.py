@@ -1,0 +1,298 @@
+"""The attack base class: it owns every invariant, subclasses implement only the search.
+
+``Attack.run`` validates the model and the data, checks capabilities, seeds an explicit
+``torch.Generator``, puts the model in attack mode (eval, frozen weights) and restores it,
+splits into batches, projects the result into the ε-ball and the input bounds, recomputes
+success with the model, counts queries and gradient evaluations, and times the call.
+"""
+
+from __future__ import annotations
+
+import abc
+import inspect
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from gauntlet import norms as N
+from gauntlet._validation import Constraint, Interval, IsNone, Options, validate_params
+from gauntlet.attacks.result import AttackResult
+from gauntlet.errors import CapabilityError, ConfigError, DataError
+from gauntlet.models.base import Model
+from gauntlet.threat import as_eps_tuple
+
+STEPS = [Interval(int, 1, None)]
+POSITIVE = [Interval(float, 0, None, closed="neither")]
+OPTIONAL_POSITIVE = [Interval(float, 0, None, closed="neither"), IsNone()]
+BATCH_SIZE = [Interval(int, 1, None), IsNone()]
+
+
+@dataclass
+class Context:
+    """What an attack's search may use during one ``run`` call."""
+
+    model: Model
+    generator: torch.Generator
+    targeted: bool
+    num_classes: int
+    bounds: tuple[float, float]
+    target: Tensor | None = None  # per batch, set by the base class when targeted
+    info: dict[str, Any] = field(default_factory=dict)  # extras the attack reports in AttackResult.info
+
+    def goal_labels(self, y: Tensor) -> Tensor:
+        """Labels the loss is computed against (the target class when targeted)."""
+        return self.target if self.targeted and self.target is not None else y
+
+    def is_adversarial(self, logits: Tensor, y: Tensor) -> Tensor:
+        pred = logits.argmax(dim=1)
+        return pred == self.target if self.targeted and self.target is not None else pred != y
+
+    def clip(self, x: Tensor) -> Tensor:
+        return x.clamp(self.bounds[0], self.bounds[1])
+
+
+def loss_and_grad(
+    model: Model, x: Tensor, loss_fn: Callable[[Tensor], Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    """One forward+backward pass: per-sample loss ``(N,)``, its input gradient, and the logits.
+
+    Counts ``N`` queries and ``N`` gradient evaluations on the model.
+    """
+    xg = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model.scores(xg)
+        loss = loss_fn(logits)
+        (grad,) = torch.autograd.grad(loss.sum(), xg)
+    model.grad_evals += int(x.shape[0])
+    return loss.detach(), grad, logits.detach()
+
+
+class Attack(abc.ABC):
+    """Base class of every attack.
+
+    Subclasses set the class attributes below, take their hyperparameters as keyword-only
+    ``__init__`` arguments stored unchanged on ``self`` (so ``get_params`` can rebuild them),
+    and implement :meth:`_attack`.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    requires: ClassVar[frozenset[str]] = frozenset({"gradients"})
+    norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
+    minimal: ClassVar[bool] = False  # minimal-norm attack: eps is optional
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
+
+    # ---------------------------------------------------------------------------------------
+    # hyperparameters
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters exactly as given (or defaulted) at construction."""
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
+
+    def _validate(self) -> None:
+        """Check hyperparameters; called at the end of every subclass ``__init__``."""
+        params = self.get_params()
+        constraints = dict(self._parameter_constraints)
+        if "norm" in params:
+            constraints["norm"] = [Options(self.norms)]
+        if "targeted" in params:
+            constraints["targeted"] = [Options((True, False))]
+        if "batch_size" in params:
+            constraints.setdefault("batch_size", BATCH_SIZE)
+        validate_params(self.name, params, constraints)
+        if "eps" in params:
+            if params["eps"] is None:
+                if not self.minimal:
+                    raise ConfigError(f"{self.name}: eps is required (a number > 0 or a list of them)")
+            else:
+                as_eps_tuple(params["eps"], owner=self.name)
+
+    # ---------------------------------------------------------------------------------------
+    # the front door
+    def run(
+        self,
+        model: Model,
+        x: Tensor,
+        y: Tensor,
+        *,
+        seed: int = 0,
+        target: Tensor | None = None,
+    ) -> AttackResult:
+        """Attack ``model`` on inputs ``x`` with true labels ``y``.
+
+        Args:
+            model: a :class:`gauntlet.models.Model` (e.g. ``TorchModel(net, bounds=(0, 1))``).
+            x: float tensor ``(N, ...)`` inside the model's bounds.
+            y: int64 labels ``(N,)``.
+            seed: seeds the attack's own ``torch.Generator`` (the global RNG is never used).
+            target: for targeted attacks, the class to reach per sample; drawn at random
+                (≠ y, from ``seed``) when omitted.
+        """
+        x, y = self._check_inputs(model, x, y)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ConfigError(f"{self.name}: seed must be an int >= 0, got {seed!r}")
+        params = self.get_params()
+        targeted = bool(params.get("targeted", False))
+        num_classes = model.infer_num_classes(x)
+        self._check_labels(y, num_classes, "y")
+        generator = torch.Generator(device=x.device).manual_seed(seed)
+        if targeted:
+            if target is None:
+                offset = torch.randint(1, num_classes, y.shape, generator=generator, device=y.device)
+                target = (y + offset) % num_classes
+            else:
+                target = self._check_target(target, y, num_classes)
+        elif target is not None:
+            raise ConfigError(f"{self.name}: target was given but the attack is untargeted; pass targeted=True")
+
+        eps_given = params.get("eps")
+        multi = isinstance(eps_given, (list, tuple))
+        eps_values: tuple[float | None, ...] = as_eps_tuple(eps_given, self.name) if eps_given is not None else (None,)
+        norm = params.get("norm", self.norms[0])
+        batch_size = params.get("batch_size") or x.shape[0]
+        lo, hi = model.bounds
+
+        q0, g0 = model.queries, model.grad_evals
+        t0 = time.perf_counter()
+        with model.attack_mode():
+            ctx = Context(model, generator, targeted, num_classes, (lo, hi))
+            clean_pred = self._predict(model, x, batch_size)
+            advs: list[Tensor] = []
+            for eps in (eps_values if not self.minimal else (None,)):
+                parts = []
+                for s in range(0, x.shape[0], batch_size):
+                    xb, yb = x[s : s + batch_size], y[s : s + batch_size]
+                    ctx.target = target[s : s + batch_size] if target is not None else None
+                    out = self._attack(ctx, xb, yb, eps)
+                    parts.append(out.detach().to(x.dtype))
+                advs.append(torch.cat(parts))
+            if self.minimal:
+                advs = advs * len(eps_values)
+            xs, succ, nrm = [], [], []
+            for eps, adv in zip(eps_values, advs):
+                delta = adv - x
+                if eps is not None:
+                    delta = N.project(delta, norm, eps)
+                adv = (x + delta).clamp(lo, hi)
+                pred = self._predict(model, adv, batch_size)
+                xs.append(adv)
+                succ.append(pred == target if targeted else pred != y)  # type: ignore[operator]
+                nrm.append(N.norm(adv - x, norm))
+        seconds = time.perf_counter() - t0
+        stack = (lambda t: torch.stack(t)) if multi else (lambda t: t[0])
+        return AttackResult(
+            attack=self.name,
+            x_adv=stack(xs),
+            success=stack(succ),
+            norms=stack(nrm),
+            norm=norm,
+            eps=tuple(eps_values) if multi else eps_values[0],  # type: ignore[arg-type]
+            targeted=targeted,
+            y=y,
+            target=target,
+            clean_correct=clean_pred == y,
+            queries=model.queries - q0,
+            grad_evals=model.grad_evals - g0,
+            seed=seed,
+            params=params,
+            seconds=seconds,
+            info=ctx.info,
+        )
+
+    @abc.abstractmethod
+    def _attack(self, ctx: Context, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
+        """Search for adversarial inputs for one batch and one ε; return ``x_adv`` like ``x``.
+
+        The base class projects the return value into the ε-ball and the bounds and decides
+        success itself, so the search need not be exact about either.
+        """
+
+    # ---------------------------------------------------------------------------------------
+    # validation helpers
+    @staticmethod
+    def _predict(model: Model, x: Tensor, batch_size: int) -> Tensor:
+        return torch.cat([model.predict(x[s : s + batch_size], count=False) for s in range(0, x.shape[0], batch_size)])
+
+    def _check_inputs(self, model: Model, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        from gauntlet.attacks.registry import list_attacks, get_attack_class
+
+        if not isinstance(model, Model):
+            hint = " wrap it: gauntlet.models.TorchModel(module, bounds=(0, 1))" if isinstance(model, torch.nn.Module) else ""
+            raise ConfigError(f"{self.name}: model must be a gauntlet Model, got {type(model).__name__};{hint}".rstrip(";"))
+        missing = self.requires - model.capabilities
+        if missing:
+            alternatives = [
+                n for n in list_attacks() if get_attack_class(n).requires <= model.capabilities
+            ]
+            alt = f"; use {' or '.join(repr(a) for a in alternatives)} instead" if alternatives else ""
+            raise CapabilityError(
+                f"{self.name} needs {', '.join(sorted(missing))} but {type(model).__name__} offers only "
+                f"{', '.join(sorted(model.capabilities))}{alt}"
+            )
+        check_batch(x, model, where=self.name)
+        if not isinstance(y, Tensor):
+            raise DataError(f"{self.name}: y must be a torch.Tensor of int64 labels, got {type(y).__name__}")
+        if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+            raise DataError(f"{self.name}: y must hold integer class labels, got dtype {y.dtype}; use y.long()")
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise DataError(
+                f"{self.name}: y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}"
+            )
+        if y.device != x.device:
+            raise DataError(f"{self.name}: x is on {x.device} but y on {y.device}; put both on one device")
+        return x.detach(), y.to(torch.int64)
+
+    def _check_labels(self, y: Tensor, num_classes: int, what: str) -> None:
+        if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+            raise DataError(
+                f"{self.name}: {what} holds labels in [{int(y.min())}, {int(y.max())}] but the model has "
+                f"{num_classes} classes (labels must be in [0, {num_classes - 1}])"
+            )
+
+    def _check_target(self, target: Tensor, y: Tensor, num_classes: int) -> Tensor:
+        if not isinstance(target, Tensor) or target.dtype.is_floating_point or target.shape != y.shape:
+            raise DataError(f"{self.name}: target must be an integer tensor of shape {tuple(y.shape)}")
+        target = target.to(device=y.device, dtype=torch.int64)
+        self._check_labels(target, num_classes, "target")
+        return target
+
+
+def check_batch(x: Tensor, model: Model, where: str) -> None:
+    """Validate a batch of inputs against a model's input spec (raises :class:`DataError`)."""
+    spec = model.input_spec
+    if not isinstance(x, Tensor):
+        conv = " (convert with torch.from_numpy(x).float())" if type(x).__module__ == "numpy" else ""
+        raise DataError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}{conv}")
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise DataError(f"{where}: x must be a non-empty batch of shape (N, ...), got shape {tuple(x.shape)}")
+    if not x.dtype.is_floating_point:
+        raise DataError(f"{where}: x must be a float tensor, got {x.dtype}; scale it into the model's bounds {spec.bounds} and use .float()")
+    if x.dtype != spec.dtype:
+        raise DataError(f"{where}: x has dtype {x.dtype} but the model expects {spec.dtype}; convert with x.to({spec.dtype})")
+    if spec.shape is not None and tuple(x.shape[1:]) != spec.shape:
+        raise DataError(f"{where}: x has per-sample shape {tuple(x.shape[1:])} but the model expects {spec.shape}")
+    if x.device != model.device:
+        raise DataError(f"{where}: x is on {x.device} but the model is on {model.device}; move one of them")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
+        raise DataError(f"{where}: x contains NaN or inf in {bad} sample(s); clean or drop them")
+    lo, hi = spec.bounds
+    xmin, xmax = float(x.min()), float(x.max())
+    if xmin < lo or xmax > hi:
+        raise DataError(
+            f"{where}: x has values in [{xmin:.4g}, {xmax:.4g}] outside the model's bounds [{lo:g}, {hi:g}]; "
+            "rescale x (e.g. x / 255) or declare the model's bounds"
+        )
+

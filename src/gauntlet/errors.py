@@ -1,0 +1,68 @@
+"""The one exception tree of Gauntlet.
+
+Every error a user can cause derives from :class:`GauntletError`; its message is one
+line that says what is wrong and what to do about it.  The CLI prints that line (never a
+traceback) and exits with code 2.
+
+::
+
+    GauntletError
+    ├── ConfigError            bad hyperparameter, unknown name, broken spec
+    │   ├── ThreatModelError   bad norm / ε / targeting
+    │   └── UnknownNameError   a registry name that does not exist
+    ├── CapabilityError        attack needs gradients/scores the model does not offer
+    ├── DataError              bad x / y: shape, dtype, NaN/inf, range, labels
+    ├── ModelLoadError         missing, corrupt or unsupported model file
+    │   └── UntrustedFileError a pickle refused without trust=True / --trust
+    └── BudgetExceeded         a query budget was used up
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "GauntletError",
+    "ConfigError",
+    "ThreatModelError",
+    "UnknownNameError",
+    "CapabilityError",
+    "DataError",
+    "ModelLoadError",
+    "UntrustedFileError",
+    "BudgetExceeded",
+]
+
+
+class GauntletError(Exception):
+    """Base class of every error Gauntlet raises on purpose."""
+
+
+class ConfigError(GauntletError, ValueError):
+    """A hyperparameter, option or configuration value is invalid."""
+
+
+class ThreatModelError(ConfigError):
+    """The threat model (norm, ε, targeting, budget) is invalid."""
+
+
+class UnknownNameError(ConfigError, LookupError):
+    """A registry name (attack, defense, dataset) does not exist."""
+
+
+class CapabilityError(GauntletError, TypeError):
+    """The model lacks a capability (gradients, scores) that the attack needs."""
+
+
+class DataError(GauntletError, ValueError):
+    """Inputs or labels are malformed: shape, dtype, non-finite values, range, labels."""
+
+
+class ModelLoadError(GauntletError, OSError):
+    """A model file is missing, corrupt, or of an unsupported format."""
+
+
+class UntrustedFileError(ModelLoadError):
+    """Loading this file would unpickle arbitrary code; pass trust=True only for files you trust."""
+
+
+class BudgetExceeded(GauntletError, RuntimeError):
+    """A query budget was exhausted."""

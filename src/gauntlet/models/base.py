@@ -1,0 +1,123 @@
+"""The ``Model`` protocol every attack, defense and metric talks to.
+
+A model declares its **capabilities** (``"gradients"``, ``"scores"``, ``"labels"``), its
+:class:`InputSpec` (per-sample shape, dtype, value bounds), its number of classes and what its
+scores are (``"logits"`` or ``"probabilities"``), and counts every query.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from gauntlet.errors import CapabilityError, DataError
+
+Capability = Literal["gradients", "scores", "labels"]
+Output = Literal["logits", "probabilities", "labels"]
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What a model accepts: per-sample ``shape`` (``None`` = any), ``dtype`` and value ``bounds``."""
+
+    shape: tuple[int, ...] | None = None
+    dtype: torch.dtype = torch.float32
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.bounds
+        if not (float(lo) < float(hi)):
+            raise DataError(f"InputSpec: bounds must be (low, high) with low < high, got {self.bounds!r}")
+
+
+class Model(abc.ABC):
+    """Base class of model adapters.
+
+    Subclasses implement :meth:`_forward` (a batch in, scores or labels out) and set
+    ``capabilities``, ``input_spec``, ``output`` and ``num_classes``.  The public
+    :meth:`scores` / :meth:`predict` count queries (one per sample); attacks obtain gradients
+    through :meth:`scores` on a tensor that requires grad, which only models with the
+    ``"gradients"`` capability support.
+    """
+
+    capabilities: frozenset[str]
+    input_spec: InputSpec
+    output: Output
+    _num_classes: int | None
+
+    def __init__(self) -> None:
+        self.queries = 0
+        self.grad_evals = 0
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def num_classes(self) -> int | None:
+        return self._num_classes
+
+    @property
+    def bounds(self) -> tuple[float, float]:
+        return self.input_spec.bounds
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def has(self, capability: str) -> bool:
+        return capability in self.capabilities
+
+    def reset_counters(self) -> None:
+        self.queries = 0
+        self.grad_evals = 0
+
+    # -- queries -----------------------------------------------------------------------------
+    @abc.abstractmethod
+    def _forward(self, x: Tensor) -> Tensor:
+        """Scores ``(N, C)`` (or labels ``(N,)`` for labels-only models) for a batch."""
+
+    def scores(self, x: Tensor, *, count: bool = True) -> Tensor:
+        """Logits or probabilities, shape ``(N, num_classes)``; one query per sample."""
+        if "scores" not in self.capabilities:
+            raise CapabilityError(
+                f"{type(self).__name__} returns labels only, not scores; use a decision-based attack"
+            )
+        if count:
+            self.queries += int(x.shape[0])
+        return self._forward(x)
+
+    __call__ = scores
+
+    def predict(self, x: Tensor, *, count: bool = True) -> Tensor:
+        """Predicted labels, shape ``(N,)``, int64; one query per sample."""
+        if count:
+            self.queries += int(x.shape[0])
+        with torch.no_grad():
+            out = self._forward(x)
+        return out.argmax(dim=1) if out.dim() == 2 else out.to(torch.int64)
+
+    # -- attack support ----------------------------------------------------------------------
+    @contextlib.contextmanager
+    def attack_mode(self) -> Iterator[None]:
+        """Context in which attacks run (eval mode, frozen parameters); restores state on exit."""
+        yield
+
+    def infer_num_classes(self, x: Tensor) -> int:
+        """Number of classes, found with one uncounted query on ``x[:1]`` if not declared."""
+        if self._num_classes is None:
+            with torch.no_grad():
+                out = self._forward(x[:1])
+            if out.dim() != 2:
+                raise DataError(
+                    f"{type(self).__name__}: cannot infer num_classes from a labels-only model; pass num_classes="
+                )
+            self._num_classes = int(out.shape[1])
+        return self._num_classes
+
+    def __repr__(self) -> str:
+        caps = ",".join(sorted(self.capabilities))
+        return f"{type(self).__name__}(capabilities={caps}, num_classes={self._num_classes}, bounds={self.bounds})"

@@ -1,0 +1,115 @@
+"""White-box adapter for a ``torch.nn.Module``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from gauntlet._validation import Interval, IsNone, Options, validate_params
+from gauntlet.errors import ConfigError
+from gauntlet.models.base import InputSpec, Model
+
+
+def _stat(v: float | Sequence[float] | Tensor | None, name: str) -> Tensor | None:
+    if v is None:
+        return None
+    t = torch.as_tensor(v, dtype=torch.float32)
+    if t.dim() > 1 or not torch.isfinite(t).all():
+        raise ConfigError(f"TorchModel: {name} must be a number or a 1-D list (one per channel) of finite numbers")
+    if name == "std" and (t <= 0).any():
+        raise ConfigError("TorchModel: std must be > 0 in every channel")
+    return t
+
+
+class TorchModel(Model):
+    """A PyTorch module as a white-box model (capabilities: gradients, scores, labels).
+
+    Args:
+        module: the network; it receives ``(x - mean) / std`` and must return logits
+            (or probabilities, with ``output="probabilities"``).
+        bounds: the valid input range, e.g. ``(0.0, 1.0)`` for images scaled to [0, 1].
+        num_classes: number of classes; inferred from one forward pass when omitted.
+        mean, std: optional per-channel normalisation applied *inside* the adapter, so that
+            attacks work in input space and ε means what the user thinks it means.
+        input_shape: per-sample input shape, checked on every attack call when given.
+        output: ``"logits"`` (default) or ``"probabilities"``.
+    """
+
+    capabilities = frozenset({"gradients", "scores", "labels"})
+
+    def __init__(
+        self,
+        module: nn.Module,
+        *,
+        bounds: tuple[float, float] = (0.0, 1.0),
+        num_classes: int | None = None,
+        mean: float | Sequence[float] | Tensor | None = None,
+        std: float | Sequence[float] | Tensor | None = None,
+        input_shape: Sequence[int] | None = None,
+        output: str = "logits",
+    ) -> None:
+        super().__init__()
+        if not isinstance(module, nn.Module):
+            raise ConfigError(
+                f"TorchModel: module must be a torch.nn.Module, got {type(module).__name__}; "
+                "for other callables use gauntlet.models.CallableModel"
+            )
+        validate_params(
+            "TorchModel",
+            {"num_classes": num_classes, "output": output},
+            {"num_classes": [Interval(int, 2, None), IsNone()], "output": [Options(("logits", "probabilities"))]},
+        )
+        try:
+            lo, hi = (float(bounds[0]), float(bounds[1]))
+        except (TypeError, ValueError, IndexError):
+            raise ConfigError(f"TorchModel: bounds must be a pair (low, high), got {bounds!r}") from None
+        if not lo < hi:
+            raise ConfigError(f"TorchModel: bounds must satisfy low < high, got {bounds!r}")
+        self.module = module
+        p = next(iter(module.parameters()), None)
+        dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
+        self._device = p.device if p is not None else torch.device("cpu")
+        self.input_spec = InputSpec(tuple(int(s) for s in input_shape) if input_shape else None, dtype, (lo, hi))
+        self.output = output  # type: ignore[assignment]
+        self._num_classes = num_classes
+        self.mean = _stat(mean, "mean")
+        self.std = _stat(std, "std")
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    def _normalize(self, x: Tensor) -> Tensor:
+        if self.mean is None and self.std is None:
+            return x
+        shape = (1, -1) + (1,) * (x.dim() - 2) if x.dim() > 2 else (1, -1)
+        if self.mean is not None:
+            m = self.mean.to(x.device, x.dtype)
+            x = x - (m.view(shape) if m.dim() == 1 else m)
+        if self.std is not None:
+            s = self.std.to(x.device, x.dtype)
+            x = x / (s.view(shape) if s.dim() == 1 else s)
+        return x
+
+    def _forward(self, x: Tensor) -> Tensor:
+        return self.module(self._normalize(x))
+
+    @contextlib.contextmanager
+    def attack_mode(self) -> Iterator[None]:
+        """Eval mode and frozen parameters (no weight gradients are computed during an attack);
+        the module's training flags and each parameter's ``requires_grad`` are restored on exit."""
+        modes = [(m, m.training) for m in self.module.modules()]
+        flags = [(p, p.requires_grad) for p in self.module.parameters()]
+        try:
+            self.module.eval()
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield
+        finally:
+            for m, t in modes:
+                m.training = t
+            for p, f in flags:
+                p.requires_grad_(f)

@@ -1,0 +1,36 @@
+"""Fast, small hyperparameters per registered attack for the contract suite.
+
+Every registered attack must have an entry here (a test enforces it), so no attack can dodge
+the contract suite.  ``eps`` is added by the tests.
+"""
+
+FAST_PARAMS: dict[str, dict] = {
+    "fgsm": {},
+    "bim": {"steps": 5},
+    "pgd": {"steps": 5},
+    "mifgsm": {"steps": 5},
+    "apgd_ce": {"steps": 10},
+    "apgd_dlr": {"steps": 10},
+    "apgd_t": {"steps": 5, "n_target_classes": 2},
+    "cw_l2": {"steps": 20, "binary_search_steps": 3},
+    "deepfool": {"steps": 20},
+    "fab": {"steps": 10, "n_target_classes": 2},
+    "square": {"max_queries": 50},
+    "autoattack": {"version": "fast-test"},
+}
+
+# norms each attack supports in the contract suite (first is the default)
+NORMS: dict[str, tuple[str, ...]] = {
+    "fgsm": ("linf", "l2", "l1"),
+    "bim": ("linf", "l2", "l1"),
+    "pgd": ("linf", "l2", "l1"),
+    "mifgsm": ("linf", "l2"),
+    "apgd_ce": ("linf", "l2"),
+    "apgd_dlr": ("linf", "l2"),
+    "apgd_t": ("linf", "l2"),
+    "cw_l2": ("l2",),
+    "deepfool": ("l2", "linf"),
+    "fab": ("linf", "l2"),
+    "square": ("linf", "l2"),
+    "autoattack": ("linf", "l2"),
+}
