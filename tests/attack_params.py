@@ -16,7 +16,7 @@ FAST_PARAMS: dict[str, dict] = {
     "deepfool": {"steps": 20},
     "fab": {"steps": 10, "n_target_classes": 2},
     "square": {"max_queries": 50},
-    "autoattack": {"version": "fast-test"},
+    "autoattack": {"steps": 5, "n_target_classes": 2, "square_queries": 50},
 }
 
 # norms each attack supports in the contract suite (first is the default)

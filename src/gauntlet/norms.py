@@ -81,20 +81,31 @@ def normalize(g: Tensor, p: str) -> Tensor:
     return g / n.view(-1, *([1] * (g.dim() - 1)))
 
 
-def steepest_ascent(g: Tensor, p: str, sparsity: float = 0.99) -> Tensor:
+def steepest_ascent(
+    g: Tensor,
+    p: str,
+    sparsity: float = 0.99,
+    x: Tensor | None = None,
+    bounds: tuple[float, float] | None = None,
+) -> Tensor:
     """Direction ``d`` with ``||d||_p = 1`` maximising ``<g, d>`` (approximately for L1).
 
     For L1 the exact maximiser puts all mass on one coordinate, which makes PGD crawl; we use
-    the usual sparse variant (Tramèr & Boneh 2019): the sign of the top ``1 - sparsity`` share of
-    coordinates by magnitude, scaled to unit L1 norm.
+    the sparse variant of Tramèr & Boneh (2019): the sign of the top ``1 - sparsity`` share of
+    coordinates by magnitude (at least ``min(d, 10)``), scaled to unit L1 norm.  Given the
+    current point ``x`` and the box ``bounds``, coordinates already at the bound the step would
+    push through are skipped, so the L1 budget is not wasted on moves the clipping undoes.
     """
     if p == "linf":
         return g.sign()
     if p == "l2":
         return normalize(g, "l2")
     if p == "l1":
+        if x is not None and bounds is not None:
+            blocked = ((x <= bounds[0]) & (g < 0)) | ((x >= bounds[1]) & (g > 0))
+            g = g.masked_fill(blocked, 0.0)
         flat = g.flatten(1)
-        k = max(1, int(round((1.0 - sparsity) * flat.shape[1])))
+        k = min(flat.shape[1], max(int(round((1.0 - sparsity) * flat.shape[1])), 10))
         thr = flat.abs().topk(k, dim=1).values[:, -1:]
         d = torch.where(flat.abs() >= thr, flat.sign(), torch.zeros_like(flat))
         d = d / d.abs().sum(dim=1, keepdim=True).clamp_min(1.0)

@@ -63,6 +63,8 @@ class TorchModel(Model):
             {"num_classes": [Interval(int, 2, None), IsNone()], "output": [Options(("logits", "probabilities"))]},
         )
         try:
+            if isinstance(bounds, (str, bytes)) or len(bounds) != 2:
+                raise TypeError
             lo, hi = (float(bounds[0]), float(bounds[1]))
         except (TypeError, ValueError, IndexError):
             raise ConfigError(f"TorchModel: bounds must be a pair (low, high), got {bounds!r}") from None

@@ -112,5 +112,6 @@ def train_classifier(
             opt.zero_grad(set_to_none=True)
             F.cross_entropy(module(x[idx]), y[idx]).backward()
             opt.step()
+    opt.zero_grad(set_to_none=True)
     module.eval()
     return module

@@ -47,7 +47,7 @@ def projected_gradient(
             if g_mom is not None:
                 g_mom = momentum * g_mom + N.normalize(g, "l1")  # type: ignore[operator]
                 g = g_mom
-            x_adv = x_adv + step_size * N.steepest_ascent(g, norm)
+            x_adv = x_adv + step_size * N.steepest_ascent(g, norm, x=x_adv, bounds=ctx.bounds)
             x_adv = (x + N.project(x_adv - x, norm, eps)).clamp(lo, hi)
         return x_adv
 
@@ -67,6 +67,6 @@ def projected_gradient(
             m = momentum * g_mom[idx] + N.normalize(g, "l1")  # type: ignore[operator]
             g_mom[idx] = m
             g = m
-        xa = xa + step_size * N.steepest_ascent(g, norm)
+        xa = xa + step_size * N.steepest_ascent(g, norm, x=xa, bounds=ctx.bounds)
         x_adv[idx] = (xc + N.project(xa - xc, norm, eps)).clamp(lo, hi)
     return x_adv

@@ -1,0 +1,221 @@
+"""Every public entry point of the core answers bad input with one line of a documented class."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import gauntlet as gt
+from gauntlet.errors import (
+    CapabilityError,
+    ConfigError,
+    DataError,
+    GauntletError,
+    ThreatModelError,
+    UnknownNameError,
+)
+from gauntlet.models.base import InputSpec, Model
+
+
+class ScoresOnly(Model):
+    """A black-box model: scores and labels, no gradients."""
+
+    capabilities = frozenset({"scores", "labels"})
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+        self.input_spec = InputSpec((1, 8, 8))
+        self.output = "logits"
+        self._num_classes = 10
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.net(x)
+
+
+def one_line(err: pytest.ExceptionInfo) -> str:
+    msg = str(err.value)
+    assert "\n" not in msg and msg, "error messages are one non-empty line"
+    return msg
+
+
+@pytest.fixture()
+def pgd() -> gt.attacks.Attack:
+    return gt.attacks.create("pgd", eps=0.1, steps=2)
+
+
+def test_unknown_attack_name_lists_close_matches() -> None:
+    with pytest.raises(UnknownNameError) as e:
+        gt.attacks.create("pdg", eps=0.1)
+    assert "'pgd'" in one_line(e)
+
+
+@pytest.mark.parametrize("eps", [0, -0.1, float("nan"), float("inf"), "0.3", [], [0.1, -1.0], True])
+def test_eps_must_be_positive_and_finite(eps) -> None:
+    with pytest.raises(ThreatModelError) as e:
+        gt.attacks.create("pgd", eps=eps)
+    assert "eps" in one_line(e)
+
+
+def test_eps_is_required_for_budgeted_attacks() -> None:
+    with pytest.raises(ConfigError, match="eps is required"):
+        gt.attacks.create("pgd")
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"norm": "l3"}, "'norm' must be one of"),
+        ({"steps": 0}, "'steps' must be an int >= 1"),
+        ({"steps": 2.5}, "'steps' must be an int"),
+        ({"step_size": -1.0}, "'step_size'"),
+        ({"restarts": 0}, "'restarts'"),
+        ({"loss": "hinge"}, "'loss' must be one of"),
+        ({"batch_size": 0}, "'batch_size'"),
+        ({"targeted": "yes"}, "'targeted'"),
+    ],
+)
+def test_bad_hyperparameters_name_the_parameter(params, fragment) -> None:
+    with pytest.raises(ConfigError) as e:
+        gt.attacks.create("pgd", **{"eps": 0.1, **params})
+    assert fragment in one_line(e) and one_line(e).startswith("pgd:")
+
+
+def test_hyperparameters_are_keyword_only() -> None:
+    cls = gt.attacks.get_attack_class("pgd")
+    with pytest.raises(TypeError):
+        cls("linf", 0.1)  # type: ignore[misc]
+
+
+def test_gradient_attack_on_scores_only_model_names_a_black_box_alternative(digits_net, digits_batch, pgd) -> None:
+    x, y = digits_batch
+    with pytest.raises(CapabilityError) as e:
+        pgd.run(ScoresOnly(digits_net), x, y)
+    msg = one_line(e)
+    assert "gradients" in msg and "'square'" in msg if "square" in gt.attacks.list_attacks() else "gradients" in msg
+
+
+def test_a_raw_module_is_refused_with_a_hint(digits_net, digits_batch, pgd) -> None:
+    x, y = digits_batch
+    with pytest.raises(ConfigError) as e:
+        pgd.run(digits_net, x, y)  # type: ignore[arg-type]
+    assert "TorchModel" in one_line(e)
+
+
+def _bad_x(x: torch.Tensor) -> dict[str, tuple[object, str]]:
+    nan = x.clone()
+    nan[0, 0, 0, 0] = float("nan")
+    inf = x.clone()
+    inf[1, 0, 2, 2] = float("inf")
+    return {
+        "numpy": (x.numpy(), "torch.from_numpy"),
+        "float64": (x.double(), "float64"),
+        "int": ((x * 16).to(torch.uint8), "float tensor"),
+        "nan": (nan, "NaN or inf"),
+        "inf": (inf, "NaN or inf"),
+        "above_bounds": (x * 16, "outside the model's bounds"),
+        "below_bounds": (x - 0.5, "outside the model's bounds"),
+        "wrong_shape": (x[:, :, :4, :4], "per-sample shape"),
+        "no_batch_dim": (x[0, 0, 0], "shape (N, ...)"),
+        "empty": (x[:0], "non-empty"),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_bad_x(torch.zeros(2, 1, 8, 8))))
+def test_bad_inputs_are_refused_with_one_line(kind, digits_model, digits_batch, pgd) -> None:
+    x, y = digits_batch
+    bad, fragment = _bad_x(x)[kind]
+    with pytest.raises(DataError) as e:
+        pgd.run(digits_model, bad, y)  # type: ignore[arg-type]
+    assert fragment in one_line(e)
+
+
+@pytest.mark.parametrize(
+    ("make_y", "fragment"),
+    [
+        (lambda y: y.float(), "integer class labels"),
+        (lambda y: y[:-1], "must have shape"),
+        (lambda y: y + 10, "labels must be in [0, 9]"),
+        (lambda y: y - 20, "labels must be in [0, 9]"),
+        (lambda y: y.numpy(), "torch.Tensor"),
+    ],
+)
+def test_bad_labels_are_refused(make_y, fragment, digits_model, digits_batch, pgd) -> None:
+    x, y = digits_batch
+    with pytest.raises(DataError) as e:
+        pgd.run(digits_model, x, make_y(y))
+    assert fragment in one_line(e)
+
+
+def test_bad_seed_and_target(digits_model, digits_batch, pgd) -> None:
+    x, y = digits_batch
+    with pytest.raises(ConfigError, match="seed"):
+        pgd.run(digits_model, x, y, seed=-1)
+    with pytest.raises(ConfigError, match="targeted=True"):
+        pgd.run(digits_model, x, y, target=y)
+    targeted = gt.attacks.create("pgd", eps=0.1, steps=2, targeted=True)
+    with pytest.raises(DataError, match="target"):
+        targeted.run(digits_model, x, y, target=y[:3])
+    with pytest.raises(DataError, match="labels must be in"):
+        targeted.run(digits_model, x, y, target=y + 100)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"norm": "l0"}, "'norm'"),
+        ({"eps": -1}, "eps"),
+        ({"eps": [0.1, 0]}, "eps[1]"),
+        ({"knowledge": "grey"}, "'knowledge'"),
+        ({"max_queries": 0}, "'max_queries'"),
+    ],
+)
+def test_threat_model_is_validated_on_construction(kwargs, fragment) -> None:
+    with pytest.raises(ThreatModelError) as e:
+        gt.ThreatModel(**kwargs)
+    assert fragment in one_line(e)
+
+
+def test_threat_model_normalises_eps_and_maps_knowledge_to_capabilities() -> None:
+    t = gt.ThreatModel(norm="l2", eps=[0.5, 1], knowledge="score")
+    assert t.epsilons == (0.5, 1.0) and t.capabilities == {"scores", "labels"}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"bounds": (1.0, 0.0)}, "low < high"),
+        ({"bounds": "01"}, "bounds"),
+        ({"num_classes": 1}, "'num_classes'"),
+        ({"output": "softmax"}, "'output'"),
+        ({"std": [0.0]}, "std"),
+        ({"mean": [[0.1]]}, "mean"),
+    ],
+)
+def test_torch_model_options_are_validated(kwargs, fragment) -> None:
+    with pytest.raises(ConfigError) as e:
+        gt.models.TorchModel(nn.Linear(4, 2), **kwargs)
+    assert fragment in one_line(e)
+
+
+def test_torch_model_refuses_a_non_module() -> None:
+    with pytest.raises(ConfigError, match="CallableModel"):
+        gt.models.TorchModel(lambda x: x)  # type: ignore[arg-type]
+
+
+def test_every_error_is_a_gauntlet_error() -> None:
+    for cls in (ConfigError, ThreatModelError, UnknownNameError, CapabilityError, DataError):
+        assert issubclass(cls, GauntletError)
+    assert np  # numpy used above for the conversion hint
+
+
+def test_normalisation_lives_inside_the_adapter(digits_net, digits_batch) -> None:
+    # attacks work in input space; the adapter applies (x - mean) / std before the network
+    x, _ = digits_batch
+    m = gt.models.TorchModel(digits_net, mean=[0.5], std=[0.25], num_classes=10)
+    with torch.no_grad():
+        assert torch.allclose(m.scores(x), digits_net((x - 0.5) / 0.25))
+    assert m.queries == x.shape[0]
