@@ -1,4 +1,4 @@
-"""The built-in demo: a small CNN on sklearn's bundled digits, attacked with PGD."""
+"""The built-in demo: a small CNN on sklearn's bundled digits, trained once, cached, and audited."""
 
 from __future__ import annotations
 
@@ -6,7 +6,10 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gauntlet.audit.spec import AuditSpec
 
 import torch
 
@@ -18,13 +21,18 @@ def cache_dir() -> Path:
     return Path(os.environ.get("GAUNTLET_CACHE", Path.home() / ".cache" / "gauntlet"))
 
 
+def digits_model_path(seed: int = 0, epochs: int = 30) -> Path:
+    """Where :func:`digits_model` caches its weights (a ``torch.save`` state dict, arch ``digits_cnn``)."""
+    key = hashlib.sha256(f"digits_cnn-v1-seed{seed}-epochs{epochs}-torch{torch.__version__}".encode()).hexdigest()[:16]
+    return cache_dir() / f"digits_cnn-{key}.pt"
+
+
 def digits_model(seed: int = 0, epochs: int = 30) -> torch.nn.Module:
     """The demo's DigitsCNN trained on the digits train split; cached by its training recipe."""
     from gauntlet.data import load_digits
     from gauntlet.models.zoo import DigitsCNN, train_classifier
 
-    key = hashlib.sha256(f"digits_cnn-v1-seed{seed}-epochs{epochs}-torch{torch.__version__}".encode()).hexdigest()[:16]
-    path = cache_dir() / f"digits_cnn-{key}.pt"
+    path = digits_model_path(seed, epochs)
     net = DigitsCNN()
     if path.exists():
         try:
@@ -44,20 +52,27 @@ def digits_model(seed: int = 0, epochs: int = 30) -> torch.nn.Module:
     return net.eval()
 
 
-def run_demo(eps: list[float], steps: int = 20, seed: int = 0) -> dict[str, Any]:
-    import gauntlet as gt
-    from gauntlet.data import load_digits
+def demo_spec(seed: int = 0) -> "AuditSpec":
+    """The audit ``gauntlet demo`` runs: the cached digits CNN, the 450 test digits, the quick preset."""
+    from gauntlet.audit.spec import load_spec
 
-    test = load_digits("test")
-    model = gt.models.TorchModel(digits_model(seed), bounds=(0.0, 1.0), num_classes=10, input_shape=(1, 8, 8))
-    attack = gt.attacks.create("pgd", norm="linf", eps=list(eps), steps=steps)
-    res = attack.run(model, test.x, test.y, seed=seed)
-    per_eps = [res.at(i) for i in range(len(eps))]
-    return {
-        "model": "DigitsCNN (digits)",
-        "n": len(test),
-        "clean_accuracy": float(res.clean_correct.float().mean()),
-        "eps": list(eps),
-        "robust_accuracy": [r.robust_accuracy for r in per_eps],
-        "seconds": [res.seconds / len(eps)] * len(eps),
-    }
+    digits_model(seed)  # train once and cache
+    return load_spec(
+        {
+            "model": {
+                "path": str(digits_model_path(seed)),
+                "arch": "digits_cnn",
+                "name": "digits-cnn-demo",
+                "version": str(seed),
+                "num_classes": 10,
+                "input_shape": [1, 8, 8],
+            },
+            "data": {"name": "digits", "seed": seed},
+            "threats": [
+                {"norm": "linf", "eps": [0.05, 0.1, 0.2, 0.3]},
+                {"norm": "l2", "eps": [0.5, 1.0, 2.0]},
+            ],
+            "attacks": {"preset": "quick"},
+            "seed": seed,
+        }
+    )

@@ -14,7 +14,8 @@ traceback) and exits with code 2.
     ├── DataError              bad x / y: shape, dtype, NaN/inf, range, labels
     ├── ModelLoadError         missing, corrupt or unsupported model file
     │   └── UntrustedFileError a pickle refused without trust=True / --trust
-    └── BudgetExceeded         a query budget was used up
+    ├── BudgetExceeded         a query budget was used up
+    └── StoreError             the results store cannot be opened, read or written
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "ModelLoadError",
     "UntrustedFileError",
     "BudgetExceeded",
+    "StoreError",
 ]
 
 
@@ -66,3 +68,7 @@ class UntrustedFileError(ModelLoadError):
 
 class BudgetExceeded(GauntletError, RuntimeError):
     """A query budget was exhausted."""
+
+
+class StoreError(GauntletError, OSError):
+    """The results store cannot be opened, read or written (bad URL, missing driver, unreachable server)."""

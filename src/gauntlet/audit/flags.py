@@ -1,0 +1,348 @@
+"""Evaluation-hygiene flags: the classic signs that an adversarial evaluation is broken.
+
+:func:`compute_flags` probes the model directly (gradients, determinism, output scale, a PGD
+run at a huge budget) and reads the audit's own results (a score-based attack beating the
+gradient attacks, robust accuracy rising with ε). Each raised flag is a dict
+``{"id", "severity", "title", "explanation", "evidence"}``: the explanation says what was seen,
+why it suggests a broken evaluation, and what to do. A check that could not run (e.g. gradient
+checks on a model without gradients) is reported as an ``"info"`` flag saying so.
+
+The probes run in the model's attack mode on at most ``max_samples`` inputs, use an explicit
+seed (never the global RNG) and leave the model's query counters as they found them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gauntlet import norms as N
+from gauntlet.audit.records import UnitRecord
+from gauntlet.audit.report import aggregate
+from gauntlet.models.base import Model
+
+__all__ = ["CHECKS", "compute_flags"]
+
+#: id -> title of every check :func:`compute_flags` performs (the report lists them).
+CHECKS: dict[str, str] = {
+    "zero_gradients": "Zero or vanishing input gradients",
+    "nondeterministic_outputs": "Model outputs change between identical calls",
+    "probabilities_not_logits": "Outputs look like probabilities, not logits",
+    "black_box_beats_white_box": "A score-based attack beats the gradient attacks",
+    "non_monotonic_eps": "Robust accuracy rises as ε grows",
+    "no_full_break_at_large_eps": "Accuracy does not reach ~0 at a very large ε",
+}
+
+# thresholds (documented in the explanations)
+VANISHING = 1e-4  # first-order change of the logit margin across the whole input range
+ZERO_GRAD_SHARE = 0.05  # flag when at least this share of inputs has vanishing gradients
+PROB_TOL = 1e-3
+LARGE_EPS_SURVIVORS = 0.05  # flag when more than this share survives PGD at a huge budget
+
+
+def _flag(fid: str, explanation: str, evidence: dict[str, Any], severity: str = "warning", title: str | None = None) -> dict[str, Any]:
+    return {"id": fid, "severity": severity, "title": title or CHECKS[fid], "explanation": explanation, "evidence": evidence}
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.1f}%"
+
+
+def _tolerance(n: int) -> int:
+    """Smallest difference in robust samples that counts (1 sample, or 0.5% of large sets)."""
+    return max(1, math.ceil(0.005 * n))
+
+
+# ------------------------------------------------------------------------------------------
+# probes on the model
+def _margin(scores: Tensor, y: Tensor) -> Tensor:
+    z_y = scores.gather(1, y[:, None]).squeeze(1)
+    other = scores.scatter(1, y[:, None], float("-inf")).amax(dim=1)
+    return other - z_y
+
+
+def _input_gradients(model: Model, x: Tensor, y: Tensor) -> tuple[Tensor, str | None]:
+    """Gradient of the logit margin w.r.t. the input; zeros where the graph is cut."""
+    xg = x.detach().clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            scores = model.scores(xg, count=False)
+            if not scores.requires_grad:
+                return torch.zeros_like(x), "the output does not depend differentiably on the input"
+            (g,) = torch.autograd.grad(_margin(scores, y).sum(), xg, allow_unused=True)
+    except RuntimeError as exc:  # e.g. numpy inside forward
+        return torch.zeros_like(x), f"gradient computation failed: {str(exc).splitlines()[0][:160]}"
+    if g is None:
+        return torch.zeros_like(x), "the output does not depend differentiably on the input"
+    return g.detach(), None
+
+
+def _check_gradients(model: Model, x: Tensor, y: Tensor) -> dict[str, Any] | None:
+    g, reason = _input_gradients(model, x, y)
+    lo, hi = model.bounds
+    finite = torch.isfinite(g).flatten(1).all(dim=1)
+    reach = g.nan_to_num(0.0).flatten(1).abs().sum(dim=1) * (hi - lo)  # first-order margin change over the box
+    vanishing = (reach < VANISHING) | ~finite
+    share = float(vanishing.float().mean())
+    if share < ZERO_GRAD_SHARE:
+        return None
+    evidence: dict[str, Any] = {
+        "share": share,
+        "samples_checked": int(x.shape[0]),
+        "samples_vanishing": int(vanishing.sum()),
+        "non_finite": int((~finite).sum()),
+        "median_gradient_l1": float(reach.median() / (hi - lo)),
+        "threshold": f"||grad margin||_1 x (high - low) < {VANISHING:g}",
+    }
+    if reason:
+        evidence["reason"] = reason
+    return _flag(
+        "zero_gradients",
+        f"For {_pct(share)} of the {x.shape[0]} inputs checked, the gradient of the model's logit margin "
+        "with respect to the input is zero or vanishing (moving every input value across its whole range "
+        f"would change the margin by less than {VANISHING:g}, to first order). Gradient attacks such as FGSM, "
+        "PGD and APGD then have no direction to follow and fail, so robust accuracy looks high although the "
+        "model may be easy to fool: the classic sign of gradient masking (rounding or quantisation, a "
+        "non-differentiable preprocessing step, detach(), a saturated softmax). What to do: audit the model "
+        "without the non-differentiable step or with a differentiable approximation of it (BPDA), make it "
+        "output logits, and add a score-based attack such as 'square' to the audit.",
+        evidence,
+    )
+
+
+def _check_determinism(model: Model, x: Tensor) -> dict[str, Any] | None:
+    with torch.no_grad():
+        if model.has("scores"):
+            a, b = model.scores(x, count=False), model.scores(x, count=False)
+            diff = float((a.float() - b.float()).abs().max())
+            scale = float(a.float().abs().max())
+            changed = bool(diff > 1e-5 * (1.0 + scale))
+            rows = int(((a.float() - b.float()).abs().amax(dim=1) > 1e-5 * (1.0 + scale)).sum())
+        else:
+            a, b = model.predict(x, count=False), model.predict(x, count=False)
+            diff = float((a != b).float().mean())
+            changed = bool((a != b).any())
+            rows = int((a != b).sum())
+    if not changed:
+        return None
+    flips = int((a.argmax(1) != b.argmax(1)).sum()) if a.dim() == 2 else rows
+    return _flag(
+        "nondeterministic_outputs",
+        f"Two forward passes on the same {x.shape[0]} inputs gave different outputs for {rows} of them "
+        f"(largest difference {diff:.3g}; {flips} predicted labels changed). Randomness in the model (dropout "
+        "left on, noise layers, random preprocessing) means every attack step sees a different model, so an "
+        "attack can fail by bad luck and a single run's robust accuracy is not reliable. What to do: remove "
+        "the randomness for the audit (eval mode, fixed preprocessing); if the randomness is meant as a "
+        "defense, attack it with Expectation over Transformation (average gradients over many draws) and "
+        "report accuracy over repeated evaluations.",
+        {"samples_checked": int(x.shape[0]), "samples_changed": rows, "max_abs_difference": diff, "labels_changed": flips},
+    )
+
+
+def _check_probabilities(model: Model, x: Tensor) -> dict[str, Any] | None:
+    with torch.no_grad():
+        s = model.scores(x, count=False).float()
+    if s.dim() != 2 or s.shape[1] < 2:
+        return None
+    in_range = ((s >= -PROB_TOL) & (s <= 1 + PROB_TOL)).all(dim=1)
+    sums = (s.sum(dim=1) - 1).abs() <= PROB_TOL
+    share = float((in_range & sums).float().mean())
+    if share < 0.95:
+        return None
+    declared = getattr(model, "output", "logits") == "probabilities"
+    return _flag(
+        "probabilities_not_logits",
+        f"The model's outputs lie in [0, 1] and sum to 1 for {_pct(share)} of the {x.shape[0]} inputs checked: "
+        "they look like softmax probabilities, not logits. Losses computed on probabilities saturate, so "
+        "gradients vanish on confidently classified inputs and gradient attacks under-perform: robust accuracy "
+        "is overestimated. What to do: audit the model without its final softmax (export logits), or wrap it "
+        "so the audit sees log-probabilities.",
+        {"samples_checked": int(x.shape[0]), "share_probability_rows": share, "declared_output": getattr(model, "output", None), "declared_probabilities": declared},
+    )
+
+
+def _large_eps(norm: str, bounds: tuple[float, float], dim: int) -> float:
+    half = 0.5 * (bounds[1] - bounds[0])
+    return {"linf": half, "l2": half * math.sqrt(dim), "l1": half * dim}[norm]
+
+
+def _check_large_eps(model: Model, x: Tensor, y: Tensor, norms_used: list[str], seed: int) -> dict[str, Any] | None:
+    from gauntlet.attacks.registry import create
+
+    with torch.no_grad():
+        correct = model.predict(x, count=False) == y
+    if not bool(correct.any()):
+        return None
+    xc, yc = x[correct], y[correct]
+    cases = []
+    for norm in norms_used:
+        eps = _large_eps(norm, model.bounds, int(xc[0].numel()))
+        try:
+            res = create("pgd", norm=norm, eps=eps, steps=20, early_stop=True).run(model, xc, yc, seed=seed)
+        except RuntimeError:  # no usable autograd graph at all: the zero-gradient check reports it
+            continue
+        survive = float((~res.success).float().mean())
+        cases.append({"norm": norm, "eps": eps, "accuracy": survive, "samples": int(xc.shape[0])})
+    bad = [c for c in cases if c["accuracy"] > LARGE_EPS_SURVIVORS]
+    if not bad:
+        return None
+    worst = max(bad, key=lambda c: c["accuracy"])
+    return _flag(
+        "no_full_break_at_large_eps",
+        f"PGD (20 steps) at a very large budget ({worst['norm']} ε={worst['eps']:.4g}, half the input range per "
+        f"value) still left {_pct(worst['accuracy'])} of the {worst['samples']} correctly classified inputs "
+        "classified correctly. With such a budget an input can be turned into almost anything, so accuracy "
+        "should fall to about 0; when it does not, the attack cannot make progress on this model, which points "
+        "to gradient masking or a broken attack setup rather than real robustness. What to do: check the "
+        "gradient flags, use stronger or adaptive attacks (more steps, apgd_ce, square, BPDA/EOT) and treat "
+        "the robust accuracies in this report as upper bounds.",
+        {"cases": cases, "threshold": LARGE_EPS_SURVIVORS},
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# checks on the results
+def _requires_gradients(attack_name: str) -> bool | None:
+    from gauntlet.attacks.registry import get_attack_class
+    from gauntlet.errors import UnknownNameError
+
+    try:
+        return "gradients" in get_attack_class(attack_name).requires
+    except UnknownNameError:
+        return None
+
+
+def _check_black_box(units: Sequence[UnitRecord], clean_correct: Sequence[bool], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    kinds = {u.attack: _requires_gradients(u.attack_name) for u in units}
+    by_threat: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for r in rows:
+        by_threat.setdefault((r["norm"], r["eps"]), []).append(r)
+    cases = []
+    for (norm, eps), rs in by_threat.items():
+        white = [r for r in rs if kinds.get(r["attack"]) is True]
+        black = [r for r in rs if kinds.get(r["attack"]) is False]
+        if not white or not black:
+            continue
+        best_white = min(white, key=lambda r: r["robust_count"])
+        best_black = min(black, key=lambda r: r["robust_count"])
+        if best_white["robust_count"] - best_black["robust_count"] >= _tolerance(best_white["n"]):
+            cases.append({
+                "norm": norm, "eps": eps,
+                "black_box": best_black["attack"], "black_box_robust_accuracy": best_black["robust_accuracy"],
+                "best_white_box": best_white["attack"], "white_box_robust_accuracy": best_white["robust_accuracy"],
+            })
+    if not cases:
+        return None
+    c = max(cases, key=lambda c: c["white_box_robust_accuracy"] - c["black_box_robust_accuracy"])
+    return _flag(
+        "black_box_beats_white_box",
+        f"At {c['norm']} ε={c['eps']:g} the score-based attack '{c['black_box']}' left robust accuracy at "
+        f"{_pct(c['black_box_robust_accuracy'])}, below the best gradient attack '{c['best_white_box']}' "
+        f"({_pct(c['white_box_robust_accuracy'])}). An attack that sees only the outputs should not beat attacks "
+        "that also see the gradients; when it does, the gradients are misleading (gradient masking or "
+        "obfuscation) and the white-box numbers overstate robustness. What to do: trust the lower number, look "
+        "for non-differentiable or randomised parts of the model, and use adaptive attacks (BPDA, EOT) or a "
+        "stronger ensemble such as autoattack.",
+        {"cases": cases},
+    )
+
+
+def _check_monotonic(rows: list[dict[str, Any]], worst: list[dict[str, Any]]) -> dict[str, Any] | None:
+    series: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        series.setdefault((r["attack"], r["norm"]), []).append(r)
+    for r in worst:
+        series.setdefault(("worst case", r["norm"]), []).append(r)
+    cases = []
+    for (attack, norm), rs in series.items():
+        rs = sorted(rs, key=lambda r: r["eps"])
+        for a, b in itertools.pairwise(rs):
+            if a["robust_accuracy"] is None or b["robust_accuracy"] is None:
+                continue
+            rise_count = b["robust_count"] - a["robust_count"]
+            if rise_count >= _tolerance(max(a["n"], b["n"])):
+                cases.append({
+                    "attack": attack, "norm": norm, "eps_low": a["eps"], "eps_high": b["eps"],
+                    "robust_accuracy_low": a["robust_accuracy"], "robust_accuracy_high": b["robust_accuracy"],
+                })
+    if not cases:
+        return None
+    c = max(cases, key=lambda c: c["robust_accuracy_high"] - c["robust_accuracy_low"])
+    return _flag(
+        "non_monotonic_eps",
+        f"Robust accuracy under '{c['attack']}' ({c['norm']}) rises from {_pct(c['robust_accuracy_low'])} at "
+        f"ε={c['eps_low']:g} to {_pct(c['robust_accuracy_high'])} at ε={c['eps_high']:g}. A larger budget "
+        "contains every perturbation of a smaller one, so a working attack can only do better as ε grows; a "
+        "rise means the attack is not optimising properly (too few steps, a bad step size, masked or noisy "
+        "gradients). What to do: increase steps and restarts, use an attack with an adaptive step size "
+        "(apgd_ce), and check the gradient flags.",
+        {"cases": cases},
+    )
+
+
+# ------------------------------------------------------------------------------------------
+def compute_flags(
+    model: Model,
+    x: Tensor,
+    y: Tensor,
+    units: Sequence[UnitRecord],
+    clean_correct: Sequence[bool],
+    *,
+    max_samples: int = 128,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Run every hygiene check; return the raised flags (warnings) and skipped checks (info).
+
+    Args:
+        model: the audited model.
+        x, y: the audited inputs and labels (the first ``max_samples`` are probed).
+        units: the audit's finished units (for the result-based checks).
+        clean_correct: per sample of ``x``, whether the model classifies it correctly.
+        seed: seed of the large-ε PGD probe.
+    """
+    flags: list[dict[str, Any]] = []
+    queries, grad_evals = model.queries, model.grad_evals
+    try:
+        xs = x[:max_samples].detach().to(model.device)
+        ys = y[:max_samples].to(model.device).to(torch.int64)
+        norms_used = list(dict.fromkeys(u.norm for u in units if u.norm in N.NORMS)) or ["linf"]
+        if xs.shape[0] > 0:
+            with model.attack_mode():
+                f = _check_determinism(model, xs[:64])
+                if f:
+                    flags.append(f)
+                if model.has("scores"):
+                    f = _check_probabilities(model, xs)
+                    if f:
+                        flags.append(f)
+                if model.has("gradients"):
+                    f = _check_gradients(model, xs, ys)
+                    if f:
+                        flags.append(f)
+            if model.has("gradients"):
+                f = _check_large_eps(model, xs[:64], ys[:64], norms_used, seed)
+                if f:
+                    flags.append(f)
+            else:
+                flags.append(_flag(
+                    "gradient_checks_skipped",
+                    "The model offers no input gradients, so the zero-gradient and large-ε PGD checks did not run. "
+                    "Only score- or decision-based attacks can evaluate such a model; make sure the audit includes "
+                    "one (e.g. 'square') and read its numbers as upper bounds on robustness.",
+                    {"capabilities": sorted(model.capabilities)},
+                    severity="info",
+                    title="Gradient checks skipped",
+                ))
+    finally:
+        model.queries, model.grad_evals = queries, grad_evals
+    if units:
+        agg = aggregate(units, [bool(c) for c in clean_correct])
+        for f in (_check_black_box(units, clean_correct, agg.results), _check_monotonic(agg.results, agg.worst_case)):
+            if f:
+                flags.append(f)
+    return flags

@@ -1,0 +1,585 @@
+"""The runner: spec → model and data → plan → units (saved one by one) → report → gate.
+
+:func:`run_audit` is the whole ``gauntlet audit`` command as a library call.  It is resumable:
+each finished unit is committed to the store at once, and running the same audit again (same
+model file, data and spec) continues the unfinished audit from its finished units instead of
+starting over; since every unit's seed derives from the spec and the unit, the final report is
+the one an uninterrupted run would have written.
+
+Nothing is written to the store before the spec, the model and the data have been checked, so
+a bad spec, an unreadable model or data of the wrong shape leaves the store untouched.  The
+library never prints: progress goes to an optional callback (the CLI draws a bar with it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from gauntlet.audit.plan import Unit, make_plan, unit_seed
+from gauntlet.audit.records import AuditOutcome, UnitRecord
+from gauntlet.audit.spec import AttackChoice, AuditSpec, ThresholdSpec, check_threshold, resolve_attacks, spec_hash
+from gauntlet.audit.store import DEFAULT_STORE_URL, Store, open_store, safe_url
+from gauntlet.errors import CapabilityError, ConfigError, DataError, GauntletError, ModelLoadError
+
+__all__ = [
+    "AuditOutcome",
+    "AuditRun",
+    "Prepared",
+    "ProgressEvent",
+    "UnitRecord",
+    "execute",
+    "prepare",
+    "run_audit",
+    "write_reports",
+]
+
+GALLERY_SIZE = 6
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    """What the runner reports to a progress callback.
+
+    ``phase`` is ``"units"`` while units run (``done`` of ``total`` units, ``reused`` of them
+    read back from the store), then ``"flags"``, ``"report"`` and ``"done"``.
+    """
+
+    phase: str
+    done: int
+    total: int
+    reused: int = 0
+    message: str = ""
+
+
+ProgressCallback = Callable[[ProgressEvent], None]
+
+
+@dataclass
+class Prepared:
+    """A checked spec with its model, data and plan loaded; nothing written anywhere yet."""
+
+    spec: AuditSpec
+    attacks: list[AttackChoice]
+    model: Any
+    x: Tensor
+    y: Tensor
+    model_info: dict[str, Any]
+    data_info: dict[str, Any]
+    units: list[Unit]
+    spec_hash: str
+
+
+@dataclass
+class AuditRun:
+    """The result of :func:`run_audit`."""
+
+    outcome: AuditOutcome
+    report: dict[str, Any]
+    audit_id: int | None
+    resumed: bool
+    reused_units: int
+    paths: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.report.get("gate", {}).get("passed", True))
+
+    @property
+    def exit_code(self) -> int:
+        """0 when the gate passed, 1 when it failed."""
+        return 0 if self.passed else 1
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _prefixed(err: GauntletError, place: str) -> GauntletError:
+    msg = str(err)
+    try:
+        return type(err)(msg if msg.startswith(place) else f"{place}: {msg}")
+    except Exception:  # pragma: no cover - exotic subclasses
+        return err
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_sha256(x: Tensor, y: Tensor) -> str:
+    """Hash of the audited inputs and labels (dtype, shape and bytes)."""
+    h = hashlib.sha256()
+    for t in (x, y):
+        a = t.detach().cpu().contiguous()
+        h.update(f"{a.dtype}{tuple(a.shape)}".encode())
+        h.update(a.numpy())  # buffer protocol: no copy of the data
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------------------------------
+# prepare: everything that can fail on user input, before the store is touched
+def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[ThresholdSpec] = ()) -> Prepared:
+    """Load and check the model and the data for ``spec`` and make the plan.
+
+    Raises a :class:`~gauntlet.errors.GauntletError` (message prefixed ``model:`` / ``data:`` /
+    ``attacks[i]:``) for an unreadable model, data the model cannot take, or attacks the model
+    cannot run.  Writes nothing.
+    """
+    from gauntlet.data import load as load_data
+    from gauntlet.models import load as load_model
+
+    attacks = resolve_attacks(spec)
+    for i, th in enumerate(fail_under):
+        check_threshold(spec, th, f"--fail-under {th.describe()!r}", attacks)
+    m = spec.model
+    path = spec.model_path()
+    try:
+        model = load_model(
+            path,
+            arch=m.arch,
+            trust=bool(m.trust if trust is None else trust),
+            bounds=m.bounds,
+            num_classes=m.num_classes,
+            mean=m.mean,
+            std=m.std,
+            input_shape=m.input_shape,
+            **m.arch_kwargs,
+        )
+    except GauntletError as err:
+        raise _prefixed(err, "model") from None
+    except Exception as exc:  # a loader's own failure on a strange file
+        raise ModelLoadError(f"model: cannot load {str(path)!r} ({type(exc).__name__}: {_first_line(exc)})") from None
+
+    for a in attacks:
+        from gauntlet.attacks import get_attack_class
+
+        missing = get_attack_class(a.name).requires - model.capabilities
+        if missing:
+            raise CapabilityError(
+                f"{a.place}: {a.name} needs {', '.join(sorted(missing))} but the model offers only "
+                f"{', '.join(sorted(model.capabilities))}; use a score- or decision-based attack such as 'square'"
+            )
+
+    d = spec.data
+    try:
+        ds = load_data(spec.data_source(), split=d.split, n=d.n, seed=d.seed, **d.options)
+    except GauntletError as err:
+        raise _prefixed(err, "data") from None
+    except Exception as exc:
+        raise DataError(f"data: cannot load {str(spec.data_source())!r} ({type(exc).__name__}: {_first_line(exc)})") from None
+    x, y = ds.x, ds.y.to(torch.int64)
+    if x.dtype.is_floating_point and x.dtype != model.input_spec.dtype:
+        x = x.to(model.input_spec.dtype)
+    x = x.to(model.device)
+    y = y.to(model.device)
+    _check_data(model, x, y)
+
+    digest = spec_hash(spec)
+    model_info = {
+        "name": m.display_name,
+        "version": m.version,
+        "sha256": file_sha256(path),
+        "path": str(m.path),
+        "capabilities": sorted(model.capabilities),
+        "num_classes": model.num_classes,
+        "bounds": list(model.bounds),
+        "output": getattr(model, "output", None),
+    }
+    data_info = {
+        "name": d.name if d.name is not None else Path(d.path or "").name,
+        "n": int(x.shape[0]),
+        "sha256": data_sha256(x, y),
+        "shape": list(x.shape[1:]),
+        "split": d.split,
+        "seed": d.seed,
+    }
+    units = make_plan(spec, int(x.shape[0]), attacks)
+    return Prepared(spec, attacks, model, x, y, model_info, data_info, units, digest)
+
+
+def _check_data(model: Any, x: Tensor, y: Tensor) -> None:
+    from gauntlet.attacks.base import check_batch
+
+    check_batch(x, model, where="data")
+    try:
+        with torch.no_grad():
+            out = model.scores(x[:2], count=False) if model.has("scores") else model.predict(x[:2], count=False)
+    except GauntletError as err:
+        raise _prefixed(err, "data") from None
+    except Exception as exc:
+        raise DataError(
+            f"data: the model cannot take inputs of shape {tuple(x.shape[1:])} ({type(exc).__name__}: "
+            f"{_first_line(exc)}); check the data and model.input_shape"
+        ) from None
+    if model.has("scores") and (out.dim() != 2 or out.shape[0] != min(2, x.shape[0])):
+        raise DataError(f"data: the model returned scores of shape {tuple(out.shape)} for 2 inputs; it must return (N, classes)")
+    k = model.infer_num_classes(x)
+    if y.numel() and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise DataError(
+            f"data: labels lie in [{int(y.min())}, {int(y.max())}] but the model has {k} classes; "
+            "check the dataset or model.num_classes"
+        )
+
+
+# ------------------------------------------------------------------------------------------------
+# execute: units → store → outcome
+def _run_unit(model: Any, x: Tensor, y: Tensor, unit: Unit) -> UnitRecord:
+    attack = unit.create_attack()
+    res = attack.run(model, x[unit.start : unit.stop], y[unit.start : unit.stop], seed=unit.seed)
+    success = res.success.reshape(len(unit.eps), -1)
+    norms = res.norms.reshape(len(unit.eps), -1)
+    return UnitRecord(
+        attack=unit.attack_label,
+        attack_name=unit.attack_name,
+        params=json.loads(json.dumps(unit.params, default=str)),
+        norm=unit.norm,
+        eps=tuple(unit.eps),
+        start=unit.start,
+        stop=unit.stop,
+        success=[[bool(b) for b in row] for row in success.tolist()],
+        norms=[[float(v) for v in row] for row in norms.float().tolist()],
+        queries=int(res.queries),
+        grad_evals=int(res.grad_evals),
+        seconds=float(res.seconds),
+    )
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS between units (glibc only; a no-op elsewhere).
+
+    Attacks that shrink their working batch (early stopping) allocate tensors of ever-changing
+    sizes; glibc's allocator then keeps fragmented free pages resident, and without a trim the
+    process's resident memory creeps up unit after unit although nothing is kept alive.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+
+def _clean_correct(model: Any, x: Tensor, y: Tensor, batch: int) -> list[bool]:
+    preds = [model.predict(x[s : s + batch], count=False) for s in range(0, x.shape[0], batch)]
+    return (torch.cat(preds) == y).tolist()
+
+
+def execute(
+    prep: Prepared,
+    store: Store | None,
+    *,
+    command: str = "",
+    progress: ProgressCallback | None = None,
+    resume: bool = True,
+) -> tuple[AuditOutcome, int | None, bool, int]:
+    """Run (or resume) the units of a prepared audit; returns ``(outcome, audit_id, resumed, reused)``.
+
+    With ``store=None`` nothing is saved (and nothing can be resumed).
+    """
+    from gauntlet.audit.flags import compute_flags
+
+    spec = prep.spec
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    total = len(prep.units)
+    audit_id: int | None = None
+    resumed = False
+    done_records: dict[str, UnitRecord] = {}
+    if store is not None:
+        audit_id, resumed = store.begin_audit(
+            model_name=prep.model_info["name"],
+            model_version=prep.model_info["version"],
+            model_sha256=prep.model_info["sha256"],
+            spec_hash=prep.spec_hash,
+            data_sha256=prep.data_info["sha256"],
+            data_name=prep.data_info["name"],
+            units_total=total,
+            spec_json=json.dumps(spec.model_dump(mode="json"), sort_keys=True),
+            command=command,
+            resume=resume,
+        )
+        if resumed:
+            done_records = store.units(audit_id)
+    emit = progress or (lambda event: None)
+    records: list[UnitRecord] = []
+    reused = 0
+    try:
+        emit(ProgressEvent("units", 0, total, 0, "starting"))
+        for i, unit in enumerate(prep.units):
+            rec = done_records.get(unit.key)
+            if rec is not None:
+                reused += 1
+            else:
+                rec = _run_unit(prep.model, prep.x, prep.y, unit)
+                _trim_heap()
+                if store is not None and audit_id is not None:
+                    store.add_unit(audit_id, unit.key, rec, targeted=unit.targeted)
+                # the fresh record equals what the store gives back on resume (JSON round trip)
+            records.append(rec)
+            emit(ProgressEvent("units", i + 1, total, reused, unit.describe()))
+        emit(ProgressEvent("flags", total, total, reused, "evaluation hygiene checks"))
+        clean = _clean_correct(prep.model, prep.x, prep.y, spec.batch_size)
+        flags = compute_flags(prep.model, prep.x, prep.y, records, clean, seed=spec.seed)
+        gallery = _gallery(prep, records, clean)
+    except BaseException as exc:
+        if store is not None and audit_id is not None and not isinstance(exc, KeyboardInterrupt):
+            try:
+                store.fail_audit(audit_id)
+            except GauntletError:  # pragma: no cover - the original error matters more
+                pass
+        raise
+    manifest = _manifest(prep, store, command, started, audit_id, total, reused)
+    outcome = AuditOutcome(
+        spec=spec,
+        model_info=dict(prep.model_info),
+        data_info=dict(prep.data_info),
+        clean_correct=clean,
+        units=records,
+        flags=flags,
+        gallery=gallery,
+        manifest=manifest,
+        store_audit_id=audit_id,
+    )
+    return outcome, audit_id, resumed, reused
+
+
+def _gallery(prep: Prepared, records: list[UnitRecord], clean: list[bool]) -> list[dict[str, Any]]:
+    """A few clean / adversarial pairs for image data, recomputed deterministically.
+
+    The store keeps no adversarial inputs, so the examples are made again at the end of every
+    run (same samples, same seed): the smallest ε of the first threat at which some attack fooled
+    enough samples, and the attack that fooled the most there.
+    """
+    x, y, spec = prep.x, prep.y, prep.spec
+    if x.dim() != 4 or x.shape[1] not in (1, 3, 4) or not records:
+        return []
+    threat = spec.threats[0]
+    eps_sorted = sorted(threat.eps)
+    n = x.shape[0]
+    best: tuple[float, str, list[int]] | None = None
+    for eps in eps_sorted:
+        per_attack: dict[str, set[int]] = {}
+        for r in records:
+            if r.norm != threat.norm or eps not in r.eps:
+                continue
+            row = r.success[r.eps.index(eps)]
+            hits = per_attack.setdefault(r.attack, set())
+            hits.update(r.start + j for j, s in enumerate(row) if s and clean[r.start + j])
+        if not per_attack:
+            continue
+        label, hits = max(per_attack.items(), key=lambda kv: len(kv[1]))
+        if hits:
+            best = (eps, label, sorted(hits))
+            if len(hits) >= GALLERY_SIZE:
+                break
+    if best is None:
+        return []
+    eps, label, hits = best
+    choice = next(a for a in prep.attacks if a.label == label)
+    cand = hits[: 2 * GALLERY_SIZE]
+    unit = Unit(
+        key="gallery",
+        attack_label=label,
+        attack_name=choice.name,
+        params=dict(choice.params),
+        norm=threat.norm,
+        eps=(eps,),
+        targeted=threat.targeted,
+        start=0,
+        stop=len(cand),
+        seed=unit_seed(spec.seed, "gallery"),
+    )
+    idx = torch.tensor(cand, dtype=torch.long, device=x.device)
+    xs, ys = x[idx], y[idx]
+    res = unit.create_attack().run(prep.model, xs, ys, seed=unit.seed)
+    adv = res.x_adv.reshape(xs.shape)
+    succ = res.success.reshape(-1)
+    with torch.no_grad():
+        p_clean = prep.model.predict(xs, count=False)
+        p_adv = prep.model.predict(adv, count=False)
+    out = []
+    for j, i in enumerate(cand):
+        if not bool(succ[j]):
+            continue
+        out.append(
+            {
+                "index": int(i),
+                "label": int(ys[j]),
+                "pred_clean": int(p_clean[j]),
+                "pred_adv": int(p_adv[j]),
+                "attack": label,
+                "norm": threat.norm,
+                "eps": float(eps),
+                "x": _rounded(xs[j]),
+                "x_adv": _rounded(adv[j]),
+            }
+        )
+        if len(out) == GALLERY_SIZE:
+            break
+    return out
+
+
+def _rounded(t: Tensor) -> Any:
+    return torch.round(t.detach().float().cpu(), decimals=5).tolist()
+
+
+def _versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for pkg in ("gauntlet", "torch", "numpy", "scipy", "scikit-learn", "pydantic", "pyyaml", "sqlalchemy", "rich", "typer"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _manifest(
+    prep: Prepared, store: Store | None, command: str, started: str, audit_id: int | None, total: int, reused: int
+) -> dict[str, Any]:
+    spec = prep.spec
+    return {
+        "gauntlet_version": _versions().get("gauntlet"),
+        "packages": _versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "command": command,
+        "spec": spec.model_dump(mode="json"),
+        "spec_file": spec.source,
+        "spec_hash": prep.spec_hash,
+        "seeds": {
+            "spec": spec.seed,
+            "data_subset": spec.data.seed,
+            "units": "sha256(f'{spec.seed}/{unit key}')[:8] mod 2**31-1, per unit",
+        },
+        "plan": {
+            "units": total,
+            "batch_size": spec.batch_size,
+            "attacks": [{"label": a.label, "name": a.name, "params": a.params, "preset": a.preset} for a in prep.attacks],
+        },
+        "store": safe_url(store.url) if store is not None else None,
+        "audit_id": audit_id,
+        "units_reused": reused,
+        "started_at": started,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# the whole command
+def write_reports(report: dict[str, Any], out_dir: str | os.PathLike[str]) -> dict[str, Path]:
+    """Write ``report.json`` and ``report.html`` into ``out_dir`` atomically (temp file, then rename)."""
+    from gauntlet.audit.html import render_html
+
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"json": out / "report.json", "html": out / "report.html"}
+        texts = {"json": json.dumps(report, indent=2), "html": render_html(report)}
+        for kind, path in paths.items():
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(texts[kind], encoding="utf-8")
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"--out {str(out)!r}: cannot write the report ({exc.strerror or exc}); pass a writable folder") from None
+    return paths
+
+
+def _check_out_dir(out: Path) -> None:
+    """Fail early (before any work is stored) when the report folder cannot be written."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} is a file; pass a folder for report.json and report.html")
+    probe = out
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"--out {str(out)!r}: {str(probe)!r} is not writable; pass a writable folder")
+
+
+def run_audit(
+    spec: AuditSpec,
+    *,
+    out_dir: str | os.PathLike[str] | None = None,
+    store: str | None = DEFAULT_STORE_URL,
+    fail_under: Sequence[ThresholdSpec] = (),
+    max_regression: float | None = None,
+    trust: bool | None = None,
+    progress: ProgressCallback | None = None,
+    command: str | None = None,
+    resume: bool = True,
+) -> AuditRun:
+    """Run an audit end to end: check, run or resume the units, build the report, apply the gate,
+    write ``report.json``/``report.html`` into ``out_dir`` and record the audit in ``store``.
+
+    Args:
+        spec: from :func:`gauntlet.audit.load_spec`.
+        out_dir: where the reports go (nothing written when ``None``).
+        store: SQLAlchemy URL of the results store, or ``None`` for no store (no resume, no history).
+        fail_under: extra gate thresholds (CLI ``--fail-under``), on top of ``spec.thresholds``.
+        max_regression: largest allowed drop in robust accuracy (a fraction, 0.02 = 2 pp) against
+            the last finished audit of the same model name in the store.
+        trust: override ``spec.model.trust`` (CLI ``--trust``).
+        progress: called with a :class:`ProgressEvent` after every unit and phase.
+        command: the command line, recorded in the manifest and the store.
+    """
+    from gauntlet.audit.gate import evaluate_gate
+    from gauntlet.audit.report import build_report
+
+    command = command if command is not None else " ".join(sys.argv)
+    prep = prepare(spec, trust=trust, fail_under=fail_under)
+    if out_dir is not None:
+        _check_out_dir(Path(out_dir))
+    st = open_store(store) if store is not None else None
+    try:
+        outcome, audit_id, resumed, reused = execute(prep, st, command=command, progress=progress, resume=resume)
+        emit = progress or (lambda event: None)
+        emit(ProgressEvent("report", len(prep.units), len(prep.units), reused, "writing the report"))
+        report = build_report(outcome)
+        previous = None
+        if max_regression is not None and st is not None:
+            previous = st.previous_report(prep.model_info["name"], before=audit_id)
+        gate = evaluate_gate(
+            report,
+            list(spec.thresholds) + list(fail_under),
+            previous[1] if previous else None,
+            max_regression,
+        )
+        if max_regression is not None:
+            gate["baseline_audit_id"] = previous[0] if previous else None
+        report["gate"] = gate
+        paths = write_reports(report, out_dir) if out_dir is not None else {}
+        if st is not None and audit_id is not None:
+            st.finish_audit(audit_id, report)
+        emit(ProgressEvent("done", len(prep.units), len(prep.units), reused, "done"))
+        return AuditRun(outcome, report, audit_id, resumed, reused, paths)
+    finally:
+        if st is not None:
+            st.close()
+

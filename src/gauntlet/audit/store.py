@@ -1,0 +1,447 @@
+"""The results store: every model, audit and finished unit, in any SQLAlchemy database.
+
+SQLite by default (``sqlite:///gauntlet.db``, a file in the working folder); any SQLAlchemy URL
+works (``postgresql://user@host/db``).  Each finished unit is committed in its own transaction
+the moment it is done, and ``UNIQUE(audit_id, key)`` keeps a unit from ever being stored twice,
+so a process killed at any moment loses at most the unit it was computing.  SQLite runs in WAL
+mode.  Per sample, a unit keeps only success flags and perturbation norms, never the
+adversarial inputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gauntlet.audit.records import UnitRecord
+from gauntlet.errors import StoreError
+
+__all__ = ["DEFAULT_STORE_URL", "Store", "open_store", "safe_url"]
+
+DEFAULT_STORE_URL = "sqlite:///gauntlet.db"
+_DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql", "MySQLdb": "mysqlclient"}
+
+_TABLES: Any = None
+
+
+def _tables() -> Any:
+    """The schema, built on first use (keeps ``import gauntlet.audit`` light)."""
+    global _TABLES
+    if _TABLES is None:
+        from sqlalchemy import (
+            Boolean,
+            Column,
+            Float,
+            ForeignKey,
+            Integer,
+            MetaData,
+            String,
+            Table,
+            Text,
+            UniqueConstraint,
+        )
+
+        md = MetaData()
+        models = Table(
+            "models",
+            md,
+            Column("id", Integer, primary_key=True),
+            Column("name", String(255), nullable=False),
+            Column("version", String(255), nullable=False, default=""),
+            Column("sha256", String(64), nullable=False),
+            UniqueConstraint("name", "version", "sha256", name="uq_models_identity"),
+        )
+        audits = Table(
+            "audits",
+            md,
+            Column("id", Integer, primary_key=True),
+            Column("model_id", Integer, ForeignKey("models.id"), nullable=False, index=True),
+            Column("spec_hash", String(64), nullable=False),
+            Column("data_sha256", String(64), nullable=False),
+            Column("data_name", String(255), nullable=False, default=""),
+            Column("status", String(16), nullable=False),  # running | done | failed
+            Column("created_at", String(32), nullable=False),
+            Column("finished_at", String(32)),
+            Column("units_total", Integer, nullable=False, default=0),
+            Column("spec_json", Text),
+            Column("report_json", Text),
+            Column("command", Text),
+        )
+        units = Table(
+            "units",
+            md,
+            Column("id", Integer, primary_key=True),
+            Column("audit_id", Integer, ForeignKey("audits.id"), nullable=False, index=True),
+            Column("key", String(64), nullable=False),
+            Column("attack", String(255), nullable=False),
+            Column("attack_name", String(255), nullable=False),
+            Column("params_json", Text, nullable=False),
+            Column("norm", String(8), nullable=False),
+            Column("eps_json", Text, nullable=False),
+            Column("targeted", Boolean, nullable=False, default=False),
+            Column("start", Integer, nullable=False),
+            Column("stop", Integer, nullable=False),
+            Column("success_json", Text, nullable=False),
+            Column("norms_json", Text, nullable=False),
+            Column("queries", Integer, nullable=False),
+            Column("grad_evals", Integer, nullable=False),
+            Column("seconds", Float, nullable=False),
+            Column("created_at", String(32), nullable=False),
+            UniqueConstraint("audit_id", "key", name="uq_units_audit_key"),
+        )
+        _TABLES = (md, models, audits, units)
+    return _TABLES
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def safe_url(url: str) -> str:
+    """The URL with any password masked, for messages and reports."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable store URL>"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Store:
+    """A results store at an SQLAlchemy URL; open it with :func:`open_store`."""
+
+    def __init__(self, url: str, engine: Any) -> None:
+        self.url = url
+        self.engine = engine
+
+    # -- plumbing ------------------------------------------------------------------------------
+    @contextmanager
+    def _tx(self, what: str) -> Iterator[Any]:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store {safe_url(self.url)}: cannot {what} ({_first_line(exc)})") from None
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- models and audits ----------------------------------------------------------------------
+    def begin_audit(
+        self,
+        *,
+        model_name: str,
+        model_version: str | None,
+        model_sha256: str,
+        spec_hash: str,
+        data_sha256: str,
+        data_name: str,
+        units_total: int,
+        spec_json: str,
+        command: str,
+        resume: bool = True,
+    ) -> tuple[int, bool]:
+        """The audit to write into: the newest unfinished audit with the same model, data and spec
+        (resumed), or a new one.  Returns ``(audit_id, resumed)``."""
+        from sqlalchemy import insert, select
+
+        _, models, audits, _ = _tables()
+        version = model_version or ""
+        with self._tx("start the audit") as conn:
+            row = conn.execute(
+                select(models.c.id).where(
+                    models.c.name == model_name, models.c.version == version, models.c.sha256 == model_sha256
+                )
+            ).first()
+            model_id = row[0] if row else conn.execute(
+                insert(models).values(name=model_name, version=version, sha256=model_sha256)
+            ).inserted_primary_key[0]
+            if resume:
+                row = conn.execute(
+                    select(audits.c.id)
+                    .where(
+                        audits.c.model_id == model_id,
+                        audits.c.spec_hash == spec_hash,
+                        audits.c.data_sha256 == data_sha256,
+                        audits.c.status != "done",
+                    )
+                    .order_by(audits.c.id.desc())
+                ).first()
+                if row:
+                    conn.execute(audits.update().where(audits.c.id == row[0]).values(status="running", command=command))
+                    return int(row[0]), True
+            audit_id = conn.execute(
+                insert(audits).values(
+                    model_id=model_id,
+                    spec_hash=spec_hash,
+                    data_sha256=data_sha256,
+                    data_name=data_name,
+                    status="running",
+                    created_at=_now(),
+                    units_total=units_total,
+                    spec_json=spec_json,
+                    command=command,
+                )
+            ).inserted_primary_key[0]
+            return int(audit_id), False
+
+    def finish_audit(self, audit_id: int, report: dict[str, Any]) -> None:
+        _, _, audits, _ = _tables()
+        with self._tx("save the report") as conn:
+            conn.execute(
+                audits.update()
+                .where(audits.c.id == audit_id)
+                .values(status="done", finished_at=_now(), report_json=json.dumps(report, allow_nan=True))
+            )
+
+    def fail_audit(self, audit_id: int) -> None:
+        _, _, audits, _ = _tables()
+        with self._tx("mark the audit failed") as conn:
+            conn.execute(audits.update().where(audits.c.id == audit_id).values(status="failed"))
+
+    # -- units -----------------------------------------------------------------------------------
+    def add_unit(self, audit_id: int, key: str, rec: UnitRecord, targeted: bool = False) -> bool:
+        """Commit one finished unit in its own transaction; ``False`` if it was already stored."""
+        from sqlalchemy import insert
+        from sqlalchemy.exc import IntegrityError
+
+        _, _, _, units = _tables()
+        values = dict(
+            audit_id=audit_id,
+            key=key,
+            attack=rec.attack,
+            attack_name=rec.attack_name,
+            params_json=json.dumps(rec.params, sort_keys=True, default=str),
+            norm=rec.norm,
+            eps_json=json.dumps(list(rec.eps)),
+            targeted=bool(targeted),
+            start=rec.start,
+            stop=rec.stop,
+            success_json=json.dumps([[int(b) for b in row] for row in rec.success], separators=(",", ":")),
+            norms_json=json.dumps(rec.norms, separators=(",", ":"), allow_nan=True),
+            queries=int(rec.queries),
+            grad_evals=int(rec.grad_evals),
+            seconds=float(rec.seconds),
+            created_at=_now(),
+        )
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(units).values(**values))
+        except IntegrityError:
+            return False  # stored already (UNIQUE(audit_id, key)): never a duplicate
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store {safe_url(self.url)}: cannot save a finished unit ({_first_line(exc)})") from None
+        return True
+
+    def units(self, audit_id: int) -> dict[str, UnitRecord]:
+        """The finished units of an audit, by key."""
+        from sqlalchemy import select
+
+        _, _, _, units = _tables()
+        with self._tx("read finished units") as conn:
+            rows = conn.execute(select(units).where(units.c.audit_id == audit_id).order_by(units.c.id)).mappings().all()
+        return {
+            r["key"]: UnitRecord(
+                attack=r["attack"],
+                attack_name=r["attack_name"],
+                params=json.loads(r["params_json"]),
+                norm=r["norm"],
+                eps=tuple(json.loads(r["eps_json"])),
+                start=int(r["start"]),
+                stop=int(r["stop"]),
+                success=[[bool(b) for b in row] for row in json.loads(r["success_json"])],
+                norms=[[float(v) for v in row] for row in json.loads(r["norms_json"])],
+                queries=int(r["queries"]),
+                grad_evals=int(r["grad_evals"]),
+                seconds=float(r["seconds"]),
+            )
+            for r in rows
+        }
+
+    def count_units(self, audit_id: int) -> int:
+        from sqlalchemy import func, select
+
+        _, _, _, units = _tables()
+        with self._tx("count units") as conn:
+            return int(conn.execute(select(func.count()).select_from(units).where(units.c.audit_id == audit_id)).scalar_one())
+
+    # -- history -----------------------------------------------------------------------------------
+    def list_audits(self, model: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Audits, newest first, with a short summary of each finished one."""
+        from sqlalchemy import func, select
+
+        _, models, audits, units = _tables()
+        n_units = (
+            select(units.c.audit_id, func.count().label("n")).group_by(units.c.audit_id).subquery()
+        )
+        q = (
+            select(
+                audits.c.id,
+                audits.c.status,
+                audits.c.created_at,
+                audits.c.finished_at,
+                audits.c.data_name,
+                audits.c.data_sha256,
+                audits.c.units_total,
+                audits.c.report_json,
+                audits.c.command,
+                models.c.name,
+                models.c.version,
+                models.c.sha256,
+                func.coalesce(n_units.c.n, 0).label("units_done"),
+            )
+            .join(models, models.c.id == audits.c.model_id)
+            .outerjoin(n_units, n_units.c.audit_id == audits.c.id)
+            .order_by(audits.c.id.desc())
+        )
+        if model is not None:
+            q = q.where(models.c.name == model)
+        if limit is not None:
+            q = q.limit(limit)
+        with self._tx("list audits") as conn:
+            rows = conn.execute(q).mappings().all()
+        out = []
+        for r in rows:
+            report = json.loads(r["report_json"]) if r["report_json"] else None
+            item: dict[str, Any] = {
+                "id": int(r["id"]),
+                "model": {"name": r["name"], "version": r["version"] or None, "sha256": r["sha256"]},
+                "data": {"name": r["data_name"], "sha256": r["data_sha256"]},
+                "status": r["status"],
+                "created_at": r["created_at"],
+                "finished_at": r["finished_at"],
+                "units": {"done": int(r["units_done"]), "total": int(r["units_total"] or 0)},
+                "command": r["command"],
+            }
+            if report is not None:
+                item["clean_accuracy"] = report.get("clean_accuracy")
+                item["worst_case"] = report.get("worst_case", [])
+                item["gate"] = report.get("gate")
+            out.append(item)
+        return out
+
+    def get_report(self, audit_id: int) -> dict[str, Any]:
+        """The report of a finished audit (raises :class:`StoreError` when absent or unfinished)."""
+        from sqlalchemy import select
+
+        _, _, audits, _ = _tables()
+        with self._tx("read an audit") as conn:
+            row = conn.execute(select(audits.c.status, audits.c.report_json).where(audits.c.id == audit_id)).first()
+        if row is None:
+            raise StoreError(f"store {safe_url(self.url)} has no audit {audit_id}; gauntlet history lists them")
+        if row[0] != "done" or not row[1]:
+            raise StoreError(f"audit {audit_id} is not finished (status {row[0]}); rerun its command to complete it")
+        return json.loads(row[1])
+
+    def previous_report(self, model_name: str, before: int | None = None) -> tuple[int, dict[str, Any]] | None:
+        """The last finished audit of a model name (older than audit ``before``), or ``None``."""
+        from sqlalchemy import select
+
+        _, models, audits, _ = _tables()
+        q = (
+            select(audits.c.id, audits.c.report_json)
+            .join(models, models.c.id == audits.c.model_id)
+            .where(models.c.name == model_name, audits.c.status == "done", audits.c.report_json.is_not(None))
+            .order_by(audits.c.id.desc())
+        )
+        if before is not None:
+            q = q.where(audits.c.id < before)
+        with self._tx("read the previous audit") as conn:
+            row = conn.execute(q).first()
+        return (int(row[0]), json.loads(row[1])) if row else None
+
+
+def _sqlite_file(url: Any) -> Path | None:
+    if url.get_backend_name() != "sqlite":
+        return None
+    db = url.database
+    if not db or db == ":memory:" or db.startswith("file:"):
+        return None
+    return Path(db).expanduser()
+
+
+def open_store(url: str = DEFAULT_STORE_URL, *, create: bool = True) -> Store:
+    """Connect to the store at an SQLAlchemy URL and make sure its tables exist.
+
+    With ``create=False`` a missing SQLite file is an error instead of being created (for
+    read-only commands such as ``gauntlet history``).  Raises :class:`StoreError` with one line
+    for a bad URL, a missing database driver, an unreachable server or an unwritable file.
+    """
+    from sqlalchemy import create_engine, event
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    if not isinstance(url, str) or not url.strip():
+        raise StoreError(f"store URL must be an SQLAlchemy URL such as {DEFAULT_STORE_URL!r}, got {url!r}")
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        raise StoreError(
+            f"store URL {url!r} is not an SQLAlchemy URL; use e.g. {DEFAULT_STORE_URL!r} or 'postgresql://user@host/db'"
+        ) from None
+    shown = safe_url(url)
+    file = _sqlite_file(parsed)
+    if file is not None:
+        if not file.parent.exists():
+            raise StoreError(f"cannot open store {shown}: folder {str(file.parent)!r} does not exist; create it or pass another --store")
+        if not create and not file.exists():
+            raise StoreError(f"store {shown} does not exist (no audits yet); run gauntlet audit first or pass --store")
+    kwargs: dict[str, Any] = {}
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        kwargs["connect_args"] = {"connect_timeout": int(os.environ.get("GAUNTLET_STORE_TIMEOUT", "10"))}
+    elif backend == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30}
+    try:
+        engine = create_engine(parsed, **kwargs)
+    except ModuleNotFoundError as exc:
+        pkg = _DRIVER_PACKAGES.get(str(exc.name), exc.name)
+        raise StoreError(
+            f"cannot open store {shown}: its database driver {exc.name!r} is not installed; pip install {pkg!r} "
+            "or name another driver in the URL (e.g. postgresql+psycopg2://...)"
+        ) from None
+    except (ArgumentError, SQLAlchemyError, ValueError, TypeError) as exc:
+        raise StoreError(f"cannot open store {shown}: {_first_line(exc)}") from None
+
+    if backend == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:  # pragma: no cover - trivial
+            cur = dbapi_conn.cursor()
+            if file is not None:
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+    md = _tables()[0]
+    try:
+        if create:
+            md.create_all(engine)
+        else:
+            with engine.connect():
+                pass
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        raise StoreError(f"cannot reach store {shown} ({_first_line(exc)}); check the URL, the server and your access") from None
+    return Store(url, engine)

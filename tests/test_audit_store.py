@@ -1,0 +1,107 @@
+"""The results store: per-unit commits, no duplicates, exact round trips, resume lookup, clear errors."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from gauntlet.audit.records import UnitRecord
+from gauntlet.audit.store import open_store
+from gauntlet.errors import StoreError
+
+
+def rec(start: int = 0, stop: int = 3) -> UnitRecord:
+    m = stop - start
+    return UnitRecord(
+        attack="pgd",
+        attack_name="pgd",
+        params={"steps": 20, "early_stop": True},
+        norm="linf",
+        eps=(0.05, 0.1),
+        start=start,
+        stop=stop,
+        success=[[False] * m, [True] * m],
+        norms=[[0.1 + 1e-17 * i for i in range(m)], [0.30000001192092896] * m],
+        queries=60,
+        grad_evals=57,
+        seconds=0.25,
+    )
+
+
+def begin(store, sha: str = "a" * 64, spec: str = "s1", data: str = "d1", name: str = "net"):
+    return store.begin_audit(
+        model_name=name, model_version="1", model_sha256=sha, spec_hash=spec, data_sha256=data,
+        data_name="digits", units_total=4, spec_json="{}", command="gauntlet audit x",
+    )
+
+
+def test_units_round_trip_exactly_and_are_never_stored_twice(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    with open_store(url) as st:
+        audit_id, resumed = begin(st)
+        assert resumed is False
+        r = rec()
+        assert st.add_unit(audit_id, "k1", r) is True
+        assert st.add_unit(audit_id, "k1", r) is False  # UNIQUE(audit_id, key)
+        assert st.add_unit(audit_id, "k2", rec(3, 5)) is True
+        back = st.units(audit_id)
+        assert list(back) == ["k1", "k2"] and back["k1"] == r  # floats and bools survive unchanged
+        assert st.count_units(audit_id) == 2
+    con = sqlite3.connect(tmp_path / "g.db")
+    assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert con.execute("SELECT count(*) FROM units").fetchone()[0] == 2
+
+
+def test_an_unfinished_audit_is_resumed_and_a_finished_one_is_not(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'g.db'}") as st:
+        a1, _ = begin(st)
+        assert begin(st) == (a1, True)  # same model, spec and data, not done: resume
+        assert begin(st, spec="s2")[1] is False  # other spec: a new audit
+        assert begin(st, data="d2")[1] is False
+        assert begin(st, sha="b" * 64)[1] is False
+        st.finish_audit(a1, {"audit_id": a1, "clean_accuracy": 0.9, "worst_case": [], "gate": {"passed": True, "violations": []}})
+        a2, resumed = begin(st)
+        assert resumed is False and a2 > a1
+        assert st.get_report(a1)["clean_accuracy"] == 0.9
+        with pytest.raises(StoreError, match=f"audit {a2} is not finished"):
+            st.get_report(a2)
+        with pytest.raises(StoreError, match="has no audit 999"):
+            st.get_report(999)
+        prev = st.previous_report("net", before=a2)
+        assert prev is not None and prev[0] == a1
+        assert st.previous_report("net", before=a1) is None
+        assert st.previous_report("other") is None
+        rows = st.list_audits()
+        assert [r["id"] for r in rows] == sorted((r["id"] for r in rows), reverse=True)
+        done = next(r for r in rows if r["id"] == a1)
+        assert done["status"] == "done" and done["clean_accuracy"] == 0.9 and done["model"]["version"] == "1"
+        assert len(st.list_audits(model="nobody")) == 0 and len(st.list_audits(limit=2)) == 2
+
+
+@pytest.mark.parametrize(
+    "url, match",
+    [
+        ("sqlite:////nonexistent/dir/x.db", r"cannot open store sqlite:////nonexistent/dir/x\.db: folder '/nonexistent/dir' does not exist"),
+        ("postgresql://nohost/db", r"(database driver '\w+' is not installed; pip install|cannot reach store postgresql://nohost/db)"),
+        ("not a url", r"is not an SQLAlchemy URL"),
+        ("nosuchdialect://x/y", r"cannot open store"),
+    ],
+)
+def test_unreachable_or_malformed_stores_give_one_line_errors(url: str, match: str) -> None:
+    with pytest.raises(StoreError, match=match) as info:
+        open_store(url)
+    assert "\n" not in str(info.value)
+
+
+def test_passwords_never_appear_in_errors() -> None:
+    with pytest.raises(StoreError) as info:
+        open_store("postgresql://user:s3cret@nohost/db")
+    assert "s3cret" not in str(info.value)
+
+
+def test_read_only_commands_do_not_create_a_missing_store(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(f"sqlite:///{tmp_path / 'none.db'}", create=False)
+    assert not (tmp_path / "none.db").exists()
