@@ -223,7 +223,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_no_unit_and_the_final_rep
     seed = int(time.time())
     rng = random.Random(seed)
     db = tmp_path / "killed.db"
-    targets = sorted(rng.sample(range(1, total), 3))
+    targets = sorted(rng.sample(range(1, total - 3), 3))  # leave units after each kill point
     seen = []
     for i, target in enumerate(targets):
         proc = subprocess.Popen(cmd("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -232,9 +232,13 @@ def test_kill_9_at_random_moments_loses_and_duplicates_no_unit_and_the_final_rep
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.05))  # land anywhere: mid-unit, mid-commit, between units
         use_sigint = i == 1
-        proc.send_signal(signal.SIGINT if use_sigint else signal.SIGKILL)
+        finished_first = proc.poll() is not None
+        if not finished_first:
+            proc.send_signal(signal.SIGINT if use_sigint else signal.SIGKILL)
         _, err = proc.communicate(timeout=60)
-        if use_sigint:
+        if finished_first:  # the audit completed before the signal could land (a very fast machine)
+            assert proc.returncode == 0, (seed, proc.returncode, err)
+        elif use_sigint:
             assert proc.returncode == 130 and "run the same command again to resume" in err, (seed, err)
         else:
             assert proc.returncode == -signal.SIGKILL, (seed, proc.returncode, err)
