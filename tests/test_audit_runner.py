@@ -211,7 +211,11 @@ def test_kill_9_at_random_moments_loses_and_duplicates_no_unit_and_the_final_rep
     ds = load_data("digits", n=96, seed=0)
     np.savez(tmp_path / "digits96.npz", x=ds.x.numpy(), y=ds.y.numpy())
     spec_path = tmp_path / "spec.yaml"
-    spec_path.write_text(yaml.safe_dump(make_spec(model_file, data={"path": "digits96.npz"})))
+    # PGD units of 1000 steps take ~0.5 s each, so a signal sent after a kill point always lands
+    # while units remain, even on a quiet, fast machine
+    spec_path.write_text(yaml.safe_dump(make_spec(
+        model_file, data={"path": "digits96.npz"}, attacks=["fgsm", {"name": "pgd", "steps": 1000}]
+    )))
     total = 12
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
 
