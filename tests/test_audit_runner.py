@@ -231,8 +231,10 @@ def test_kill_9_at_random_moments_loses_and_duplicates_no_unit_and_the_final_rep
     seen = []
     for i, target in enumerate(targets):
         proc = subprocess.Popen(cmd("killed"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        # wait until this process has itself finished a unit, so the signal never lands in start-up
+        goal = max(target, _db_count(db) + 1)
         deadline = time.monotonic() + 60
-        while _db_count(db) < target and proc.poll() is None and time.monotonic() < deadline:
+        while _db_count(db) < goal and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.005)
         time.sleep(rng.uniform(0.0, 0.05))  # land anywhere: mid-unit, mid-commit, between units
         use_sigint = i == 1
