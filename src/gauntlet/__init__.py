@@ -1,10 +1,10 @@
 """Gauntlet: attack, harden and audit machine-learning models."""
 
-from gauntlet import attacks, data, errors, models, norms
+from gauntlet import attacks, data, defenses, errors, models, norms
 from gauntlet.attacks import AttackResult
 from gauntlet.errors import GauntletError
 from gauntlet.threat import ThreatModel
 
 __version__ = "0.1.0"
 
-__all__ = ["AttackResult", "GauntletError", "ThreatModel", "attacks", "data", "errors", "models", "norms", "__version__"]
+__all__ = ["AttackResult", "GauntletError", "ThreatModel", "attacks", "data", "defenses", "errors", "models", "norms", "__version__"]

@@ -50,6 +50,10 @@ class Model(abc.ABC):
     input_spec: InputSpec
     output: Output
     _num_classes: int | None
+    #: True when the model's output is random (e.g. a noise-injecting preprocessing defense):
+    #: a gradient attack on it needs expectation over transformation (EOT), and audits flag
+    #: runs that attack it without.
+    randomized: bool = False
 
     def __init__(self) -> None:
         self.queries = 0

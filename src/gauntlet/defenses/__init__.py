@@ -1,0 +1,22 @@
+"""Defenses: ``create(name, **params)``, ``list_defenses()``, and the ``Defense`` base class.
+
+Subpackages by kind: ``training``, ``preprocessing``, ``detection``, ``ensemble``, ``certify``.
+"""
+
+from gauntlet.defenses import certify, detection, ensemble, preprocessing, training
+from gauntlet.defenses.base import KINDS, Defense
+from gauntlet.defenses.registry import create, describe_defenses, get_defense_class, list_defenses, register
+
+__all__ = [
+    "KINDS",
+    "Defense",
+    "certify",
+    "create",
+    "describe_defenses",
+    "detection",
+    "ensemble",
+    "get_defense_class",
+    "list_defenses",
+    "preprocessing",
+    "training",
+]

@@ -1,0 +1,10 @@
+"""Certify defenses; importing this package registers every module in it."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+for _m in pkgutil.iter_modules(__path__):
+    if not _m.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_m.name}")
