@@ -41,6 +41,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reference", action="store_true", help="also time torchattacks.AutoAttack")
     ap.add_argument("--fresh", action="store_true", help="ignore finished chunks and start over")
+    ap.add_argument("--time-chunks", type=int, default=0, metavar="K",
+                    help="time ours against torchattacks.AutoAttack on the first K chunks, interleaved "
+                         "(ours, reference, ours, ...) in this run, wall and CPU seconds")
+    ap.add_argument("--reference-config", choices=("paper", "torchattacks"), default="paper",
+                    help="paper: torchattacks' components at the reference AutoAttack's settings (100 iterations "
+                         "for APGD-CE, APGD-T and FAB-T, 9 target classes, Square 5000 queries); torchattacks: "
+                         "torchattacks.AutoAttack as shipped (10 iterations each)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -53,6 +60,10 @@ def main() -> None:
     path = RESULTS / f"autoattack_{args.model}_{args.n}_eps{args.eps:g}.json"
     state = json.loads(path.read_text()) if path.exists() and not args.fresh else {"chunks": {}}
     state.update({"model": args.model, "n": args.n, "eps": args.eps, "params": attack.get_params()})
+
+    if args.time_chunks:
+        time_against_reference(args, net, model, attack, x, y, state, path)
+        return
 
     for s in range(0, args.n, args.chunk):
         key = f"{s}:{min(s + args.chunk, args.n)}"
@@ -106,6 +117,66 @@ def main() -> None:
     print(f"model {args.model}, L∞ ε = {args.eps}, first {n} MNIST test images, {args.threads} thread(s)")
     print(markdown_table(["attack", "n", "clean %", "robust %", "seconds"], rows))
     print(f"\nresults: {path}")
+
+
+def reference_autoattack(torchattacks, net, eps: float, config: str):
+    """torchattacks' AutoAttack, as shipped or with the reference implementation's settings.
+
+    torchattacks.AutoAttack builds its APGD, APGD-T and FAB with their default 10 iterations,
+    while the reference (fra31/auto-attack, ``version="standard"``) runs 100 for each; ``paper``
+    assembles the same components with the reference's settings.
+    """
+    if config == "torchattacks":
+        return torchattacks.AutoAttack(net, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)
+    return torchattacks.MultiAttack([
+        torchattacks.APGD(net, norm="Linf", eps=eps, steps=100, n_restarts=1, loss="ce", seed=0),
+        torchattacks.APGDT(net, norm="Linf", eps=eps, steps=100, n_restarts=1, n_classes=10, seed=0),
+        torchattacks.FAB(net, norm="Linf", eps=eps, steps=100, n_restarts=1, multi_targeted=True, n_classes=10, seed=0),
+        torchattacks.Square(net, norm="Linf", eps=eps, n_queries=5000, n_restarts=1, seed=0),
+    ])
+
+
+def time_against_reference(args, net, model, attack, x, y, state, path) -> None:
+    """Paired timing on the first K chunks: ours and the reference port alternate per chunk, so
+    both see the same machine load; finished pairs are saved at once (resumable)."""
+    import torchattacks  # the optional peer (benchmarks/install_peers.sh)
+
+    timing = state.setdefault("timing", {}).setdefault(args.reference_config, {})
+    for i in range(args.time_chunks):
+        s = i * args.chunk
+        key = f"{s}:{min(s + args.chunk, args.n)}"
+        if key in timing:
+            continue
+        xb, yb = x[s : s + args.chunk], y[s : s + args.chunk]
+        row = {}
+        t0, c0 = time.perf_counter(), time.process_time()
+        res = attack.run(model, xb, yb, seed=0)
+        row["ours"] = {"robust": int((~res.success).sum()), "seconds": time.perf_counter() - t0,
+                       "cpu_seconds": time.process_time() - c0}
+        ref = reference_autoattack(torchattacks, net, args.eps, args.reference_config)
+        t0, c0 = time.perf_counter(), time.process_time()
+        adv = ref(xb, yb)
+        sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+        with torch.no_grad():
+            row["reference"] = {"robust": int((net(adv).argmax(1) == yb).sum()), "seconds": sec, "cpu_seconds": cpu}
+        timing[key] = row
+        state["environment"] = environment()
+        path.write_text(json.dumps(state, indent=2) + "\n")
+        print(f"chunk {key}: ours robust {row['ours']['robust']} in {row['ours']['seconds']:.0f}s "
+              f"(CPU {row['ours']['cpu_seconds']:.0f}s); reference robust {row['reference']['robust']} in "
+              f"{sec:.0f}s (CPU {cpu:.0f}s)", flush=True)
+    rows = list(timing.values())[: args.time_chunks]
+    tot = {k: {m: sum(r[k][m] for r in rows) for m in ("robust", "seconds", "cpu_seconds")} for k in ("ours", "reference")}
+    n = sum(len(range(int(k.split(":")[0]), int(k.split(":")[1]))) for k in list(timing)[: args.time_chunks])
+    print()
+    print(f"paired timing against the {args.reference_config} reference configuration, {args.model}, L∞ ε = {args.eps}, first {n} images, {args.threads} thread(s)")
+    print(markdown_table(["attack", "robust", "wall s", "CPU s"], [
+        ["gauntlet autoattack", f"{tot['ours']['robust']}/{n}", f"{tot['ours']['seconds']:.0f}", f"{tot['ours']['cpu_seconds']:.0f}"],
+        ["torchattacks AutoAttack", f"{tot['reference']['robust']}/{n}", f"{tot['reference']['seconds']:.0f}",
+         f"{tot['reference']['cpu_seconds']:.0f}"],
+    ]))
+    print(f"ratio ours / reference: wall {tot['ours']['seconds'] / tot['reference']['seconds']:.2f}, "
+          f"CPU {tot['ours']['cpu_seconds'] / tot['reference']['cpu_seconds']:.2f}")
 
 
 if __name__ == "__main__":

@@ -126,7 +126,7 @@ def test_ctrl_c_then_the_same_call_resumes_computes_only_missing_units_and_equal
 
     calls = []
     real = runner_mod._run_unit
-    monkeypatch.setattr(runner_mod, "_run_unit", lambda *a: calls.append(a[-1].key) or real(*a))
+    monkeypatch.setattr(runner_mod, "_run_unit", lambda *a: calls.append(a[3].key) or real(*a))
     run = run_audit(spec, out_dir=tmp_path / "out", store=store)
     assert run.resumed and run.reused_units == 8 and len(calls) == 4
     assert unit_rows(tmp_path / "g.db") == (12, 12)

@@ -163,6 +163,23 @@ def test_bad_seed_and_target(digits_model, digits_batch, pgd) -> None:
         targeted.run(digits_model, x, y, target=y + 100)
 
 
+def test_target_given_to_an_attack_that_picks_its_own_targets_says_which_attacks_take_one(digits_model, digits_batch) -> None:
+    x, y = digits_batch
+    with pytest.raises(ConfigError, match="chooses its own target classes") as e:
+        gt.attacks.create("apgd_t", eps=0.1, steps=2).run(digits_model, x, y, target=y)
+    assert "targeted=True" not in str(e.value).split(";")[0]
+
+
+def test_clean_pred_of_the_wrong_shape_or_type_is_refused(digits_model, digits_batch, pgd) -> None:
+    x, y = digits_batch
+    with pytest.raises(DataError, match="clean_pred"):
+        pgd.run(digits_model, x, y, clean_pred=y[:3])
+    with pytest.raises(DataError, match="clean_pred"):
+        pgd.run(digits_model, x, y, clean_pred=y.float())
+    with pytest.raises(DataError, match="clean_pred"):
+        pgd.run(digits_model, x, y, clean_pred=y + 100)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "fragment"),
     [

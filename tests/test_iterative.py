@@ -133,3 +133,15 @@ def test_random_start_stays_inside_the_ball(norm) -> None:
 
 def test_linear_model_fixture_is_deterministic() -> None:
     assert torch.equal(Linear().fc.weight, Linear().fc.weight)
+
+
+def test_clean_pred_given_by_the_caller_replaces_the_clean_forward_and_changes_nothing_else(digits_model, digits_batch) -> None:
+    x, y = digits_batch
+    atk = gt.attacks.create("pgd", norm="linf", eps=0.1, steps=5, step_size=0.03)
+    plain = atk.run(digits_model, x, y, seed=3)
+    given = atk.run(digits_model, x, y, seed=3, clean_pred=digits_model.predict(x, count=False))
+    assert torch.equal(plain.x_adv, given.x_adv) and torch.equal(plain.success, given.success)
+    assert torch.equal(plain.clean_correct, given.clean_correct)
+    # the labels given are the ones used (an audit shares one clean pass across attacks)
+    wrong = atk.run(digits_model, x, y, seed=3, clean_pred=(y + 1) % 10)
+    assert not bool(wrong.clean_correct.any())

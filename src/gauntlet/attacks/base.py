@@ -129,6 +129,7 @@ class Attack(abc.ABC):
         *,
         seed: int = 0,
         target: Tensor | None = None,
+        clean_pred: Tensor | None = None,
     ) -> AttackResult:
         """Attack ``model`` on inputs ``x`` with true labels ``y``.
 
@@ -139,6 +140,9 @@ class Attack(abc.ABC):
             seed: seeds the attack's own ``torch.Generator`` (the global RNG is never used).
             target: for targeted attacks, the class to reach per sample; drawn at random
                 (≠ y, from ``seed``) when omitted.
+            clean_pred: the model's labels on ``x`` when the caller already has them (an audit
+                computes them once and shares them across attacks); saves one forward pass.
+                Omitted, they are computed here.
         """
         x, y = self._check_inputs(model, x, y)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -155,7 +159,17 @@ class Attack(abc.ABC):
             else:
                 target = self._check_target(target, y, num_classes)
         elif target is not None:
-            raise ConfigError(f"{self.name}: target was given but the attack is untargeted; pass targeted=True")
+            if "targeted" in params:
+                raise ConfigError(f"{self.name}: target was given but the attack is untargeted; pass targeted=True")
+            raise ConfigError(
+                f"{self.name}: target was given but {self.name} chooses its own target classes and takes none; "
+                "use an attack with a targeted=True option (e.g. apgd_ce or pgd) to aim at given classes"
+            )
+        if clean_pred is not None:
+            if not isinstance(clean_pred, Tensor) or clean_pred.dtype.is_floating_point or clean_pred.shape != y.shape:
+                raise DataError(f"{self.name}: clean_pred must be an integer tensor of labels with shape {tuple(y.shape)}")
+            clean_pred = clean_pred.to(device=y.device, dtype=torch.int64)
+            self._check_labels(clean_pred, num_classes, "clean_pred")
 
         eps_given = params.get("eps")
         multi = isinstance(eps_given, (list, tuple))
@@ -168,7 +182,8 @@ class Attack(abc.ABC):
         t0 = time.perf_counter()
         with model.attack_mode():
             ctx = Context(model, generator, targeted, num_classes, (lo, hi))
-            clean_pred = self._predict(model, x, batch_size)
+            if clean_pred is None:
+                clean_pred = self._predict(model, x, batch_size)
             advs: list[Tensor] = []
             for eps in (eps_values if not self.minimal else (None,)):
                 parts = []

@@ -240,9 +240,10 @@ def _check_data(model: Any, x: Tensor, y: Tensor) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # execute: units → store → outcome
-def _run_unit(model: Any, x: Tensor, y: Tensor, unit: Unit) -> UnitRecord:
+def _run_unit(model: Any, x: Tensor, y: Tensor, unit: Unit, clean_pred: Tensor | None = None) -> UnitRecord:
     attack = unit.create_attack()
-    res = attack.run(model, x[unit.start : unit.stop], y[unit.start : unit.stop], seed=unit.seed)
+    sl = slice(unit.start, unit.stop)
+    res = attack.run(model, x[sl], y[sl], seed=unit.seed, clean_pred=None if clean_pred is None else clean_pred[sl])
     success = res.success.reshape(len(unit.eps), -1)
     norms = res.norms.reshape(len(unit.eps), -1)
     return UnitRecord(
@@ -285,9 +286,9 @@ def _trim_heap() -> None:
 _MALLOC_TRIM: Any = None
 
 
-def _clean_correct(model: Any, x: Tensor, y: Tensor, batch: int) -> list[bool]:
-    preds = [model.predict(x[s : s + batch], count=False) for s in range(0, x.shape[0], batch)]
-    return (torch.cat(preds) == y).tolist()
+def _clean_pred(model: Any, x: Tensor, batch: int) -> Tensor:
+    """The model's labels on the clean data, computed once per audit and shared by every unit."""
+    return torch.cat([model.predict(x[s : s + batch], count=False) for s in range(0, x.shape[0], batch)])
 
 
 def execute(
@@ -330,12 +331,13 @@ def execute(
     reused = 0
     try:
         emit(ProgressEvent("units", 0, total, 0, "starting"))
+        clean_pred = _clean_pred(prep.model, prep.x, spec.batch_size)
         for i, unit in enumerate(prep.units):
             rec = done_records.get(unit.key)
             if rec is not None:
                 reused += 1
             else:
-                rec = _run_unit(prep.model, prep.x, prep.y, unit)
+                rec = _run_unit(prep.model, prep.x, prep.y, unit, clean_pred)
                 _trim_heap()
                 if store is not None and audit_id is not None:
                     store.add_unit(audit_id, unit.key, rec, targeted=unit.targeted)
@@ -343,7 +345,7 @@ def execute(
             records.append(rec)
             emit(ProgressEvent("units", i + 1, total, reused, unit.describe()))
         emit(ProgressEvent("flags", total, total, reused, "evaluation hygiene checks"))
-        clean = _clean_correct(prep.model, prep.x, prep.y, spec.batch_size)
+        clean = (clean_pred == prep.y).tolist()
         flags = compute_flags(prep.model, prep.x, prep.y, records, clean, seed=spec.seed)
         gallery = _gallery(prep, records, clean)
     except BaseException as exc:
