@@ -73,6 +73,17 @@ def test_attacks_lists_the_registry_as_json() -> None:
     assert res.exit_code == 0 and {"fgsm", "pgd", "autoattack"} <= set(json.loads(res.stdout))
 
 
+def test_defenses_lists_the_registry_by_kind_and_refuses_an_unknown_kind() -> None:
+    res = invoke("defenses", "--json")
+    assert res.exit_code == 0
+    table = json.loads(res.stdout)
+    assert table["jpeg_compression"]["kind"] == "preprocessing" and table["randomized_smoothing"]["kind"] == "certification"
+    only = json.loads(invoke("defenses", "--kind", "training", "--json").stdout)
+    assert {"fast_at", "pgd_at", "trades"} <= set(only) and {v["kind"] for v in only.values()} == {"training"}
+    bad = invoke("defenses", "--kind", "shield")
+    assert bad.exit_code == 2 and "--kind must be one of" in bad.output
+
+
 def test_audit_passes_fails_the_gate_and_prints_a_summary_line_last(model_file: Path, tmp_path: Path) -> None:
     spec = write_spec(tmp_path, model_file)
     db = tmp_path / "g.db"

@@ -55,6 +55,26 @@ def attacks(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
         typer.echo(f"{name:<{width}}  {desc}")
 
 
+@app.command()
+def defenses(
+    kind: Optional[str] = typer.Option(None, "--kind", help="Only one kind: training, preprocessing, detector, ensemble, certification."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the registered defenses with their kind and a one-line description."""
+    from gauntlet.defenses import KINDS, describe_defenses
+    from gauntlet.errors import ConfigError
+
+    if kind is not None and kind not in KINDS:
+        _fail(ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}"), as_json)
+    table = {n: {"kind": k, "description": d} for n, (k, d) in describe_defenses().items() if kind in (None, k)}
+    if as_json:
+        typer.echo(json.dumps(table, indent=2))
+        return
+    width = max(map(len, table))
+    for name, row in table.items():
+        typer.echo(f"{name:<{width}}  {row['kind']:<13}  {row['description']}")
+
+
 # ------------------------------------------------------------------------------------------------
 class _Bar:
     """A rich progress bar on a terminal (stderr); nothing at all otherwise."""
@@ -356,6 +376,170 @@ def compare(
         eps = "-" if r["eps"] is None else f"{r['eps']:g}"
         mark = "  REGRESSION" if r["regression"] else ""
         typer.echo(f"{r['attack']:<{width}}  {r['norm']:<4}  {eps:>7}  {_pct(r['a'])}  {_pct(r['b'])}  {delta}{mark}")
+    typer.echo(line)
+
+
+# ------------------------------------------------------------------------------------------------
+def _parse_train_params(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs, each value read as a YAML scalar (``0.3`` → float, ``true`` → bool, ``[0, 1]`` → list)."""
+    import yaml
+
+    from gauntlet.errors import ConfigError
+
+    params: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise ConfigError(f"--param {item!r}: expected key=value, e.g. --param eps=0.3")
+        if key in params:
+            raise ConfigError(f"--param {key} is given twice")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--param {item!r}: the value is not a valid YAML scalar") from None
+        if isinstance(value, dict):
+            raise ConfigError(f"--param {item!r}: the value must be a number, string, bool or list")
+        if isinstance(value, list):
+            value = tuple(value) if key == "bounds" else value
+        params[key] = value
+    return params
+
+
+def _save_weights(module: Any, out: Path) -> None:
+    """The module's state dict as safetensors (``.safetensors``) or ``torch.save`` (``.pt``/``.pth``), atomically."""
+    import torch
+
+    from gauntlet.errors import ConfigError
+
+    sd = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    suffix = out.suffix.lower()
+    if suffix not in (".safetensors", ".pt", ".pth"):
+        raise ConfigError(f"--out {str(out)!r}: use a .safetensors (or .pt) file name")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        if suffix == ".safetensors":
+            try:
+                from safetensors.torch import save_file
+            except ImportError:
+                raise ConfigError("--out *.safetensors needs the safetensors package (pip install gauntlet[safetensors]); or use a .pt name") from None
+            save_file(sd, str(tmp))
+        else:
+            torch.save(sd, tmp)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@app.command()
+def train(
+    data: str = typer.Option("digits", "--data", help="Training data: 'digits' or a path gauntlet.data.load accepts (its train split)."),
+    arch: str = typer.Option("digits_cnn", "--arch", help="Architecture: a zoo name (digits_cnn, smallcnn, lenet5, wong_kolter_small) or 'module.path:Class'."),
+    method: str = typer.Option("pgd_at", "--method", "-m", help="Training method: standard, fast_at, pgd_at, trades, distillation, label_smoothing."),
+    param: list[str] = typer.Option([], "--param", "-p", help="A method hyperparameter key=value (YAML scalar), e.g. eps=0.3 (repeatable)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (default: the method's)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed for the initial weights, shuffling and random starts."),
+    out: Path = typer.Option(Path("model.safetensors"), "--out", "-o", help="Trained weights (.safetensors or .pt); load with gauntlet.models.load(out, arch=...)."),
+    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file written after every epoch; rerunning the same command resumes from it."),
+    eval_eps: Optional[float] = typer.Option(None, "--eval-eps", min=0.0, help="ε of the quick PGD-20 check, in the method's norm (default: the method's eps, none if it has none; 0 skips)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Train a model robustly (adversarial training, TRADES, distillation, ...) and save its weights.
+
+    Prints the clean accuracy on the data's test split and the robust accuracy under a quick PGD-20 at --eval-eps on up to 1000 test samples.
+    """
+    from gauntlet.errors import GauntletError
+
+    _threads(threads)
+    ckpt_note = ""
+    try:
+        import torch
+
+        from gauntlet.data import load as load_data
+        from gauntlet.defenses.registry import create
+        from gauntlet.defenses.training._base import Trainer, accuracy
+        from gauntlet.errors import ConfigError
+        from gauntlet.models.loading import _build_arch
+
+        if out.suffix.lower() not in (".safetensors", ".pt", ".pth"):
+            raise ConfigError(f"--out {str(out)!r}: use a .safetensors (or .pt) file name")
+        params = _parse_train_params(param)
+        if epochs is not None:
+            if "epochs" in params:
+                raise ConfigError("give the number of epochs once: --epochs or --param epochs=, not both")
+            params["epochs"] = epochs
+        trainer = create(method, **params)  # bad names and hyperparameters fail before any data is read
+        if not isinstance(trainer, Trainer):
+            raise ConfigError(f"--method {method!r} is a {trainer.kind} defense, not a training method")
+        train_set = load_data(data, split="train")
+        test_set = load_data(data, split="test")
+        if "bounds" not in params:  # the data's declared range
+            trainer = create(method, **params, bounds=tuple(float(b) for b in train_set.spec.bounds))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module, arch_label = _build_arch(arch, {}, train_set.num_classes)
+        if checkpoint is not None and checkpoint.exists():
+            ckpt_note = f"resuming from {checkpoint}"
+        result = trainer.fit(
+            module, train_set.x, train_set.y, seed=seed, checkpoint=checkpoint, resume=True,
+            progress=sys.stderr.isatty() and not as_json,
+        )
+        _save_weights(module, out)
+        n_eval = min(1000, len(test_set))
+        x_te, y_te = test_set.x[:n_eval], test_set.y[:n_eval]
+        clean = accuracy(module, x_te, y_te)
+        eps_eval = eval_eps if eval_eps is not None else trainer.get_params().get("eps")
+        eval_norm = str(trainer.get_params().get("norm", "linf"))
+        robust = None
+        if eps_eval:
+            from gauntlet.attacks import create as create_attack
+            from gauntlet.models import TorchModel
+
+            model = TorchModel(module, bounds=tuple(trainer.bounds), num_classes=train_set.num_classes)
+            pgd = create_attack("pgd", norm=eval_norm, eps=float(eps_eval), steps=20, step_size=2.5 * float(eps_eval) / 20)
+            robust = 1.0 - float(pgd.run(model, x_te, y_te, seed=seed).success.float().mean())
+    except GauntletError as err:
+        _fail(err, as_json)
+    except KeyboardInterrupt:
+        where = f"; run the same command again to resume from {checkpoint}" if checkpoint is not None else " (no --checkpoint, nothing kept)"
+        typer.secho(f"interrupted{where}", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(code=130) from None
+    except Exception as exc:
+        _unexpected(exc, as_json)
+    line = (
+        f"{method} on {train_set.name} ({len(train_set)} samples, {result.params['epochs']} epochs, "
+        f"{result.seconds:.1f}s): clean accuracy {_pct(clean).strip()}"
+        + (f", PGD-20 {eval_norm} ε={eps_eval:g} robust accuracy {_pct(robust).strip()}" if robust is not None else "")
+        + f" on {n_eval} test samples; weights in {out}"
+    )
+    if as_json:
+        typer.echo(json.dumps({
+            "method": method,
+            "params": result.to_dict()["params"],
+            "arch": arch_label,
+            "data": {"name": train_set.name, "n_train": len(train_set), "n_eval": n_eval},
+            "seed": seed,
+            "out": str(out),
+            "checkpoint": str(checkpoint) if checkpoint is not None else None,
+            "resumed_from": result.resumed_from,
+            "history": [r.to_dict() for r in result.history],
+            "clean_accuracy": clean,
+            "robust_accuracy": robust,
+            "eval_eps": eps_eval if robust is not None else None,
+            "eval_norm": eval_norm if robust is not None else None,
+            "seconds": result.seconds,
+            "summary": line,
+        }, indent=2))
+        typer.echo(line, err=True)
+        return
+    if ckpt_note:
+        typer.echo(f"{ckpt_note}: {result.resumed_from} finished epoch(s) reused")
+    typer.echo(f"{'epoch':>5}  {'loss':>8}  {'train':>6}  {'seconds':>7}")
+    for r in result.history:
+        typer.echo(f"{r.epoch:>5}  {r.loss:8.4f}  {_pct(r.train_acc)}  {r.seconds:7.1f}")
     typer.echo(line)
 
 
