@@ -12,7 +12,7 @@ FAST_PARAMS: dict[str, dict] = {
     "apgd_ce": {"steps": 10},
     "apgd_dlr": {"steps": 10},
     "apgd_t": {"steps": 5, "n_target_classes": 2},
-    "cw_l2": {"steps": 20, "binary_search_steps": 3},
+    "cw_l2": {"steps": 20, "binary_search_steps": 3, "final_steps": 10},
     "deepfool": {"steps": 20},
     "fab": {"steps": 10, "n_target_classes": 2},
     "square": {"max_queries": 50},

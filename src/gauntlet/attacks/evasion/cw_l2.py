@@ -11,6 +11,12 @@ model's bounds ``[mid − half, mid + half]``, and Adam minimises, per sample,
 ``binary_search_steps`` rounds of ``steps`` Adam steps each, every round restarting from ``x``.
 A round stops early for a sample once its loss stops falling (checked every tenth of the
 steps).  The smallest adversarial seen at any step of any round is returned.
+
+One addition to the published algorithm (``final_steps``, 0 turns it off): once the search is
+done, a last round restarts each sample from its best adversarial, at the smallest ``c`` that
+succeeded, with Adam's step size annealed to zero.  Above the boundary the objective has a kink
+(``f`` is clamped at 0), where a constant step size oscillates across the boundary and leaves the
+result a few percent above the minimum; the annealed round settles onto it.
 """
 
 from __future__ import annotations
@@ -43,6 +49,9 @@ class CarliniWagnerL2(Attack):
         confidence: the margin κ an adversarial must clear (0: just across the boundary).
         learning_rate: Adam's step size in tanh space.
         abort_early: end a sample's round once its loss stops decreasing.
+        final_steps: Adam steps of a final round run after the search, from each sample's best
+            adversarial at the smallest ``c`` that succeeded, with the step size annealed to zero
+            (cosine); 0 skips it and gives the authors' algorithm exactly.
         targeted: aim at ``target`` (see ``Attack.run``).
         batch_size: split the input into batches of this size.
     """
@@ -58,6 +67,7 @@ class CarliniWagnerL2(Attack):
         "confidence": [Interval(float, 0, None)],
         "learning_rate": POSITIVE,
         "abort_early": [Boolean()],
+        "final_steps": [Interval(int, 0, None)],
     }
 
     def __init__(
@@ -65,12 +75,13 @@ class CarliniWagnerL2(Attack):
         *,
         norm: str = "l2",
         eps: float | list[float] | None = None,
-        steps: int = 100,
+        steps: int = 1000,
         binary_search_steps: int = 9,
         initial_const: float = 1e-2,
         confidence: float = 0.0,
-        learning_rate: float = 1e-1,
-        abort_early: bool = True,
+        learning_rate: float = 1e-2,
+        abort_early: bool = False,
+        final_steps: int = 1000,
         targeted: bool = False,
         batch_size: int | None = None,
     ) -> None:
@@ -82,6 +93,7 @@ class CarliniWagnerL2(Attack):
         self.confidence = confidence
         self.learning_rate = learning_rate
         self.abort_early = abort_early
+        self.final_steps = final_steps
         self.targeted = targeted
         self.batch_size = batch_size
         self._validate()
@@ -128,11 +140,22 @@ class CarliniWagnerL2(Attack):
         for round_ in range(self.binary_search_steps):
             if self.binary_search_steps >= 10 and round_ == self.binary_search_steps - 1:
                 const = torch.where(torch.isinf(upper), const, upper)  # the authors' final repeat at the upper bound
-            found = self._optimise(ctx, x, w0, goal, const, best, best_sq, targeted, mid, half)
+            found = self._optimise(
+                ctx, x, w0, goal, const, best, best_sq, targeted, mid, half, steps=self.steps, abort_early=self.abort_early
+            )
             # per-sample search over c: bisect once bracketed, else grow tenfold
             upper = torch.where(found, torch.minimum(upper, const), upper)
             lower = torch.where(found, lower, torch.maximum(lower, const))
             const = torch.where(torch.isinf(upper), const * 10.0, (lower + upper) / 2.0)
+        if self.final_steps and bool(torch.isfinite(best_sq).any()):
+            # final round: from the best adversarial, at the smallest c that worked, with the step
+            # size annealed to zero, so Adam settles onto the boundary instead of oscillating across it
+            ok = torch.isfinite(best_sq).nonzero().squeeze(1)
+            w_best = torch.atanh(((best[ok] - mid) / half).clamp(-1.0, 1.0) * _SHRINK)
+            b, b_sq = best[ok].clone(), best_sq[ok].clone()
+            self._optimise(ctx, x[ok], w_best, goal[ok], upper[ok], b, b_sq, targeted, mid, half,
+                           steps=self.final_steps, anneal=True, abort_early=False)
+            best[ok], best_sq[ok] = b, b_sq
         return best
 
     def _optimise(
@@ -147,13 +170,18 @@ class CarliniWagnerL2(Attack):
         targeted: bool,
         mid: float,
         half: float,
+        *,
+        steps: int,
+        anneal: bool = False,
+        abort_early: bool = False,
     ) -> Tensor:
-        """One round of Adam from ``x`` at fixed ``const``; updates ``best``/``best_sq`` in place
-        and returns which samples reached the goal at some step."""
+        """One round of Adam from ``tanh(w0)`` at fixed ``const``, distances measured to ``x``;
+        updates ``best``/``best_sq`` in place and returns which samples reached the goal at some
+        step.  ``anneal``: cosine-decay the step size from ``learning_rate`` to zero."""
         model = ctx.model
         n = x.shape[0]
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
-        check_every = max(1, self.steps // 10)
+        check_every = max(1, steps // 10)
         # state of the samples still optimising, kept compact (rows ``ids`` of the batch)
         ids = torch.arange(n, device=x.device)
         xs, ws, gs, cs = x, w0, goal, const
@@ -167,7 +195,7 @@ class CarliniWagnerL2(Attack):
             best_sq[ids[rows]] = bsq[rows]
             best[ids[rows]] = badv[rows]
 
-        for t in range(1, self.steps + 1):
+        for t in range(1, steps + 1):
             mod.requires_grad_(True)
             with torch.enable_grad():
                 x_new = torch.tanh(ws + mod) * half + mid
@@ -189,8 +217,9 @@ class CarliniWagnerL2(Attack):
                 v.mul_(_BETA2).addcmul_(g, g, value=1 - _BETA2)
                 # Adam (Kingma & Ba, Algorithm 1): ε is added to the bias-corrected √v̂
                 denom = v.sqrt().div_(math.sqrt(1 - _BETA2**t)).add_(_ADAM_EPS)
-                mod.addcdiv_(m, denom, value=-self.learning_rate / (1 - _BETA1**t))
-                if self.abort_early and t % check_every == 0:
+                lr = self.learning_rate * (0.5 * (1.0 + math.cos(math.pi * (t - 1) / steps)) if anneal else 1.0)
+                mod.addcdiv_(m, denom, value=-lr / (1 - _BETA1**t))
+                if abort_early and t % check_every == 0:
                     lv = loss.detach()
                     stalled = lv > 0.9999 * prev
                     prev = lv
