@@ -8,7 +8,17 @@ from gauntlet.audit.gate import compare_reports, evaluate_gate, parse_regression
 from gauntlet.audit.plan import Unit, make_plan
 from gauntlet.audit.records import AuditOutcome, UnitRecord
 from gauntlet.audit.runner import AuditRun, ProgressEvent, execute, prepare, run_audit, write_reports
-from gauntlet.audit.spec import PRESETS, AuditSpec, ThresholdSpec, load_spec, resolve_attacks, spec_hash
+from gauntlet.audit.spec import (
+    PRESETS,
+    AuditSpec,
+    ThresholdSpec,
+    load_spec,
+    resolve_attacks,
+    resolve_certify,
+    resolve_defense,
+    resolve_detect,
+    spec_hash,
+)
 from gauntlet.audit.store import DEFAULT_STORE_URL, Store, open_store
 
 __all__ = [
@@ -32,6 +42,9 @@ __all__ = [
     "parse_threshold",
     "prepare",
     "resolve_attacks",
+    "resolve_certify",
+    "resolve_defense",
+    "resolve_detect",
     "run_audit",
     "spec_hash",
     "write_reports",

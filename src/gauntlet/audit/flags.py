@@ -2,7 +2,8 @@
 
 :func:`compute_flags` probes the model directly (gradients, determinism, output scale, a PGD
 run at a huge budget) and reads the audit's own results (a score-based attack beating the
-gradient attacks, robust accuracy rising with ε). Each raised flag is a dict
+gradient attacks, robust accuracy rising with ε; with a defense: a randomized model attacked
+without EOT, and naive attacks reporting robustness that adaptive ones remove). Each raised flag is a dict
 ``{"id", "severity", "title", "explanation", "evidence"}``: the explanation says what was seen,
 why it suggests a broken evaluation, and what to do. A check that could not run (e.g. gradient
 checks on a model without gradients) is reported as an ``"info"`` flag saying so.
@@ -22,7 +23,7 @@ import torch
 from torch import Tensor
 
 from gauntlet import norms as N
-from gauntlet.audit.records import UnitRecord
+from gauntlet.audit.records import NAIVE_SUFFIX, UnitRecord, is_naive
 from gauntlet.audit.report import aggregate
 from gauntlet.models.base import Model
 
@@ -36,6 +37,8 @@ CHECKS: dict[str, str] = {
     "black_box_beats_white_box": "A score-based attack beats the gradient attacks",
     "non_monotonic_eps": "Robust accuracy rises as ε grows",
     "no_full_break_at_large_eps": "Accuracy does not reach ~0 at a very large ε",
+    "randomized_without_eot": "A randomized model is attacked without EOT",
+    "gradient_masking_gap": "Naive attacks report robustness that adaptive attacks remove",
 }
 
 # thresholds (documented in the explanations)
@@ -43,6 +46,7 @@ VANISHING = 1e-4  # first-order change of the logit margin across the whole inpu
 ZERO_GRAD_SHARE = 0.05  # flag when at least this share of inputs has vanishing gradients
 PROB_TOL = 1e-3
 LARGE_EPS_SURVIVORS = 0.05  # flag when more than this share survives PGD at a huge budget
+MASKING_GAP = 0.10  # flag when naive robust accuracy exceeds the adaptive one by this much
 
 
 def _flag(fid: str, explanation: str, evidence: dict[str, Any], severity: str = "warning", title: str | None = None) -> dict[str, Any]:
@@ -285,6 +289,69 @@ def _check_monotonic(rows: list[dict[str, Any]], worst: list[dict[str, Any]]) ->
     )
 
 
+def _defense_name(model: Model) -> str:
+    pre = getattr(model, "preprocessor", None)
+    return str(getattr(pre, "name", None) or type(model).__name__)
+
+
+def _check_eot(model: Model) -> dict[str, Any] | None:
+    """A randomized model whose gradient requests see one random draw (no EOT)."""
+    if not bool(getattr(model, "randomized", False)):
+        return None
+    k = int(getattr(model, "eot_samples", 1) or 1)
+    if k > 1:
+        return None
+    name = _defense_name(model)
+    return _flag(
+        "randomized_without_eot",
+        f"The audited model is randomized ('{name}' draws fresh randomness on every call) but the attacks see "
+        f"it with eot_samples = {k}: every gradient comes from a single random draw, a noisy estimate of the "
+        "gradient of the prediction the deployed model makes on average. Gradient attacks then follow noise, "
+        "fail by chance and robust accuracy is overestimated: the 'stochastic gradients' form of obfuscated "
+        "gradients (Athalye, Carlini & Wagner 2018). What to do: attack with Expectation over Transformation: "
+        "leave model.defense.eot_samples unset (10 draws) or raise it, and check that robust accuracy stops "
+        "falling as eot_samples grows.",
+        {"defense": name, "randomized": True, "eot_samples": k},
+    )
+
+
+def _check_masking_gap(rows: list[dict[str, Any]], model: Model) -> dict[str, Any] | None:
+    """Naive-view robust accuracy far above the adaptive view's at the same attack and (norm, ε)."""
+    naive = {(r["attack"][: -len(NAIVE_SUFFIX)], r["norm"], r["eps"]): r for r in rows if is_naive(r["attack"])}
+    if not naive:
+        return None
+    cases = []
+    for r in rows:
+        nr = naive.get((r["attack"], r["norm"], r["eps"]))
+        if nr is None or is_naive(r["attack"]) or r["robust_accuracy"] is None or nr["robust_accuracy"] is None:
+            continue
+        gap = nr["robust_accuracy"] - r["robust_accuracy"]
+        if gap >= MASKING_GAP - 1e-12 and nr["robust_count"] - r["robust_count"] >= _tolerance(max(r["n"], nr["n"])):
+            cases.append({
+                "attack": r["attack"], "norm": r["norm"], "eps": r["eps"],
+                "naive_robust_accuracy": nr["robust_accuracy"], "adaptive_robust_accuracy": r["robust_accuracy"],
+                "gap": gap,
+            })
+    if not cases:
+        return None
+    cases.sort(key=lambda c: -c["gap"])
+    c = cases[0]
+    name = _defense_name(model)
+    return _flag(
+        "gradient_masking_gap",
+        f"Against the naive view of the defense '{name}' (autograd through the transform as implemented, one "
+        f"random draw) '{c['attack']}' at {c['norm']} ε={c['eps']:g} leaves robust accuracy at "
+        f"{_pct(c['naive_robust_accuracy'])}; the adaptive attack (BPDA through non-differentiable steps, EOT "
+        f"over randomness) brings it down to {_pct(c['adaptive_robust_accuracy'])}. Those "
+        f"{100 * c['gap']:.1f} points were robustness that was only masking: the defense hides the gradient "
+        "instead of making the model robust (Athalye, Carlini & Wagner 2018, 'Obfuscated Gradients Give a "
+        "False Sense of Security'). What to do: trust the adaptive numbers (the worst case and the gate use "
+        "only them), never quote the naive ones, and prefer a defense whose adaptive robust accuracy is "
+        "meaningfully above the undefended model's.",
+        {"cases": cases[:20], "threshold": MASKING_GAP},
+    )
+
+
 # ------------------------------------------------------------------------------------------
 def compute_flags(
     model: Model,
@@ -301,11 +368,15 @@ def compute_flags(
     Args:
         model: the audited model.
         x, y: the audited inputs and labels (the first ``max_samples`` are probed).
-        units: the audit's finished units (for the result-based checks).
+        units: the audit's finished units (for the result-based checks); units against a
+            defense's naive view (labels ending in ``" (naive)"``) feed only the masking-gap check.
         clean_correct: per sample of ``x``, whether the model classifies it correctly.
         seed: seed of the large-ε PGD probe.
     """
     flags: list[dict[str, Any]] = []
+    f = _check_eot(model)
+    if f:
+        flags.append(f)
     queries, grad_evals = model.queries, model.grad_evals
     try:
         xs = x[:max_samples].detach().to(model.device)
@@ -340,9 +411,14 @@ def compute_flags(
                 ))
     finally:
         model.queries, model.grad_evals = queries, grad_evals
-    if units:
-        agg = aggregate(units, [bool(c) for c in clean_correct])
-        for f in (_check_black_box(units, clean_correct, agg.results), _check_monotonic(agg.results, agg.worst_case)):
+    audited = [u for u in units if not is_naive(u.attack)]
+    if audited:
+        agg = aggregate(audited, [bool(c) for c in clean_correct])
+        for f in (_check_black_box(audited, clean_correct, agg.results), _check_monotonic(agg.results, agg.worst_case)):
             if f:
                 flags.append(f)
+    if len(audited) < len(units):
+        f = _check_masking_gap(aggregate(units, [bool(c) for c in clean_correct]).results, model)
+        if f:
+            flags.append(f)
     return flags

@@ -4,7 +4,8 @@ Thresholds come from the spec (``thresholds:``) and the command line
 (``--fail-under "pgd:linf:0.1=0.5"``: attack:norm:ε=minimum robust accuracy; the attack may be
 ``worst_case``).  ``--max-regression 2pp`` fails the gate when any robust accuracy (or the clean
 accuracy) fell by more than 2 percentage points since the last finished audit of the same model
-name in the store.
+name in the store.  Runs against the naive view of a defense (``"pgd (naive)"``) are gated only
+by a threshold that names them; they never count as regressions.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from gauntlet.audit.records import is_naive
 from gauntlet.audit.spec import ThresholdSpec
 from gauntlet.errors import ConfigError
 
@@ -23,10 +25,13 @@ _TOL = 1e-9
 
 
 def parse_threshold(text: str) -> ThresholdSpec:
-    """``"pgd:linf:0.1=0.5"`` (or ``=50%``) → a :class:`ThresholdSpec`."""
+    """``"pgd:linf:0.1=0.5"`` (or ``=50%``) → a :class:`ThresholdSpec`; the attack may be a naive-view
+    label such as ``"pgd (naive)"``."""
     from pydantic import ValidationError
 
-    m = re.fullmatch(r"\s*([A-Za-z0-9_\-.]+)\s*:\s*(\w+)\s*:\s*([^=\s]+)\s*=\s*([^\s%]+)\s*(%?)\s*", text or "")
+    m = re.fullmatch(
+        r"\s*([A-Za-z0-9_\-.]+(?: \(naive\))?)\s*:\s*(\w+)\s*:\s*([^=\s]+)\s*=\s*([^\s%]+)\s*(%?)\s*", text or ""
+    )
     if not m:
         raise ConfigError(
             f"--fail-under {text!r}: expected attack:norm:eps=min_robust_accuracy, e.g. 'pgd:linf:0.1=0.5' "
@@ -102,7 +107,7 @@ def compare_reports(
     """Per (attack, norm, ε) robust accuracy of report ``a`` and ``b`` and their difference.
 
     A row is a regression when ``b`` is lower than ``a`` by more than ``max_regression``
-    (a fraction; 0.02 = 2 pp).  Rows only one report has get ``None`` on the other side.
+    (a fraction; 0.02 = 2 pp); rows of a defense's naive view (``"pgd (naive)"``) never are.  Rows only one report has get ``None`` on the other side.
     """
     ra, rb = _rows(a), _rows(b)
     keys = list(ra)
@@ -123,7 +128,8 @@ def compare_reports(
                 "a": va,
                 "b": vb,
                 "delta": delta,
-                "regression": bool(delta is not None and -delta > max_regression + _TOL),
+                # a defense's naive-view runs are informational: never a regression
+                "regression": bool(delta is not None and -delta > max_regression + _TOL) and not is_naive(k[0]),
             }
         )
     ca, cb = a.get("clean_accuracy"), b.get("clean_accuracy")
@@ -171,7 +177,7 @@ def evaluate_gate(
                 f"allowed {100 * max_regression:g} pp"
             )
         for r in cmp["rows"]:
-            if r["regression"]:
+            if r["regression"] and not is_naive(r["attack"]):
                 violations.append(
                     f"{r['attack']} {r['norm']} ε={r['eps']:g}: robust accuracy fell {-100 * r['delta']:.1f} pp "
                     f"({_pct(r['a'])} → {_pct(r['b'])}) since {vs}; allowed {100 * max_regression:g} pp"

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from gauntlet.audit.records import NAIVE_SUFFIX, is_naive
+
 __all__ = ["render_html"]
 
 _CSS = """
@@ -74,6 +76,7 @@ pre.manifest { background:#0f1623; color:#d7deea; padding:14px; border-radius:8p
 .violations { margin:8px 0 0; padding-left:20px; color:var(--bad); }
 footer { color:var(--muted); font-size:12px; text-align:center; margin-top:24px; }
 .note { color:var(--muted); font-size:13px; margin:8px 0 0; }
+tr.masking td { background:var(--warnbg); }
 """
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -164,13 +167,19 @@ def _plots(report: Mapping[str, Any]) -> list[tuple[str, str]]:
         FigureCanvasAgg(fig)
         ax = fig.add_subplot(1, 1, 1)
         attacks = list(dict.fromkeys(r["attack"] for r in results if r["norm"] == norm))
+        base = [a for a in attacks if not is_naive(str(a))]
+        colour = {a: f"C{i % 10}" for i, a in enumerate(base)}
         for i, attack in enumerate(attacks):
             rows = sorted((r for r in results if r["norm"] == norm and r["attack"] == attack), key=lambda r: r["eps"])
             xs = [r["eps"] for r in rows]
             ys = [100 * r["robust_accuracy"] for r in rows]
             if _is_num(clean):
                 xs, ys = [0.0, *xs], [100 * clean, *ys]
-            ax.plot(xs, ys, marker="o", markersize=4.5, linewidth=1.8, color=f"C{i % 10}", label=str(attack))
+            if is_naive(str(attack)):  # the naive view of a defense: dotted, in its attack's colour
+                c = colour.get(str(attack)[: -len(NAIVE_SUFFIX)], f"C{(len(base) + i) % 10}")
+                ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.4, linestyle=":", color=c, label=str(attack))
+                continue
+            ax.plot(xs, ys, marker="o", markersize=4.5, linewidth=1.8, color=colour[attack], label=str(attack))
         rows = sorted((r for r in worst if r["norm"] == norm), key=lambda r: r["eps"])
         if rows:
             xs = [r["eps"] for r in rows]
@@ -268,7 +277,8 @@ def _plots_section(report: Mapping[str, Any]) -> str:
     figs = "".join(
         f"<figure><img class='plot' data-norm='{_e(norm)}' alt='robust accuracy versus epsilon, {_e(norm)}' src='{url}'>"
         f"<figcaption>{_e(norm)}: one line per attack; the dashed black line is the per-sample worst case over all "
-        "attacks. ε = 0 is clean accuracy.</figcaption></figure>"
+        "attacks. ε = 0 is clean accuracy. Dotted lines (if any) attack the naive view of the defense and are "
+        "not part of the worst case.</figcaption></figure>"
         for norm, url in plots
     )
     return f"<section id='curves'><h2>Robust accuracy vs ε</h2><div class='plots'>{figs}</div></section>"
@@ -393,6 +403,159 @@ def _gallery(report: Mapping[str, Any]) -> str:
     )
 
 
+def _signed_pp(v: Any) -> str:
+    return f"{100 * v:+.1f} pp" if _is_num(v) else "—"
+
+
+def _defense(report: Mapping[str, Any]) -> str:
+    d = report.get("defense")
+    if not isinstance(d, Mapping):
+        return ""
+    from gauntlet.audit.flags import MASKING_GAP
+
+    params = ", ".join(f"{_e(k)}={_e(_fmt_value(v))}" for k, v in (d.get("params") or {}).items())
+    view = (
+        f"randomized: adaptive attacks average {_e(d.get('eot_samples'))} draws per gradient (EOT)"
+        if d.get("randomized")
+        else "deterministic: adaptive attacks backpropagate through a differentiable stand-in (BPDA)"
+    )
+    rows = []
+    for r in d.get("rows") or []:
+        gap = r.get("gap")
+        cls = " class='masking'" if _is_num(gap) and gap >= MASKING_GAP - 1e-12 else ""
+        rows.append(
+            f"<tr{cls}><td>{_e(r.get('attack'))}</td><td>{_e(r.get('norm'))}</td><td class='num'>{_eps(r.get('eps'))}</td>"
+            f"<td class='num'>{_bar(r.get('adaptive_robust_accuracy'))}</td><td class='num'>{_pct(r.get('naive_robust_accuracy'))}</td>"
+            f"<td class='num'>{_signed_pp(gap)}</td></tr>"
+        )
+    head = (
+        "<tr><th>attack</th><th>norm</th><th class='num'>ε</th><th class='num'>adaptive (BPDA + EOT)</th>"
+        "<th class='num'>naive</th><th class='num'>gap (naive − adaptive)</th></tr>"
+    )
+    table = f"<table class='defense'>{head}{''.join(rows)}</table>" if rows else "<p class='note'>No attack results.</p>"
+    note = (
+        "<p class='note'>The audited model is the defense's adaptive wrap; every attack also ran against the naive "
+        "wrap (autograd through the transform as implemented, one random draw). A positive gap is robustness "
+        f"that was only masking; rows with a gap of {100 * MASKING_GAP:g} pp or more are highlighted. Naive runs "
+        "are not part of the worst case and are gated only by thresholds that name them.</p>"
+    )
+    return (
+        f"<section id='defense'><h2>Defense — {_e(d.get('name'))}</h2>"
+        f"<div class='sub'>{params or 'default parameters'} · {view}</div>{table}{note}</section>"
+    )
+
+
+def _cert_plot(cert: list[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """One PNG per norm: certified accuracy vs radius, one line per certification method."""
+    by_norm: dict[str, list[Mapping[str, Any]]] = {}
+    for c in cert:
+        pts = [p for p in c.get("curve") or [] if isinstance(p, (list, tuple)) and len(p) == 2 and all(_is_num(v) for v in p)]
+        if pts:
+            by_norm.setdefault(str(c.get("norm")), []).append({**c, "curve": pts})
+    if not by_norm:
+        return []
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = []
+    for norm, items in by_norm.items():
+        fig = Figure(figsize=(5.4, 3.5), dpi=160)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        for i, c in enumerate(items):
+            pts = sorted(c["curve"])
+            # between two evaluated radii draw the lower value: a certificate is never overstated
+            ax.step([p[0] for p in pts], [100 * p[1] for p in pts], where="pre", marker="o", markersize=4,
+                    linewidth=1.8, color=f"C{i % 10}", label=str(c.get("method")))
+        ax.set_ylim(-3, 103)
+        ax.set_xlim(left=0)
+        ax.set_xlabel(f"radius ({norm})")
+        ax.set_ylabel("certified accuracy (%)")
+        ax.set_title(f"Certified accuracy vs radius — {norm}", fontsize=11)
+        ax.grid(True, color="#e3e7ee", linewidth=0.8)
+        ax.spines[["top", "right"]].set_visible(False)
+        ax.legend(frameon=False, fontsize=9, loc="upper right")
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", metadata={"Software": None})
+        out.append((norm, _data_url(buf.getvalue())))
+    return out
+
+
+def _certification(report: Mapping[str, Any]) -> str:
+    cert = [c for c in report.get("certification") or [] if isinstance(c, Mapping)]
+    if not cert:
+        return ""
+    figs = "".join(
+        f"<figure><img class='plot' data-cert='{_e(norm)}' alt='certified accuracy versus radius, {_e(norm)}' src='{url}'>"
+        f"<figcaption>{_e(norm)}: share of samples classified correctly and certified at each radius "
+        "(abstentions count as errors); between two evaluated radii the line shows the lower value.</figcaption></figure>"
+        for norm, url in _cert_plot(cert)
+    )
+    rows = []
+    for c in cert:
+        curve = ", ".join(
+            f"{_eps(p[0])}: {_pct(p[1])}" for p in (c.get("curve") or []) if isinstance(p, (list, tuple)) and len(p) == 2
+        )
+        params = ", ".join(f"{_e(k)}={_e(_fmt_value(v))}" for k, v in (c.get("params") or {}).items())
+        rows.append(
+            f"<tr class='cert'><td>{_e(c.get('method'))}</td><td>{_e(c.get('norm'))}</td><td class='mono'>{params}</td>"
+            f"<td class='num'>{_num(c.get('n'))}</td><td class='num'>{_pct(c.get('certified_accuracy'))}</td>"
+            f"<td class='num'>{_pct(c.get('abstain_rate'))}</td><td class='num'>{_num(c.get('average_certified_radius'))}</td>"
+            f"<td>{curve}</td><td class='num'>{_num(c.get('seconds'), '{:.2f}')}</td></tr>"
+        )
+    head = (
+        "<tr><th>method</th><th>norm</th><th>parameters</th><th class='num'>n</th><th class='num'>certified at 0</th>"
+        "<th class='num'>abstained</th><th class='num'>avg. certified radius</th><th>certified accuracy by radius</th>"
+        "<th class='num'>seconds</th></tr>"
+    )
+    note = (
+        "<p class='note'>Certification runs on the undefended model (the model file). Certified accuracy at radius r: "
+        "share of all samples that are classified correctly and provably keep their class within distance r "
+        "(randomized smoothing: with probability at least 1 − alpha over its sampling). Average certified radius: "
+        "mean over all samples of the radius, 0 where wrong or abstained.</p>"
+    )
+    plots = f"<div class='plots'>{figs}</div>" if figs else ""
+    return f"<section id='certification'><h2>Certification</h2>{plots}<table class='cert'>{head}{''.join(rows)}</table>{note}</section>"
+
+
+def _detection(report: Mapping[str, Any]) -> str:
+    dets = [d for d in report.get("detection") or [] if isinstance(d, Mapping)]
+    if not dets:
+        return ""
+    parts = []
+    head = (
+        "<tr><th>attack</th><th>mode</th><th class='num'>ε</th><th class='num'>success rate</th>"
+        "<th class='num'>detected (TPR)</th><th class='num'>undetected success</th><th class='num'>AUROC</th>"
+        "<th class='num'>seconds</th></tr>"
+    )
+    for d in dets:
+        rows = "".join(
+            f"<tr class='det'><td>{_e(r.get('attack'))}</td><td>{'detector-aware' if r.get('adaptive') else 'plain'}</td>"
+            f"<td class='num'>{_eps(r.get('eps'))}</td><td class='num'>{_pct(r.get('success_rate'))}</td>"
+            f"<td class='num'>{_pct(r.get('tpr'))}</td><td class='num'>{_bar(r.get('undetected_success_rate'))}</td>"
+            f"<td class='num'>{_num(r.get('auroc'), '{:.3f}')}</td><td class='num'>{_num(r.get('seconds'), '{:.2f}')}</td></tr>"
+            for r in d.get("rows") or []
+            if isinstance(r, Mapping)
+        )
+        params = ", ".join(f"{_e(k)}={_e(_fmt_value(v))}" for k, v in (d.get("params") or {}).items())
+        notes = "".join(f"<li>{_e(n)}</li>" for n in d.get("notes") or [])
+        parts.append(
+            f"<h3>{_e(d.get('detector'))} <span class='mono sub'>{params}</span></h3>"
+            f"<div class='sub'>fitted and calibrated on {_num(d.get('calibration_samples'))} samples, evaluated on "
+            f"{_num(d.get('n'))} · target FPR {_pct(d.get('target_fpr'))}, clean FPR {_pct(d.get('clean_fpr'))} · "
+            f"clean accuracy {_pct(d.get('clean_accuracy'))}</div>"
+            f"<table class='det'>{head}{rows}</table>" + (f"<ul class='checks'>{notes}</ul>" if notes else "")
+        )
+    note = (
+        "<p class='note'>Detection runs on the undefended model. Rates are over the samples classified correctly: "
+        "success = the attack fools the classifier; undetected success = it fools the classifier and the detector "
+        "does not flag it (what matters to a defender). Detector-aware rows attack classifier and detector together "
+        "(Carlini &amp; Wagner 2017).</p>"
+    )
+    return f"<section id='detection'><h2>Detection</h2>{''.join(parts)}{note}</section>"
+
+
 def _cost(report: Mapping[str, Any]) -> str:
     cost = report.get("cost") or []
     if not cost:
@@ -430,6 +593,9 @@ def render_html(report: Mapping[str, Any]) -> str:
         _gate(report),
         _plots_section(report),
         _results(report),
+        _defense(report),
+        _certification(report),
+        _detection(report),
         _flags(report),
         _gallery(report),
         _cost(report),

@@ -11,6 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Suffix of the label of an attack run against the *naive* view of a preprocessing defense
+#: (``model.defense`` in the spec): ``"pgd"`` runs on the adaptive (BPDA + EOT) wrap, ``"pgd (naive)"``
+#: on the naive one.  Such rows are reported but never enter the worst case or the regression gate.
+NAIVE_SUFFIX = " (naive)"
+
+
+def is_naive(label: str) -> bool:
+    """Whether ``label`` names a run against the naive view of the spec's defense."""
+    return isinstance(label, str) and label.endswith(NAIVE_SUFFIX)
+
+
+def naive_label(label: str) -> str:
+    """The label of ``label``'s run against the naive view: ``"pgd"`` → ``"pgd (naive)"``."""
+    return f"{label}{NAIVE_SUFFIX}"
+
 
 @dataclass
 class UnitRecord:
@@ -47,3 +62,9 @@ class AuditOutcome:
     gallery: list[dict[str, Any]] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     store_audit_id: int | None = None
+    #: ``model.defense`` of the spec: ``{name, params, randomized, eot_samples}`` (None: no defense)
+    defense: dict[str, Any] | None = None
+    #: one entry per ``certify`` item: ``{method, norm, params, n, curve, abstain_rate, seconds, ...}``
+    certification: list[dict[str, Any]] = field(default_factory=list)
+    #: one :meth:`DetectionReport.to_dict` per ``detect`` item (plus ``calibration_samples``)
+    detection: list[dict[str, Any]] = field(default_factory=list)

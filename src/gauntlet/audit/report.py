@@ -1,4 +1,4 @@
-"""Assemble ``report.json`` (schema version 1.0) from an :class:`~gauntlet.audit.records.AuditOutcome`.
+"""Assemble ``report.json`` (schema version 1.1) from an :class:`~gauntlet.audit.records.AuditOutcome`.
 
 Definitions used throughout (per sample ``i`` of the audited data, per attack, norm and ε):
 
@@ -8,9 +8,16 @@ Definitions used throughout (per sample ``i`` of the audited data, per attack, n
   mistakes are not counted as attack successes); ``null`` when no sample is classified correctly.
 * **median_perturbation** — the median size (in the threat's norm) of the perturbations that
   fooled a correctly classified sample; ``null`` when the attack fooled none.
-* **worst case** — per sample, robust only if *no* attack succeeded at that (norm, ε).
+* **worst case** — per sample, robust only if *no* attack succeeded at that (norm, ε).  Runs
+  against the naive view of a defense (labels ending in ``" (naive)"``) are not part of it.
 * **cost** — queries, gradient evaluations and seconds of a unit are summed per attack; in the
   per-ε result rows a unit's cost is shared equally among the ε values it ran.
+* **defense gap** — with ``model.defense``, per attack and (norm, ε): the naive view's robust
+  accuracy minus the adaptive (BPDA + EOT) view's.  A positive gap is robustness that only came
+  from masked gradients.
+
+Schema 1.1 adds the optional sections ``defense``, ``certification`` and ``detection`` to 1.0;
+a 1.0 report is still a valid report (:func:`validate_report` accepts both versions).
 
 :data:`REPORT_SCHEMA` is the JSON Schema of the document; :func:`validate_report` checks a
 report against it (and is what readers of stored reports should call).
@@ -25,16 +32,20 @@ from dataclasses import dataclass, field
 from pathlib import PurePath
 from typing import Any
 
-from gauntlet.audit.records import AuditOutcome, UnitRecord
+from gauntlet.audit.records import NAIVE_SUFFIX, AuditOutcome, UnitRecord, is_naive
 from gauntlet.errors import DataError
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"
+#: every version :func:`validate_report` accepts (1.1 only adds optional sections to 1.0)
+SCHEMA_VERSIONS = ("1.0", "1.1")
 
 __all__ = [
     "REPORT_SCHEMA",
     "SCHEMA_VERSION",
+    "SCHEMA_VERSIONS",
     "aggregate",
     "build_report",
+    "defense_rows",
     "validate_report",
 ]
 
@@ -102,6 +113,8 @@ def aggregate(units: Sequence[UnitRecord], clean_correct: Sequence[bool]) -> Agg
 
     A sample covered by several units of the same (attack, norm, ε) counts as fooled if any of
     them fooled it. Rows are ordered by first appearance of the attack and the norm, then by ε.
+    The worst case leaves out runs against a defense's naive view (labels ending in
+    ``" (naive)"``): it describes the audited, adaptively attacked model.
     """
     n = len(clean_correct)
     cells: dict[tuple[str, str, float], _Cell] = {}
@@ -150,9 +163,12 @@ def aggregate(units: Sequence[UnitRecord], clean_correct: Sequence[bool]) -> Agg
         row.update({"queries": cell.queries, "grad_evals": cell.grad_evals, "seconds": cell.seconds})
         out.results.append(row)
 
-    threats = sorted({(nm, e) for (_, nm, e) in cells}, key=lambda t: (norm_order[t[0]], t[1]))
+    threats = sorted({(nm, e) for (a, nm, e) in cells if not is_naive(a)}, key=lambda t: (norm_order[t[0]], t[1]))
     for norm, eps in threats:
-        attacks = [a for a in sorted(attack_order, key=attack_order.get) if (a, norm, eps) in cells]  # type: ignore[arg-type]
+        attacks = [
+            a for a in sorted(attack_order, key=attack_order.get)  # type: ignore[arg-type]
+            if (a, norm, eps) in cells and not is_naive(a)
+        ]
         success: list[bool | None] = [None] * n
         norms: list[float | None] = [None] * n
         for a in attacks:
@@ -212,8 +228,34 @@ def _spec_dict(spec: Any) -> Any:
     return _jsonable(spec)
 
 
+def defense_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Adaptive vs naive robust accuracy per attack and (norm, ε), from the result rows.
+
+    One row per adaptive result that has a naive counterpart (``"<label> (naive)"``); ``gap`` is
+    naive minus adaptive robust accuracy (``None`` when either is unknown).
+    """
+    naive = {(r["attack"][: -len(NAIVE_SUFFIX)], r["norm"], float(r["eps"])): r for r in results if is_naive(r["attack"])}
+    rows = []
+    for r in results:
+        if is_naive(r["attack"]):
+            continue
+        other = naive.get((r["attack"], r["norm"], float(r["eps"])))
+        if other is None:
+            continue
+        a, b = r.get("robust_accuracy"), other.get("robust_accuracy")
+        rows.append({
+            "attack": r["attack"],
+            "norm": r["norm"],
+            "eps": float(r["eps"]),
+            "adaptive_robust_accuracy": a,
+            "naive_robust_accuracy": b,
+            "gap": (b - a) if (a is not None and b is not None) else None,
+        })
+    return rows
+
+
 def build_report(outcome: AuditOutcome, gate: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``report.json`` document (schema version 1.0) for one audit.
+    """The ``report.json`` document (schema version 1.1) for one audit.
 
     ``gate`` defaults to ``{"passed": None, "violations": []}`` (not evaluated); the audit
     command replaces it with :func:`gauntlet.audit.gate.evaluate_gate`'s answer.
@@ -243,6 +285,19 @@ def build_report(outcome: AuditOutcome, gate: Mapping[str, Any] | None = None) -
         "gallery": _jsonable(list(outcome.gallery or [])),
         "manifest": manifest,
     }
+    if getattr(outcome, "defense", None) is not None:
+        d = dict(_jsonable(outcome.defense))
+        report["defense"] = {
+            "name": d.get("name"),
+            "params": d.get("params") or {},
+            "randomized": bool(d.get("randomized", False)),
+            "eot_samples": int(d.get("eot_samples") or 1),
+            "rows": defense_rows(agg.results),
+        }
+    if getattr(outcome, "certification", None):
+        report["certification"] = _jsonable(list(outcome.certification))
+    if getattr(outcome, "detection", None):
+        report["detection"] = _jsonable(list(outcome.detection))
     return report
 
 
@@ -261,6 +316,103 @@ _ROW_COMMON = {
     "n": _COUNT,
 }
 
+_CURVE_POINT = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number", "minimum": 0}}
+_DEFENSE = {
+    "type": "object",
+    "required": ["name", "params", "randomized", "eot_samples", "rows"],
+    "properties": {
+        "name": {"type": "string"},
+        "params": {"type": "object"},
+        "randomized": {"type": "boolean"},
+        "eot_samples": {"type": "integer", "minimum": 1},
+        "rows": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["attack", "norm", "eps", "adaptive_robust_accuracy", "naive_robust_accuracy", "gap"],
+                "properties": {
+                    "attack": {"type": "string"},
+                    "norm": {"type": "string"},
+                    "eps": {"type": "number", "minimum": 0},
+                    "adaptive_robust_accuracy": _SHARE,
+                    "naive_robust_accuracy": _SHARE,
+                    "gap": {"type": ["number", "null"], "minimum": -1, "maximum": 1},
+                },
+            },
+        },
+    },
+}
+_CERTIFICATION = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["method", "norm", "params", "n", "curve", "abstain_rate", "seconds"],
+        "properties": {
+            "method": {"type": "string"},
+            "norm": {"type": "string"},
+            "params": {"type": "object"},
+            "model": {"type": "string"},
+            "n": _COUNT,
+            "curve": {"type": "array", "minItems": 1, "items": _CURVE_POINT},
+            "certified_accuracy": _SHARE,
+            "abstain_rate": _SHARE,
+            "average_certified_radius": {"type": "number", "minimum": 0},
+            "max_radius": {"type": "number", "minimum": 0},
+            "seconds": {"type": "number", "minimum": 0},
+            "chunks": _COUNT,
+        },
+    },
+}
+_DETECTION = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["detector", "params", "threshold", "target_fpr", "n", "clean_accuracy", "clean_fpr", "rows", "notes"],
+        "properties": {
+            "detector": {"type": "string"},
+            "params": {"type": "object"},
+            "threshold": _NUM,
+            "target_fpr": {"type": "number", "minimum": 0, "maximum": 1},
+            "n": _COUNT,
+            "clean_accuracy": _SHARE,
+            "clean_fpr": _SHARE,
+            "calibration_samples": _COUNT,
+            "fit_samples": _COUNT,
+            "seconds": {"type": "number", "minimum": 0},
+            "notes": {"type": "array", "items": {"type": "string"}},
+            "rows": {
+                "type": "array",
+                "items": {
+                    "type": "object",
+                    "required": [
+                        "attack", "adaptive", "eps", "norm", "n", "n_correct", "clean_fpr", "success_rate", "tpr",
+                        "undetected_success_rate", "auroc",
+                    ],
+                    "properties": {
+                        "attack": {"type": "string"},
+                        "adaptive": {"type": "boolean"},
+                        "eps": {"type": ["number", "null"], "minimum": 0},
+                        "norm": _STR_OR_NULL,
+                        "n": _COUNT,
+                        "n_correct": _COUNT,
+                        "clean_fpr": _SHARE,
+                        "success_rate": _SHARE,
+                        "tpr": _SHARE,
+                        "undetected_success_rate": _SHARE,
+                        "auroc": _SHARE,
+                        "median_norm": {"type": ["number", "null"], "minimum": 0},
+                        "union_undetected_success_rate": _SHARE,
+                        "threshold": _NUM,
+                        "target_fpr": {"type": "number", "minimum": 0, "maximum": 1},
+                        "seconds": {"type": "number", "minimum": 0},
+                        "queries": _COUNT,
+                    },
+                },
+            },
+        },
+    },
+}
+
 REPORT_SCHEMA: dict[str, Any] = {
     "$schema": "https://json-schema.org/draft/2020-12/schema",
     "title": "gauntlet audit report",
@@ -270,7 +422,7 @@ REPORT_SCHEMA: dict[str, Any] = {
         "cost", "flags", "gate", "gallery", "manifest",
     ],
     "properties": {
-        "schema_version": {"type": "string", "enum": [SCHEMA_VERSION]},
+        "schema_version": {"type": "string", "enum": list(SCHEMA_VERSIONS)},
         "audit_id": {"type": ["integer", "null"]},
         "model": {
             "type": "object",
@@ -362,6 +514,9 @@ REPORT_SCHEMA: dict[str, Any] = {
             },
         },
         "manifest": {"type": "object"},
+        "defense": _DEFENSE,
+        "certification": _CERTIFICATION,
+        "detection": _DETECTION,
     },
 }
 
@@ -398,6 +553,10 @@ def _check(value: Any, schema: Mapping[str, Any], where: str) -> str | None:
                 err = _check(value[key], sub, f"{where}.{key}")
                 if err:
                     return err
+    if isinstance(value, list) and "minItems" in schema and len(value) < schema["minItems"]:
+        return f"{where}: needs at least {schema['minItems']} item(s), got {len(value)}"
+    if isinstance(value, list) and "maxItems" in schema and len(value) > schema["maxItems"]:
+        return f"{where}: allows at most {schema['maxItems']} item(s), got {len(value)}"
     if isinstance(value, list) and "items" in schema:
         for i, item in enumerate(value):
             err = _check(item, schema["items"], f"{where}[{i}]")
@@ -410,4 +569,4 @@ def validate_report(report: Any) -> None:
     """Check ``report`` against :data:`REPORT_SCHEMA`; raise :class:`DataError` naming the first bad place."""
     err = _check(report, REPORT_SCHEMA, "report")
     if err:
-        raise DataError(f"{err} (not a valid gauntlet report, schema version {SCHEMA_VERSION})")
+        raise DataError(f"{err} (not a valid gauntlet report, schema version {' or '.join(SCHEMA_VERSIONS)})")

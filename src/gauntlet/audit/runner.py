@@ -9,6 +9,14 @@ the one an uninterrupted run would have written.
 Nothing is written to the store before the spec, the model and the data have been checked, so
 a bad spec, an unreadable model or data of the wrong shape leaves the store untouched.  The
 library never prints: progress goes to an optional callback (the CLI draws a bar with it).
+
+Defenses (``model.defense``, ``certify``, ``detect`` in the spec): the audited model is the
+preprocessing defense's adaptive (BPDA + EOT) wrap and naive units attack its naive wrap;
+certification runs on the undefended model in chunks of ``batch_size`` samples and detection fits
+its detector on the first ``calibration`` samples and evaluates it on the rest.  Each finished
+certification chunk and detection result is committed to the store's ``extras`` table, so an
+interrupted audit resumes without redoing them.  A randomized wrap is reseeded from the unit's
+seed before every unit, so its noise too is the same whenever the unit runs.
 """
 
 from __future__ import annotations
@@ -27,9 +35,28 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gauntlet.audit.plan import Unit, make_plan, unit_seed
-from gauntlet.audit.records import AuditOutcome, UnitRecord
-from gauntlet.audit.spec import AttackChoice, AuditSpec, ThresholdSpec, check_threshold, resolve_attacks, spec_hash
+from gauntlet.audit.plan import (
+    CertifyChunk,
+    DetectTask,
+    Unit,
+    make_certify_plan,
+    make_detect_plan,
+    make_plan,
+    unit_seed,
+)
+from gauntlet.audit.records import AuditOutcome, UnitRecord, is_naive
+from gauntlet.audit.spec import (
+    AttackChoice,
+    AuditSpec,
+    DefenseChoice,
+    ThresholdSpec,
+    check_threshold,
+    resolve_attacks,
+    resolve_certify,
+    resolve_defense,
+    resolve_detect,
+    spec_hash,
+)
 from gauntlet.audit.store import DEFAULT_STORE_URL, Store, open_store, safe_url
 from gauntlet.errors import CapabilityError, ConfigError, DataError, GauntletError, ModelLoadError
 
@@ -53,7 +80,9 @@ class ProgressEvent:
     """What the runner reports to a progress callback.
 
     ``phase`` is ``"units"`` while units run (``done`` of ``total`` units, ``reused`` of them
-    read back from the store), then ``"flags"``, ``"report"`` and ``"done"``.
+    read back from the store), ``"certify"`` while certification chunks run and ``"detect"``
+    while detectors are evaluated (``done`` of ``total`` chunks / detectors, ``reused`` read
+    back), then ``"flags"``, ``"report"`` and ``"done"``.
     """
 
     phase: str
@@ -79,6 +108,18 @@ class Prepared:
     data_info: dict[str, Any]
     units: list[Unit]
     spec_hash: str
+    #: the undefended model (the loaded file); equals ``model`` when the spec has no defense
+    base_model: Any = None
+    #: the naive wrap of ``model.defense`` (``None`` without a defense)
+    naive_model: Any = None
+    #: ``{name, params, randomized, eot_samples}`` of ``model.defense`` (``None`` without one)
+    defense_info: dict[str, Any] | None = None
+    certify_chunks: list[CertifyChunk] = field(default_factory=list)
+    detect_tasks: list[DetectTask] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.base_model is None:
+            self.base_model = self.model
 
 
 @dataclass
@@ -139,13 +180,18 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
     """Load and check the model and the data for ``spec`` and make the plan.
 
     Raises a :class:`~gauntlet.errors.GauntletError` (message prefixed ``model:`` / ``data:`` /
-    ``attacks[i]:``) for an unreadable model, data the model cannot take, or attacks the model
-    cannot run.  Writes nothing.
+    ``attacks[i]:`` / ``model.defense:`` / ``certify[i]:`` / ``detect[i]:``) for an unreadable
+    model, data the model cannot take, attacks, a defense, a certification method or a detector
+    the model cannot be used with, or a detector calibration that leaves nothing to evaluate.
+    Certification methods are tried on one sample (smoothing with one noise draw).  Writes nothing.
     """
     from gauntlet.data import load as load_data
     from gauntlet.models import load as load_model
 
     attacks = resolve_attacks(spec)
+    defense = resolve_defense(spec)
+    certify = resolve_certify(spec)
+    detect = resolve_detect(spec, attacks)
     for i, th in enumerate(fail_under):
         check_threshold(spec, th, f"--fail-under {th.describe()!r}", attacks)
     m = spec.model
@@ -166,6 +212,11 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
         raise _prefixed(err, "model") from None
     except Exception as exc:  # a loader's own failure on a strange file
         raise ModelLoadError(f"model: cannot load {str(path)!r} ({type(exc).__name__}: {_first_line(exc)})") from None
+    base_model = model
+    naive_model = None
+    defense_info = None
+    if defense is not None:
+        model, naive_model, defense_info = _wrap_defense(defense, base_model, spec.seed)
 
     for a in attacks:
         from gauntlet.attacks import get_attack_class
@@ -210,8 +261,89 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
         "split": d.split,
         "seed": d.seed,
     }
-    units = make_plan(spec, int(x.shape[0]), attacks)
-    return Prepared(spec, attacks, model, x, y, model_info, data_info, units, digest)
+    n = int(x.shape[0])
+    units = make_plan(spec, n, attacks)
+    chunks = make_certify_plan(spec, n, certify)
+    tasks = make_detect_plan(spec, n, detect)
+    _check_certify(chunks, base_model, x, y)
+    _check_detect(tasks, base_model, y)
+    return Prepared(
+        spec, attacks, model, x, y, model_info, data_info, units, digest,
+        base_model=base_model, naive_model=naive_model, defense_info=defense_info,
+        certify_chunks=chunks, detect_tasks=tasks,
+    )
+
+
+def _wrap_defense(defense: DefenseChoice, base: Any, seed: int) -> tuple[Any, Any, dict[str, Any]]:
+    """The adaptive (audited) and naive wraps of ``model.defense`` around ``base``, and its info."""
+    place = "model.defense"
+    try:
+        pre = defense.create()
+        adaptive = pre.wrap(base, adaptive=True, eot_samples=defense.eot_samples, seed=seed)
+        naive = pre.wrap(base, adaptive=False, seed=seed)
+    except GauntletError as err:
+        raise _prefixed(err, place) from None
+    info = {
+        "name": defense.name,
+        "params": json.loads(json.dumps(pre.get_params(), default=str)),
+        "randomized": bool(adaptive.randomized),
+        "eot_samples": int(adaptive.eot_samples),
+    }
+    return adaptive, naive, info
+
+
+def _check_certify(chunks: list[CertifyChunk], model: Any, x: Tensor, y: Tensor) -> None:
+    """Fail before anything is stored when a certification method cannot handle the model: run it
+    on one sample (randomized smoothing with a single noise draw)."""
+    seen: set[int] = set()
+    for chunk in chunks:
+        c = chunk.choice
+        if c.index in seen:
+            continue
+        seen.add(c.index)
+        params = {**c.params, "n0": 1, "n": 1} if c.name == "randomized_smoothing" else c.params
+        try:
+            from gauntlet.defenses.registry import create
+
+            create(c.name, **params).certify(model, x[:1], y[:1], seed=0)
+        except GauntletError as err:
+            raise _prefixed(err, c.place) from None
+
+
+def _split_calibration(detector: Any, calibration: int) -> int:
+    """How many of the ``calibration`` samples fit the detector's statistics; the rest set its
+    threshold.  Detectors that learn statistics from clean data (``mahalanobis``) get half, since a
+    threshold calibrated on the points the statistics were fitted on under-states the false-positive
+    rate; detectors without statistics use every calibration sample for both."""
+    from gauntlet.defenses.detection._base import Detector
+
+    learns = type(detector)._fit_statistics is not Detector._fit_statistics
+    return calibration - calibration // 2 if learns else calibration
+
+
+def _check_detect(tasks: list[DetectTask], model: Any, y: Tensor) -> None:
+    n = int(y.shape[0])
+    for task in tasks:
+        c = task.choice
+        if task.calibration >= n:
+            raise ConfigError(
+                f"{c.place}.calibration: must be < the {n} audited samples so that samples remain to evaluate the "
+                f"detector on, got {task.calibration}"
+            )
+        if task.calibration < 2:
+            raise ConfigError(f"{c.place}.calibration: needs at least 2 of the {n} audited samples, got {task.calibration}")
+        det = c.create()
+        try:
+            det._check_model_type(model, c.place)
+            det._check_model(model)
+        except GauntletError as err:
+            raise _prefixed(err, c.place) from None
+        fit_n = _split_calibration(det, task.calibration)
+        if getattr(det, "needs_labels", False) and int(torch.unique(y[:fit_n]).numel()) < 2:
+            raise ConfigError(
+                f"{c.place}.calibration: the first {fit_n} samples {c.name} is fitted on hold a single class; "
+                "raise calibration"
+            )
 
 
 def _check_data(model: Any, x: Tensor, y: Tensor) -> None:
@@ -240,8 +372,16 @@ def _check_data(model: Any, x: Tensor, y: Tensor) -> None:
 
 # ------------------------------------------------------------------------------------------------
 # execute: units → store → outcome
+def _reseed(model: Any, seed: int) -> None:
+    """Restart a randomized wrapper's noise stream (a no-op for other models)."""
+    reseed = getattr(model, "reseed", None)
+    if callable(reseed):
+        reseed(seed)
+
+
 def _run_unit(model: Any, x: Tensor, y: Tensor, unit: Unit, clean_pred: Tensor | None = None) -> UnitRecord:
     attack = unit.create_attack()
+    _reseed(model, unit.seed)
     sl = slice(unit.start, unit.stop)
     res = attack.run(model, x[sl], y[sl], seed=unit.seed, clean_pred=None if clean_pred is None else clean_pred[sl])
     success = res.success.reshape(len(unit.eps), -1)
@@ -260,6 +400,93 @@ def _run_unit(model: Any, x: Tensor, y: Tensor, unit: Unit, clean_pred: Tensor |
         grad_evals=int(res.grad_evals),
         seconds=float(res.seconds),
     )
+
+
+def _certify_chunk(model: Any, x: Tensor, y: Tensor, chunk: CertifyChunk) -> dict[str, Any]:
+    """Certify samples ``chunk.start:chunk.stop``; a JSON-able record of the per-sample results."""
+    from gauntlet.audit.report import _jsonable
+
+    certifier = chunk.choice.create()
+    sl = slice(chunk.start, chunk.stop)
+    cert = certifier.certify(model, x[sl], y[sl], seed=chunk.seed)
+    params = {k: v for k, v in cert.params.items() if k != "seed"}
+    out = {
+        "method": cert.method,
+        "norm": cert.norm,
+        "start": chunk.start,
+        "stop": chunk.stop,
+        "prediction": [int(v) for v in cert.prediction.tolist()],
+        "radius": [float(v) for v in cert.radius.double().tolist()],
+        "params": _jsonable(params),
+        "seconds": float(cert.seconds),
+    }
+    if "max_radius" in cert.info:
+        out["max_radius"] = float(cert.info["max_radius"])
+    return out
+
+
+def _merge_certification(prep: Prepared, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One report entry per ``certify`` item from its chunks: the certified-accuracy-vs-radius
+    curve, the abstention rate and the average certified radius over all audited samples."""
+    from gauntlet.defenses.certify import Certification
+
+    out = []
+    choices = {c.choice.index: c.choice for c in prep.certify_chunks}
+    for index, choice in choices.items():
+        recs = sorted(
+            (r for c, r in zip(prep.certify_chunks, records) if c.choice.index == index), key=lambda r: r["start"]
+        )
+        if not recs:
+            continue
+        pred = torch.tensor([p for r in recs for p in r["prediction"]], dtype=torch.int64)
+        radius = torch.tensor([v for r in recs for v in r["radius"]], dtype=torch.float64)
+        y = prep.y.detach().cpu().to(torch.int64)[: pred.shape[0]]
+        params = dict(recs[0]["params"])
+        cert = Certification(
+            method=recs[0]["method"], norm=recs[0]["norm"], prediction=pred, radius=radius, y=y,
+            params=params, seconds=sum(float(r["seconds"]) for r in recs),
+        )
+        curve = cert.curve(list(choice.radii) if choice.radii is not None else None)
+        correct = (pred == y) & ~cert.abstained
+        entry: dict[str, Any] = {
+            "method": cert.method,
+            "norm": cert.norm,
+            "params": params,
+            "model": "base",
+            "n": len(cert),
+            "curve": [[float(r), float(a)] for r, a in curve],
+            "certified_accuracy": cert.certified_accuracy(0.0),
+            "abstain_rate": float(cert.abstained.double().mean()) if len(cert) else 0.0,
+            "average_certified_radius": float(torch.where(correct, radius, torch.zeros_like(radius)).mean()) if len(cert) else 0.0,
+            "seconds": cert.seconds,
+            "chunks": len(recs),
+        }
+        if any("max_radius" in r for r in recs):
+            entry["max_radius"] = max(float(r.get("max_radius", 0.0)) for r in recs)
+        out.append(entry)
+    return out
+
+
+def _detect_task(model: Any, x: Tensor, y: Tensor, task: DetectTask, batch_size: int) -> dict[str, Any]:
+    """Fit and calibrate ``detect[i]`` on samples ``0:calibration``, evaluate it on the rest."""
+    import time
+
+    t0 = time.perf_counter()
+    c = task.choice
+    det = c.create()
+    cal = task.calibration
+    fit_n = _split_calibration(det, cal)
+    det.fit(
+        model, x[:fit_n], y[:fit_n], fpr=c.fpr, batch_size=batch_size,
+        x_calibration=x[fit_n:cal] if fit_n < cal else None,
+    )
+    attacks = {a.key: a.create() for a in c.attacks}
+    rep = det.evaluate(model, x[cal:], y[cal:], attacks, seed=task.seed, adaptive=c.adaptive)
+    out = rep.to_dict()
+    out["calibration_samples"] = cal
+    out["fit_samples"] = fit_n
+    out["seconds"] = time.perf_counter() - t0
+    return out
 
 
 def _trim_heap() -> None:
@@ -329,25 +556,59 @@ def execute(
     emit = progress or (lambda event: None)
     records: list[UnitRecord] = []
     reused = 0
+    reused_extras = 0
     try:
         emit(ProgressEvent("units", 0, total, 0, "starting"))
+        _reseed(prep.model, spec.seed)
         clean_pred = _clean_pred(prep.model, prep.x, spec.batch_size)
         for i, unit in enumerate(prep.units):
             rec = done_records.get(unit.key)
             if rec is not None:
                 reused += 1
             else:
-                rec = _run_unit(prep.model, prep.x, prep.y, unit, clean_pred)
+                model = prep.naive_model if unit.naive else prep.model
+                rec = _run_unit(model, prep.x, prep.y, unit, clean_pred)
                 _trim_heap()
                 if store is not None and audit_id is not None:
                     store.add_unit(audit_id, unit.key, rec, targeted=unit.targeted)
                 # the fresh record equals what the store gives back on resume (JSON round trip)
             records.append(rec)
             emit(ProgressEvent("units", i + 1, total, reused, unit.describe()))
+
+        done_extras = store.extras(audit_id) if (store is not None and audit_id is not None and resumed) else {}
+        cert_records: list[dict[str, Any]] = []
+        n_chunks = len(prep.certify_chunks)
+        for k, chunk in enumerate(prep.certify_chunks):
+            payload = done_extras.get(chunk.key)
+            if payload is not None:
+                reused_extras += 1
+            else:
+                payload = json.loads(json.dumps(_certify_chunk(prep.base_model, prep.x, prep.y, chunk)))
+                if store is not None and audit_id is not None:
+                    store.add_extra(audit_id, chunk.key, "certify", payload)
+            cert_records.append(payload)
+            emit(ProgressEvent("certify", k + 1, n_chunks, reused_extras, chunk.describe()))
+        certification = _merge_certification(prep, cert_records)
+
+        detection: list[dict[str, Any]] = []
+        n_tasks = len(prep.detect_tasks)
+        for k, task in enumerate(prep.detect_tasks):
+            payload = done_extras.get(task.key)
+            if payload is not None:
+                reused_extras += 1
+            else:
+                payload = json.loads(json.dumps(_detect_task(prep.base_model, prep.x, prep.y, task, spec.batch_size)))
+                if store is not None and audit_id is not None:
+                    store.add_extra(audit_id, task.key, "detect", payload)
+            detection.append(payload)
+            emit(ProgressEvent("detect", k + 1, n_tasks, reused_extras, task.describe()))
+
         emit(ProgressEvent("flags", total, total, reused, "evaluation hygiene checks"))
         clean = (clean_pred == prep.y).tolist()
+        _reseed(prep.model, spec.seed)
         flags = compute_flags(prep.model, prep.x, prep.y, records, clean, seed=spec.seed)
-        gallery = _gallery(prep, records, clean)
+        _reseed(prep.model, spec.seed)
+        gallery = _gallery(prep, [r for r in records if not is_naive(r.attack)], clean)
     except BaseException as exc:
         if store is not None and audit_id is not None and not isinstance(exc, KeyboardInterrupt):
             try:
@@ -355,7 +616,7 @@ def execute(
             except GauntletError:  # pragma: no cover - the original error matters more
                 pass
         raise
-    manifest = _manifest(prep, store, command, started, audit_id, total, reused)
+    manifest = _manifest(prep, store, command, started, audit_id, total, reused, reused_extras)
     outcome = AuditOutcome(
         spec=spec,
         model_info=dict(prep.model_info),
@@ -366,6 +627,9 @@ def execute(
         gallery=gallery,
         manifest=manifest,
         store_audit_id=audit_id,
+        defense=dict(prep.defense_info) if prep.defense_info is not None else None,
+        certification=certification,
+        detection=detection,
     )
     return outcome, audit_id, resumed, reused
 
@@ -463,7 +727,14 @@ def _versions() -> dict[str, str]:
 
 
 def _manifest(
-    prep: Prepared, store: Store | None, command: str, started: str, audit_id: int | None, total: int, reused: int
+    prep: Prepared,
+    store: Store | None,
+    command: str,
+    started: str,
+    audit_id: int | None,
+    total: int,
+    reused: int,
+    reused_extras: int = 0,
 ) -> dict[str, Any]:
     spec = prep.spec
     return {
@@ -480,15 +751,22 @@ def _manifest(
             "spec": spec.seed,
             "data_subset": spec.data.seed,
             "units": "sha256(f'{spec.seed}/{unit key}')[:8] mod 2**31-1, per unit",
+            "certify_detect": "the same formula with the key of each certification chunk / detection task",
+            "defense": "a randomized defense's noise is reseeded with the unit's seed before every unit",
         },
         "plan": {
             "units": total,
             "batch_size": spec.batch_size,
             "attacks": [{"label": a.label, "name": a.name, "params": a.params, "preset": a.preset} for a in prep.attacks],
+            "naive_units": sum(1 for u in prep.units if u.naive),
+            "certify_chunks": len(prep.certify_chunks),
+            "detect_tasks": len(prep.detect_tasks),
         },
+        "defense": prep.defense_info,
         "store": safe_url(store.url) if store is not None else None,
         "audit_id": audit_id,
         "units_reused": reused,
+        "extras_reused": reused_extras,
         "started_at": started,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

@@ -14,6 +14,12 @@ The shape users write::
     attacks: [fgsm, {name: pgd, steps: 20}]        # or {preset: standard}
     thresholds:
       - {attack: pgd, norm: linf, eps: 0.1, min_robust_accuracy: 0.5}
+
+Optional defense blocks (see ``docs/audit.md``)::
+
+    model: {path: model.pt, defense: {name: bit_depth_reduction, bits: 1}}   # adaptive + naive runs
+    certify: [{name: ibp, eps: [0.01, 0.03]}, {name: randomized_smoothing, sigma: 0.25, n: 1000}]
+    detect: [{name: feature_squeezing_detector, fpr: 0.05, calibration: 200, attacks: [pgd]}]
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from pydantic import (
     model_validator,
 )
 
+from gauntlet.audit.records import NAIVE_SUFFIX, is_naive, naive_label
 from gauntlet.errors import ConfigError, GauntletError
 
 __all__ = [
@@ -47,13 +54,22 @@ __all__ = [
     "AttackChoice",
     "AttackItem",
     "AuditSpec",
+    "CertifyChoice",
+    "CertifySpec",
     "DataSpec",
+    "DefenseChoice",
+    "DefenseSpec",
+    "DetectChoice",
+    "DetectSpec",
     "ModelSpec",
     "ThreatSpec",
     "ThresholdSpec",
     "check_threshold",
     "load_spec",
     "resolve_attacks",
+    "resolve_certify",
+    "resolve_defense",
+    "resolve_detect",
     "spec_hash",
 ]
 
@@ -96,6 +112,38 @@ def _as_str(v: Any) -> Any:
     return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
+def _open_unit(v: float) -> float:
+    if not (math.isfinite(v) and 0.0 < v < 1.0):
+        raise ValueError(f"must be a number in (0, 1), e.g. 0.05 for a 5% false-positive rate, got {v!r}")
+    return float(v)
+
+
+def _non_negative(v: float) -> float:
+    if not math.isfinite(v) or v < 0:
+        raise ValueError(f"must be a finite number >= 0, got {v!r}")
+    return float(v)
+
+
+def _str_list(v: Any) -> Any:
+    return [v] if isinstance(v, str) else v
+
+
+def _inline_params(v: Any, keys: tuple[str, ...]) -> Any:
+    """``"name"`` → ``{name: ...}``; a mapping's keys other than ``keys`` and ``params`` become
+    parameters (inline ``{name: pgd, steps: 20}`` or nested ``{name: pgd, params: {steps: 20}}``)."""
+    if isinstance(v, str):
+        return {"name": v}
+    if not isinstance(v, Mapping):
+        return v
+    v = dict(v)
+    out: dict[str, Any] = {k: v.pop(k) for k in keys if k in v}
+    params = v.pop("params", {})
+    if not isinstance(params, Mapping):
+        return {**out, "params": params}  # pydantic reports the type error
+    out["params"] = {**dict(params), **v}
+    return out
+
+
 Number = Annotated[float, Field(strict=True)]
 PositiveFloat = Annotated[float, Field(strict=True), AfterValidator(_positive)]
 Fraction = Annotated[float, Field(strict=True), AfterValidator(_probability)]
@@ -107,6 +155,24 @@ Version = Annotated[str, BeforeValidator(_as_str), Field(strict=True, min_length
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DefenseSpec(_Strict):
+    """``model.defense``: a preprocessing defense in front of the model.
+
+    The audited model is the defense's *adaptive* wrap (BPDA + EOT, Athalye et al. 2018); every
+    attack also runs against the *naive* wrap, as units labelled ``"<label> (naive)"``.
+    ``eot_samples`` (randomized defenses only) is the number of EOT draws per gradient.
+    """
+
+    name: Text
+    eot_samples: Annotated[int, Field(strict=True, ge=1)] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, v: Any) -> Any:
+        return _inline_params(v, ("name", "eot_samples"))
 
 
 class ModelSpec(_Strict):
@@ -123,6 +189,7 @@ class ModelSpec(_Strict):
     mean: Number | list[Number] | None = None
     std: Number | list[Number] | None = None
     input_shape: list[Annotated[int, Field(strict=True, ge=1)]] | None = None
+    defense: DefenseSpec | None = None
 
     @field_validator("bounds")
     @classmethod
@@ -212,6 +279,44 @@ class ThresholdSpec(_Strict):
         return f"{self.attack}:{self.norm}:{self.eps:g}={self.min_robust_accuracy:g}"
 
 
+class CertifySpec(_Strict):
+    """One ``certify`` item: a certification defense (``randomized_smoothing``, ``ibp``) and its
+    parameters, run on the undefended model over the audited samples; ``radii`` are the points of
+    the certified-accuracy-vs-radius curve (default: the method's own, see
+    :meth:`~gauntlet.defenses.certify.Certification.default_radii`)."""
+
+    name: Text
+    radii: Annotated[
+        list[Annotated[float, Field(strict=True), AfterValidator(_non_negative)]],
+        BeforeValidator(_as_list),
+        Field(min_length=1),
+    ] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, v: Any) -> Any:
+        return _inline_params(v, ("name", "radii"))
+
+
+class DetectSpec(_Strict):
+    """One ``detect`` item: a detector fitted and calibrated on the first ``calibration`` audited
+    samples (at false-positive rate ``fpr``) and evaluated on the rest against ``attacks`` (labels
+    from ``attacks``), plain and — with ``adaptive`` — detector-aware (Carlini & Wagner 2017)."""
+
+    name: Text
+    fpr: Annotated[float, Field(strict=True), AfterValidator(_open_unit)] = 0.05
+    calibration: Annotated[int, Field(strict=True, ge=2)] | None = None
+    attacks: Annotated[list[Text], BeforeValidator(_str_list), Field(min_length=1)] | None = None
+    adaptive: Bool = True
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, v: Any) -> Any:
+        return _inline_params(v, ("name", "fpr", "calibration", "attacks", "adaptive"))
+
+
 class AuditSpec(_Strict):
     """A validated audit spec (build it with :func:`load_spec`)."""
 
@@ -222,6 +327,8 @@ class AuditSpec(_Strict):
         default_factory=lambda: [AttackItem(preset="standard")]
     )
     thresholds: list[ThresholdSpec] = Field(default_factory=list)
+    certify: Annotated[list[CertifySpec], BeforeValidator(_attacks_list)] = Field(default_factory=list)
+    detect: Annotated[list[DetectSpec], BeforeValidator(_attacks_list)] = Field(default_factory=list)
     batch_size: Annotated[int, Field(strict=True, ge=1)] = 250
     seed: Annotated[int, Field(strict=True, ge=0)] = 0
 
@@ -336,6 +443,11 @@ def resolve_attacks(spec: AuditSpec) -> list[AttackChoice]:
                     raise ConfigError(_param_message(name, place, str(err))) from None
                 threats.append(t)
             label = item.label if (item.label and not item.preset) else name
+            if is_naive(label):
+                raise ConfigError(
+                    f"{place}.label: labels ending in {NAIVE_SUFFIX.strip()!r} are reserved for the runs against "
+                    "the naive view of model.defense; choose another label"
+                )
             if not threats:
                 if item.preset:
                     continue
@@ -392,19 +504,20 @@ def _check_threats(spec: AuditSpec) -> None:
 def check_threshold(spec: AuditSpec, th: ThresholdSpec, place: str, attacks: list[AttackChoice] | None = None) -> None:
     """Raise :class:`ConfigError` unless ``th`` names an attack and a (norm, ε) the spec evaluates."""
     attacks = resolve_attacks(spec) if attacks is None else attacks
-    labels = [a.label for a in attacks]
+    by_label = {a.label: a.threats for a in attacks}
+    if spec.model.defense is not None:  # the naive-view runs may be gated too, when named explicitly
+        by_label.update({naive_label(a.label): a.threats for a in attacks})
+    labels = list(by_label)
     if th.attack != "worst_case" and th.attack not in labels:
         close = difflib.get_close_matches(th.attack, labels + ["worst_case"], n=1, cutoff=0.6)
         hint = f"did you mean {close[0]!r}? " if close else ""
+        naive = "; runs against a naive view exist only when model.defense is set" if is_naive(th.attack) else ""
         raise ConfigError(
             f"{place}.attack: no attack labelled {th.attack!r} in attacks; {hint}use one of "
             + ", ".join(repr(x) for x in labels + ["worst_case"])
+            + naive
         )
-    threat_ids = (
-        range(len(spec.threats))
-        if th.attack == "worst_case"
-        else next(a.threats for a in attacks if a.label == th.attack)
-    )
+    threat_ids = range(len(spec.threats)) if th.attack == "worst_case" else by_label[th.attack]
     budgets = [eps for t in threat_ids if spec.threats[t].norm == th.norm for eps in spec.threats[t].eps]
     if not budgets:
         who = "no threat" if th.attack == "worst_case" else f"{th.attack} runs on no threat"
@@ -414,6 +527,223 @@ def check_threshold(spec: AuditSpec, th: ThresholdSpec, place: str, attacks: lis
             f"{place}.eps: {th.norm} ε={th.eps:g} is not evaluated; the {th.norm} budgets are "
             + ", ".join(f"{b:g}" for b in budgets)
         )
+
+
+# ------------------------------------------------------------------------------------------------
+# defenses: model.defense, certify, detect
+@dataclass(frozen=True)
+class DefenseChoice:
+    """``model.defense`` resolved: registry name, parameters and the EOT draws asked for."""
+
+    name: str
+    params: dict[str, Any]
+    eot_samples: int | None
+    randomized: bool
+
+    def create(self) -> Any:
+        from gauntlet.defenses.registry import create
+
+        return create(self.name, **self.params)
+
+
+@dataclass(frozen=True)
+class CertifyChoice:
+    """One ``certify`` item resolved."""
+
+    index: int
+    name: str
+    params: dict[str, Any]
+    radii: tuple[float, ...] | None
+    norm: str
+
+    @property
+    def place(self) -> str:
+        return f"certify[{self.index}]"
+
+    def create(self) -> Any:
+        from gauntlet.defenses.registry import create
+
+        return create(self.name, **self.params)
+
+
+@dataclass(frozen=True)
+class DetectAttack:
+    """One attack a detector is evaluated against: ``key`` names its rows in the report."""
+
+    key: str
+    label: str
+    attack_name: str
+    params: dict[str, Any]
+    norm: str
+    eps: tuple[float, ...]
+
+    def create(self) -> Any:
+        from gauntlet.attacks import create, get_attack_class
+
+        kwargs: dict[str, Any] = {"norm": self.norm, "eps": list(self.eps), **self.params}
+        if _accepts_targeted(get_attack_class(self.attack_name)):
+            kwargs["targeted"] = False
+        return create(self.attack_name, **kwargs)
+
+
+@dataclass(frozen=True)
+class DetectChoice:
+    """One ``detect`` item resolved: the detector, its calibration and the attacks it faces."""
+
+    index: int
+    name: str
+    params: dict[str, Any]
+    fpr: float
+    calibration: int | None
+    adaptive: bool
+    attacks: tuple[DetectAttack, ...]
+
+    @property
+    def place(self) -> str:
+        return f"detect[{self.index}]"
+
+    def create(self) -> Any:
+        from gauntlet.defenses.registry import create
+
+        return create(self.name, **self.params)
+
+    def calibration_for(self, n: int) -> int:
+        """Samples used to fit and calibrate the detector when ``n`` are audited (default: half)."""
+        return self.calibration if self.calibration is not None else n // 2
+
+
+_KIND_WORDS = {
+    "preprocessing": "a preprocessing defense",
+    "certification": "a certification method",
+    "detector": "a detector",
+}
+
+
+def _defense_class(name: str, kind: str, place: str, what: str) -> type:
+    from gauntlet.defenses.registry import get_defense_class, list_defenses
+
+    allowed = ", ".join(list_defenses(kind))
+    try:
+        cls = get_defense_class(name)
+    except GauntletError as err:
+        raise ConfigError(f"{place}.name: {err}; {what} takes {_KIND_WORDS[kind]}: {allowed}") from None
+    if cls.kind != kind:
+        raise ConfigError(
+            f"{place}.name: {name!r} is a {cls.kind} defense, but {what} takes {_KIND_WORDS[kind]}: {allowed}"
+        )
+    return cls
+
+
+def _check_defense_params(cls: type, params: Mapping[str, Any], place: str) -> Any:
+    """Build the defense from ``params`` (its constructor validates them); place-named errors."""
+    accepted = cls._param_names()  # type: ignore[attr-defined]
+    for key in params:
+        if key not in accepted:
+            close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no parameters"
+            raise ConfigError(f"{place}.{key}: {cls.name} has no parameter {key!r}; {hint}{takes}")  # type: ignore[attr-defined]
+    try:
+        return cls(**params)
+    except GauntletError as err:
+        raise ConfigError(_param_message(cls.name, place, str(err).splitlines()[0])) from None  # type: ignore[attr-defined]
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{place}: invalid parameters for {cls.name} ({exc})") from None  # type: ignore[attr-defined]
+
+
+def resolve_defense(spec: AuditSpec) -> DefenseChoice | None:
+    """Check ``model.defense`` against the registry (a preprocessing defense, valid parameters,
+    ``eot_samples`` only for randomized transforms); ``None`` when the spec has none."""
+    d = spec.model.defense
+    if d is None:
+        return None
+    place = "model.defense"
+    cls = _defense_class(d.name, "preprocessing", place, place)
+    _check_defense_params(cls, d.params, place)
+    randomized = bool(getattr(cls, "randomized", False))
+    if d.eot_samples is not None and d.eot_samples > 1 and not randomized:
+        raise ConfigError(
+            f"{place}.eot_samples: {d.name} is deterministic, so EOT has nothing to average; "
+            "leave eot_samples unset (it only applies to randomized defenses)"
+        )
+    return DefenseChoice(d.name, dict(d.params), d.eot_samples, randomized)
+
+
+def resolve_certify(spec: AuditSpec) -> list[CertifyChoice]:
+    """Check every ``certify`` item (a certification method, valid parameters)."""
+    out = []
+    for i, item in enumerate(spec.certify):
+        place = f"certify[{i}]"
+        cls = _defense_class(item.name, "certification", place, "certify")
+        _check_defense_params(cls, item.params, place)
+        radii = tuple(sorted(set(item.radii))) if item.radii is not None else None
+        out.append(CertifyChoice(i, item.name, dict(item.params), radii, str(getattr(cls, "norm", ""))))
+    return out
+
+
+def resolve_detect(spec: AuditSpec, attacks: list[AttackChoice] | None = None) -> list[DetectChoice]:
+    """Check every ``detect`` item: a detector with valid parameters, a calibration size below
+    ``data.n``, and attack labels that name spec attacks with an untargeted threat.
+
+    An item without ``attacks`` uses every attack listed by name (not through a preset), or
+    ``pgd`` with its defaults when there is none.  Each attack runs on the union of the ε of its
+    untargeted threats, per norm.
+    """
+    if not spec.detect:
+        return []
+    attacks = resolve_attacks(spec) if attacks is None else attacks
+    untargeted = [t for t, th in enumerate(spec.threats) if not th.targeted]
+    out = []
+    for i, item in enumerate(spec.detect):
+        place = f"detect[{i}]"
+        cls = _defense_class(item.name, "detector", place, "detect")
+        _check_defense_params(cls, item.params, place)
+        if not untargeted:
+            raise ConfigError(f"{place}: detectors are evaluated with untargeted attacks, but every threat is targeted; add an untargeted threat")
+        if spec.data.n is not None and item.calibration is not None and item.calibration >= spec.data.n:
+            raise ConfigError(
+                f"{place}.calibration: must be < data.n ({spec.data.n}) so that samples remain to evaluate the "
+                f"detector on, got {item.calibration}"
+            )
+        chosen: list[tuple[str, str, dict[str, Any], tuple[int, ...]]] = []
+        if item.attacks is None:
+            chosen = [(a.label, a.name, a.params, a.threats) for a in attacks if a.preset is None and set(a.threats) & set(untargeted)]
+            if not chosen:
+                from gauntlet.attacks import get_attack_class
+
+                norms = get_attack_class("pgd").norms
+                chosen = [("pgd", "pgd", {}, tuple(t for t in untargeted if spec.threats[t].norm in norms))]
+        else:
+            by_label = {a.label: a for a in attacks}
+            for j, lab in enumerate(item.attacks):
+                a = by_label.get(lab)
+                if a is None:
+                    close = difflib.get_close_matches(lab, list(by_label), n=1, cutoff=0.6)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    raise ConfigError(
+                        f"{place}.attacks[{j}]: no attack labelled {lab!r} in attacks; {hint}use one of "
+                        + ", ".join(repr(x) for x in by_label)
+                    )
+                if not set(a.threats) & set(untargeted):
+                    raise ConfigError(
+                        f"{place}.attacks[{j}]: {lab} runs only on targeted threats; detectors are evaluated with untargeted attacks"
+                    )
+                if any(lab == c[0] for c in chosen):
+                    raise ConfigError(f"{place}.attacks[{j}]: {lab!r} is listed twice")
+                chosen.append((a.label, a.name, a.params, a.threats))
+        runs: list[DetectAttack] = []
+        for label, name, params, threats in chosen:
+            per_norm: dict[str, list[float]] = {}
+            for t in threats:
+                if t in untargeted:
+                    per_norm.setdefault(spec.threats[t].norm, []).extend(spec.threats[t].eps)
+            for norm, eps in per_norm.items():
+                key = label if len(per_norm) == 1 else f"{label} {norm}"
+                runs.append(DetectAttack(key, label, name, dict(params), norm, tuple(sorted(eps))))
+        if not runs:
+            raise ConfigError(f"{place}: no untargeted threat for the detection attacks")  # pragma: no cover
+        out.append(DetectChoice(i, item.name, dict(item.params), float(item.fpr), item.calibration, item.adaptive, tuple(runs)))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -479,8 +809,11 @@ def load_spec(source: str | os.PathLike[str] | Mapping[str, Any], *, base_dir: s
     try:
         _check_threats(spec)
         attacks = resolve_attacks(spec)
+        resolve_defense(spec)
         for i, th in enumerate(spec.thresholds):
             check_threshold(spec, th, f"thresholds[{i}]", attacks)
+        resolve_certify(spec)
+        resolve_detect(spec, attacks)
     except ConfigError as exc:
         msg = str(exc)
         raise ConfigError(f"{msg}{where(_loc_of(msg))}") from None
@@ -556,6 +889,9 @@ def _fields_at(loc: tuple[Any, ...]) -> list[str]:
         ("threats",): ThreatSpec,
         ("thresholds",): ThresholdSpec,
         ("attacks",): AttackItem,
+        ("model", "defense"): DefenseSpec,
+        ("certify",): CertifySpec,
+        ("detect",): DetectSpec,
     }.get(tuple(keys), AuditSpec)
     return list(cls.model_fields)
 
@@ -586,10 +922,13 @@ def _line_map(node: Any, path: tuple[Any, ...], out: dict[tuple[Any, ...], int],
 def spec_hash(spec: AuditSpec) -> str:
     """Hash of everything in the spec that changes unit results (not paths, names or thresholds).
 
-    Model and data identity are hashed separately (file and array contents).
+    Model and data identity are hashed separately (file and array contents).  ``model.defense``,
+    ``certify`` and ``detect`` enter the hash only when present, so the hash of a spec without
+    them is the one earlier versions computed (their unfinished audits still resume).
     """
-    m = spec.model.model_dump(mode="json", exclude={"path", "name", "version", "trust"})
-    payload = {
+    exclude = {"path", "name", "version", "trust"} | ({"defense"} if spec.model.defense is None else set())
+    m = spec.model.model_dump(mode="json", exclude=exclude)
+    payload: dict[str, Any] = {
         "model": m,
         "threats": [t.model_dump(mode="json") for t in spec.threats],
         "attacks": [
@@ -599,5 +938,9 @@ def spec_hash(spec: AuditSpec) -> str:
         "seed": spec.seed,
         "schema": 1,
     }
+    if spec.certify:
+        payload["certify"] = [c.model_dump(mode="json") for c in spec.certify]
+    if spec.detect:
+        payload["detect"] = [d.model_dump(mode="json") for d in spec.detect]
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()

@@ -6,6 +6,11 @@ the moment it is done, and ``UNIQUE(audit_id, key)`` keeps a unit from ever bein
 so a process killed at any moment loses at most the unit it was computing.  SQLite runs in WAL
 mode.  Per sample, a unit keeps only success flags and perturbation norms, never the
 adversarial inputs.
+
+Certification chunks and detection results (the spec's ``certify`` and ``detect`` blocks) are
+kept in ``extras(audit_id, key, kind, json)``, one committed row per finished piece, with the
+same ``UNIQUE(audit_id, key)`` guarantee.  Opening a store created before that table existed
+adds it (``create_all`` creates missing tables and leaves existing ones alone).
 """
 
 from __future__ import annotations
@@ -94,8 +99,23 @@ def _tables() -> Any:
             Column("created_at", String(32), nullable=False),
             UniqueConstraint("audit_id", "key", name="uq_units_audit_key"),
         )
+        Table(
+            "extras",
+            md,
+            Column("id", Integer, primary_key=True),
+            Column("audit_id", Integer, ForeignKey("audits.id"), nullable=False, index=True),
+            Column("key", String(64), nullable=False),
+            Column("kind", String(32), nullable=False),  # certify | detect
+            Column("json", Text, nullable=False),
+            Column("created_at", String(32), nullable=False),
+            UniqueConstraint("audit_id", "key", name="uq_extras_audit_key"),
+        )
         _TABLES = (md, models, audits, units)
     return _TABLES
+
+
+def _extras_table() -> Any:
+    return _tables()[0].tables["extras"]
 
 
 def _now() -> str:
@@ -284,6 +304,42 @@ class Store:
         _, _, _, units = _tables()
         with self._tx("count units") as conn:
             return int(conn.execute(select(func.count()).select_from(units).where(units.c.audit_id == audit_id)).scalar_one())
+
+    # -- certification chunks and detection results -------------------------------------------------
+    def add_extra(self, audit_id: int, key: str, kind: str, payload: dict[str, Any]) -> bool:
+        """Commit one finished certification chunk / detection result in its own transaction;
+        ``False`` if it was already stored."""
+        from sqlalchemy import insert
+        from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+        extras = _extras_table()
+        values = dict(
+            audit_id=audit_id,
+            key=key,
+            kind=kind,
+            json=json.dumps(payload, separators=(",", ":"), allow_nan=True),
+            created_at=_now(),
+        )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(extras).values(**values))
+        except IntegrityError:
+            return False
+        except SQLAlchemyError as exc:
+            raise StoreError(f"store {safe_url(self.url)}: cannot save a finished {kind} result ({_first_line(exc)})") from None
+        return True
+
+    def extras(self, audit_id: int, kind: str | None = None) -> dict[str, dict[str, Any]]:
+        """The stored certification chunks / detection results of an audit, by key."""
+        from sqlalchemy import select
+
+        extras = _extras_table()
+        q = select(extras.c.key, extras.c.json).where(extras.c.audit_id == audit_id).order_by(extras.c.id)
+        if kind is not None:
+            q = q.where(extras.c.kind == kind)
+        with self._tx("read finished certification/detection results") as conn:
+            rows = conn.execute(q).all()
+        return {str(k): json.loads(v) for k, v in rows}
 
     # -- history -----------------------------------------------------------------------------------
     def list_audits(self, model: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
