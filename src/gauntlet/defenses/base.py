@@ -17,7 +17,11 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar, Literal
 
+import torch
+from torch import Tensor
+
 from gauntlet._validation import Constraint, validate_params
+from gauntlet.errors import DataError
 
 Kind = Literal["training", "preprocessing", "detector", "ensemble", "certification"]
 KINDS: tuple[str, ...] = ("training", "preprocessing", "detector", "ensemble", "certification")
@@ -52,3 +56,19 @@ class Defense:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
         return f"{type(self).__name__}({args})"
+
+
+def check_labels(y: object, n: int, num_classes: int | None, device: torch.device, owner: str) -> Tensor:
+    """Labels for a defense: ``y`` as int64 ``(n,)`` on ``device`` with labels in ``[0, num_classes)``
+    (unchecked when ``num_classes`` is None), else :class:`DataError` naming ``owner``."""
+    if not isinstance(y, Tensor):
+        raise DataError(f"{owner}: y must be a torch.Tensor of int64 labels, got {type(y).__name__}")
+    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
+        raise DataError(f"{owner}: y must hold integer class labels, got dtype {y.dtype}; use y.long()")
+    if y.dim() != 1 or y.shape[0] != n:
+        raise DataError(f"{owner}: y must have shape ({n},) to match x, got {tuple(y.shape)}")
+    if n and num_classes is not None and (int(y.min()) < 0 or int(y.max()) >= num_classes):
+        raise DataError(
+            f"{owner}: y holds labels in [{int(y.min())}, {int(y.max())}] but the model has {num_classes} classes"
+        )
+    return y.to(device=device, dtype=torch.int64)

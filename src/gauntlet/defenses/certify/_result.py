@@ -173,18 +173,3 @@ def check_seed(seed: object, owner: str) -> int:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigError(f"{owner}: seed must be an int >= 0, got {seed!r}")
     return int(seed)
-
-
-def check_labels(y: object, n: int, num_classes: int | None, device: torch.device, owner: str) -> Tensor:
-    """``y`` as int64 ``(n,)`` on ``device`` with labels in ``[0, num_classes)``, else :class:`DataError`."""
-    if not isinstance(y, Tensor):
-        raise DataError(f"{owner}: y must be a torch.Tensor of int64 labels, got {type(y).__name__}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
-        raise DataError(f"{owner}: y must hold integer class labels, got dtype {y.dtype}; use y.long()")
-    if y.dim() != 1 or y.shape[0] != n:
-        raise DataError(f"{owner}: y must have shape ({n},) to match x, got {tuple(y.shape)}")
-    if n and num_classes is not None and (int(y.min()) < 0 or int(y.max()) >= num_classes):
-        raise DataError(
-            f"{owner}: y holds labels in [{int(y.min())}, {int(y.max())}] but the model has {num_classes} classes"
-        )
-    return y.to(device=device, dtype=torch.int64)

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gauntlet._validation import Check, Constraint, Interval, IsNone, SequenceOf
-from gauntlet.defenses.certify._result import Certification, Certifier, check_labels, check_seed
+from gauntlet.defenses.base import check_labels
+from gauntlet.defenses.certify._result import Certification, Certifier, check_seed
 from gauntlet.defenses.registry import register
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.base import Model

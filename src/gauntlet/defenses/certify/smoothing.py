@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from gauntlet._validation import Constraint, Interval, IsNone, validate_params
-from gauntlet.defenses.certify._result import ABSTAIN, Certification, Certifier, check_labels, check_seed
+from gauntlet.defenses.base import check_labels
+from gauntlet.defenses.certify._result import ABSTAIN, Certification, Certifier, check_seed
 from gauntlet.defenses.registry import register
 from gauntlet.errors import ConfigError, DataError
 from gauntlet.models.base import Model

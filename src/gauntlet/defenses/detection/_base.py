@@ -31,7 +31,7 @@ from torch import Tensor
 
 from gauntlet import norms as N
 from gauntlet.attacks.base import Attack, check_batch
-from gauntlet.defenses.base import Defense
+from gauntlet.defenses.base import Defense, check_labels
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.base import InputSpec, Model
 
@@ -88,23 +88,6 @@ def _plain(v: Any) -> Any:
     if isinstance(v, (list, tuple)):
         return [_plain(x) for x in v]
     return v
-
-
-def check_labels(y: object, x: Tensor, num_classes: int, where: str) -> Tensor:
-    """``y`` as int64 labels ``(N,)`` matching ``x`` and inside ``[0, num_classes)``, else :class:`DataError`."""
-    if not isinstance(y, Tensor):
-        raise DataError(f"{where}: y must be a torch.Tensor of int64 labels, got {type(y).__name__}")
-    if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
-        raise DataError(f"{where}: y must hold integer class labels, got dtype {y.dtype}; use y.long()")
-    if y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise DataError(f"{where}: y must have shape ({x.shape[0]},) to match x, got {tuple(y.shape)}")
-    if y.device != x.device:
-        raise DataError(f"{where}: x is on {x.device} but y on {y.device}; put both on one device")
-    if int(y.min()) < 0 or int(y.max()) >= num_classes:
-        raise DataError(
-            f"{where}: y holds labels in [{int(y.min())}, {int(y.max())}] but the model has {num_classes} classes"
-        )
-    return y.to(torch.int64)
 
 
 def probabilities(out: Tensor, output: str) -> Tensor:
@@ -299,7 +282,7 @@ class Detector(Defense, abc.ABC):
                     "call fit(model, x_clean, y_clean)"
                 )
         else:
-            y_clean = check_labels(y_clean, x_clean, num_classes, where)
+            y_clean = check_labels(y_clean, x_clean.shape[0], num_classes, x_clean.device, where)
         if x_calibration is not None:
             check_batch(x_calibration, model, where=f"{where} (x_calibration)")
         self.batch_size_ = batch_size
@@ -411,7 +394,7 @@ class Detector(Defense, abc.ABC):
             raise ConfigError(f"{where}: model is not the model the detector was fitted on; fit it on this model first")
         check_batch(x, model, where=where)
         num_classes = model.infer_num_classes(x)
-        y = check_labels(y, x, num_classes, where)
+        y = check_labels(y, x.shape[0], num_classes, x.device, where)
         if not isinstance(attacks, Mapping) or not attacks:
             raise ConfigError(f"{where}: attacks must be a non-empty mapping name -> Attack, e.g. {{'pgd': create('pgd', eps=0.3)}}")
         for name, atk in attacks.items():
