@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/bench_fast_at.py [--epochs 10] [--eps 0.3] [--alpha 0.375] [--lr 5e-3]
         [--batch-size 100] [--n 1000] [--chunk 100]
         [--threads 1] [--seed 0] [--clip-start] [--skip-autoattack] [--fresh]
+        [--arch wong_kolter_small|wong_kolter_wide|wong_kolter_wide1024] [--eps-ramp EPOCHS] [--train-eps EPS]
+        [--start-scale K] [--no-project]
 
 The paper's MNIST setting (their ``train_mnist.py``): the small CNN conv16(4×4, s2) – conv32(4×4,
 s2) – fc100 – fc10 (``gauntlet.models.zoo.wong_kolter_small``), FGSM from a uniform random start
@@ -10,6 +12,14 @@ with ε = 0.3 and α = 0.375, 10 epochs, batch 100, Adam with a cyclic learning 
 (at 2/5 of training), inputs in [0, 1] without normalisation, on the full 60k training set.  As in
 their MNIST code the FGSM gradient is taken at the unclipped random start; ``--clip-start`` clips
 it to [0, 1] first (their CIFAR-10 code's choice), the ablation that overfits catastrophically.
+
+Beyond the paper (each changes the variant name): ``--arch`` picks a wider CNN
+(``wong_kolter_wide``: conv32 – conv64 – fc200, ≈ 4× the multiply-adds; ``wong_kolter_wide1024``:
+the same with fc1024), ``--eps-ramp E`` ramps the training ε (and α with it) linearly from 0 over
+the first E epochs (``fast_at``'s ``eps_ramp_epochs``), and ``--train-eps`` trains at a radius
+other than the evaluation ``--eps`` (``--alpha`` is then still absolute); ``--start-scale 2
+--alpha 0.3 --no-project`` is N-FGSM (de Jorge et al. 2022: start in U[-2ε, 2ε], step ε, no
+projection back to the ε-ball).
 
 Everything is resumable: training writes a checkpoint after every epoch, the trained weights are
 saved to ``benchmarks/results/fast_at_mnist[_<variant>]_seed<seed>.safetensors`` (so evaluation
@@ -33,7 +43,13 @@ from _common import RESULTS, environment, markdown_table, mnist_test, shared_dir
 
 import gauntlet as gt  # noqa: E402
 from gauntlet.defenses.training._base import accuracy, train  # noqa: E402
-from gauntlet.models.zoo import wong_kolter_small  # noqa: E402
+from gauntlet.models.zoo import wong_kolter_small, wong_kolter_wide  # noqa: E402
+
+ARCHS = {
+    "wong_kolter_small": wong_kolter_small,
+    "wong_kolter_wide": wong_kolter_wide,
+    "wong_kolter_wide1024": lambda: wong_kolter_wide(hidden=1024),
+}
 
 PUBLISHED = "Wong et al. 2020 report about 88% PGD robust accuracy at eps 0.3 on MNIST for FGSM training from a random start (alpha 0.375)"
 
@@ -53,6 +69,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--clip-start", action="store_true",
                     help="clip the random start to [0, 1] before the FGSM gradient (the ablation; the authors' MNIST code does not)")
+    ap.add_argument("--arch", choices=sorted(ARCHS), default="wong_kolter_small")
+    ap.add_argument("--eps-ramp", type=float, default=0.0,
+                    help="ramp the training eps (and alpha) linearly from 0 over this many epochs (0 = the paper)")
+    ap.add_argument("--train-eps", type=float, default=None, help="training radius (default: --eps)")
+    ap.add_argument("--start-scale", type=float, default=1.0, help="random start in U[-k eps, k eps] (1 = the paper)")
+    ap.add_argument("--no-project", action="store_true",
+                    help="do not clip the perturbation back to the eps-ball (N-FGSM)")
     ap.add_argument("--n", type=int, default=1000, help="evaluate on the first n MNIST test images")
     ap.add_argument("--chunk", type=int, default=100, help="AutoAttack chunk size (each chunk is saved at once)")
     ap.add_argument("--threads", type=int, default=1)
@@ -70,21 +93,29 @@ def main() -> None:
         f"_lr{args.lr:g}" if args.lr != 5e-3 else "",
         f"_bs{args.batch_size}" if args.batch_size != 100 else "",
         "_clipstart" if args.clip_start else "",
+        f"_{args.arch.removeprefix('wong_kolter_')}" if args.arch != "wong_kolter_small" else "",
+        f"_ramp{args.eps_ramp:g}" if args.eps_ramp else "",
+        f"_traineps{args.train_eps:g}" if args.train_eps is not None else "",
+        f"_start{args.start_scale:g}" if args.start_scale != 1.0 else "",
+        "_noproject" if args.no_project else "",
     ])
-    stem = RESULTS / f"fast_at_mnist{variant}_seed{args.seed}"
-    path, weights, ckpt = stem.with_suffix(".json"), stem.with_suffix(".safetensors"), stem.with_suffix(".ckpt")
+    stem = f"fast_at_mnist{variant}_seed{args.seed}"  # may contain dots (eps0.35): no with_suffix
+    path, weights, ckpt = (RESULTS / (stem + ext) for ext in (".json", ".safetensors", ".ckpt"))
     if args.fresh:
         for p in (path, weights, ckpt):
             p.unlink(missing_ok=True)
     state = json.loads(path.read_text()) if path.exists() else {}
     config = {k: getattr(args, k) for k in ("epochs", "eps", "alpha", "lr", "batch_size", "clip_start", "seed")}
+    # settings beyond the paper enter the config only when used, so earlier results still resume
+    beyond = (("arch", "wong_kolter_small"), ("eps_ramp", 0.0), ("train_eps", None), ("start_scale", 1.0), ("no_project", False))
+    config.update({k: getattr(args, k) for k, d in beyond if getattr(args, k) != d})
     if state.get("config") not in (None, config):
         raise SystemExit(f"{path} was made with {state['config']}, not {config}; pass --fresh or change --seed")
     state["config"] = config
     state.setdefault("environment", environment())
     state["published"] = PUBLISHED
 
-    net = wong_kolter_small()
+    net = ARCHS[args.arch]()
     if weights.exists() and "training" in state:
         from safetensors.torch import load_file
 
@@ -94,12 +125,14 @@ def main() -> None:
         train_set = gt.data.load(str(shared_dir() / "data" / "mnist"), split="train")
         with torch.random.fork_rng():
             torch.manual_seed(args.seed)
-            net = wong_kolter_small()
+            net = ARCHS[args.arch]()
         t0 = time.perf_counter()
         res = train(
             net, train_set.x, train_set.y, method="fast_at", seed=args.seed, checkpoint=ckpt,
             progress=sys.stderr.isatty(),
-            eps=args.eps, alpha=args.alpha, clip_start=args.clip_start, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+            eps=args.eps if args.train_eps is None else args.train_eps, alpha=args.alpha, clip_start=args.clip_start,
+            eps_ramp_epochs=args.eps_ramp, start_scale=args.start_scale, project=not args.no_project,
+            epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
             optimizer="adam", lr_schedule="cyclic",
         )
         from safetensors.torch import save_file
@@ -123,11 +156,15 @@ def main() -> None:
     model = gt.models.TorchModel(net, bounds=(0.0, 1.0), num_classes=10, input_shape=(1, 28, 28))
     state["clean"] = {"first_n": accuracy(net, x, y), "test_10k": accuracy(net, x_all, y_all)}
 
+    if state.get("pgd50", {}).get("n", 1000) != args.n:  # results before "n" was recorded used n = 1000
+        state.pop("pgd50", None)
     if "pgd50" not in state:
         # Wong et al.'s evaluation: PGD with 50 iterations, step 0.01, 10 random restarts
         pgd = gt.attacks.create("pgd", norm="linf", eps=args.eps, steps=50, step_size=0.01, restarts=10)
         r = pgd.run(model, x, y, seed=0)
-        state["pgd50"] = {"robust": float((~r.success).float().mean()), "seconds": r.seconds, "params": pgd.get_params()}
+        state["pgd50"] = {
+            "n": args.n, "robust": float((~r.success).float().mean()), "seconds": r.seconds, "params": pgd.get_params()
+        }
         save(path, state)
 
     if not args.skip_autoattack:
@@ -155,7 +192,12 @@ def main() -> None:
     aa_acc = sum(c["robust"] for c in aa_chunks.values()) / aa_n if aa_n else None
     aa_sec = sum(c["seconds"] for c in aa_chunks.values())
     rows = [[
-        f"fast_at ε={args.eps:g} α={args.alpha:g}, {args.epochs} ep" + (", clipped start" if args.clip_start else ""),
+        f"fast_at {args.arch} ε={args.eps:g} α={args.alpha:g}, {args.epochs} ep"
+        + (", clipped start" if args.clip_start else "")
+        + (f", ε ramp {args.eps_ramp:g} ep" if args.eps_ramp else "")
+        + (f", train ε={args.train_eps:g}" if args.train_eps is not None else "")
+        + (f", start ±{args.start_scale:g}ε" if args.start_scale != 1.0 else "")
+        + (", no projection" if args.no_project else ""),
         f"{tr['seconds_all_epochs'] / 60:.1f} min ({tr['threads']} thr)",
         state["clean"]["first_n"],
         state["clean"]["test_10k"],

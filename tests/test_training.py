@@ -265,6 +265,50 @@ def test_fast_at_default_step_is_1_25_eps_as_in_wong_et_al() -> None:
     assert torch.equal(a, b)
 
 
+def test_fast_at_eps_ramp_scales_eps_and_alpha_linearly_then_holds() -> None:
+    # eps_ramp_epochs = 2 with 4 steps per epoch: the factor is (epoch + batch / 4) / 2, capped at 1;
+    # ε and α are both scaled by it, so a ramped step equals an unramped one at (f·ε, f·α).
+    net = TwoClassLinear()
+    x = 0.3 + 0.4 * torch.rand(16, 12, generator=torch.Generator().manual_seed(5))
+    y = torch.zeros(16, dtype=torch.int64)
+    eps, alpha = 0.2, 0.25
+    ramped = create("fast_at", eps=eps, alpha=alpha, eps_ramp_epochs=2.0)
+
+    def ctx(epoch: int, batch: int) -> TrainContext:
+        return TrainContext(torch.Generator().manual_seed(7), (0.0, 1.0), 10, 4, 4, epoch=epoch, batch=batch)
+
+    assert torch.equal(ramped.adversarial(net, x, y, ctx(0, 0)), x)  # ε = 0 at the first step: clean inputs
+    for (epoch, batch), f in {(0, 1): 0.125, (1, 0): 0.5, (1, 2): 0.75}.items():
+        got = ramped.adversarial(net, x, y, ctx(epoch, batch))
+        want = create("fast_at", eps=f * eps, alpha=f * alpha).adversarial(net, x, y, ctx(epoch, batch))
+        assert torch.allclose(got, want, atol=1e-7), (epoch, batch)
+        assert float((got - x).abs().max()) <= f * eps + 1e-6
+    plain = create("fast_at", eps=eps, alpha=alpha)
+    for epoch, batch in ((2, 0), (3, 3)):  # after the ramp: exactly the unramped step
+        after = ramped.adversarial(net, x, y, ctx(epoch, batch))
+        assert torch.equal(after, plain.adversarial(net, x, y, ctx(epoch, batch)))
+    # no ramp (the default, the paper's setting) is full ε from the first step
+    assert create("fast_at", eps=eps).eps_ramp_epochs == 0.0
+    assert float((plain.adversarial(net, x, y, ctx(0, 0)) - x).abs().max()) > 0.9 * eps
+
+
+def test_fast_at_n_fgsm_start_scale_and_no_projection() -> None:
+    # N-FGSM (de Jorge et al. 2022): start u ~ U[-kε, kε], one signed step of α, no projection to
+    # the ε-ball; for the 2-class linear model (gradient sign s everywhere) x_adv = clip(x + u + α s).
+    net = TwoClassLinear()
+    x = 0.3 + 0.4 * torch.rand(32, 12, generator=torch.Generator().manual_seed(6))
+    y = torch.zeros(32, dtype=torch.int64)
+    s = torch.sign(net.fc.weight[1] - net.fc.weight[0]).detach()
+    eps, k = 0.05, 2.0
+    u = (2 * torch.rand(x.shape, generator=torch.Generator().manual_seed(4)) - 1) * (k * eps)
+    got = create("fast_at", eps=eps, alpha=eps, start_scale=k, project=False).adversarial(net, x, y, _ctx(seed=4))
+    assert torch.allclose(got, (x + u + eps * s).clamp(0, 1), atol=1e-6)
+    assert float((got - x).abs().max()) > 1.5 * eps  # really outside the ε-ball
+    # with projection the same start and step end inside the ball: clip_ε(u + α s)
+    proj = create("fast_at", eps=eps, alpha=eps, start_scale=k).adversarial(net, x, y, _ctx(seed=4))
+    assert torch.allclose(proj, (x + (u + eps * s).clamp(-eps, eps)).clamp(0, 1), atol=1e-6)
+
+
 def test_perturb_is_projected_sign_ascent_on_a_linear_model() -> None:
     net = TwoClassLinear()
     x = 0.3 + 0.4 * torch.rand(8, 12, generator=torch.Generator().manual_seed(4))
@@ -545,6 +589,9 @@ def test_declared_bounds_are_enforced(digits_train: gt.data.Dataset) -> None:
         ("fast_at", dict(eps=0.0), "fast_at: parameter 'eps' must be a finite number > 0"),
         ("fast_at", dict(alpha=-1.0), "parameter 'alpha' must be a finite number > 0 or None"),
         ("fast_at", dict(clip_start="no"), "parameter 'clip_start' must be a bool"),
+        ("fast_at", dict(eps_ramp_epochs=-1.0), "parameter 'eps_ramp_epochs' must be a finite number >= 0"),
+        ("fast_at", dict(start_scale=0.0), "parameter 'start_scale' must be a finite number > 0"),
+        ("fast_at", dict(project=1), "parameter 'project' must be a bool"),
         ("pgd_at", dict(steps=0), "pgd_at: parameter 'steps' must be an int >= 1"),
         ("pgd_at", dict(norm="l1"), "parameter 'norm' must be one of 'l2', 'linf'"),
         ("pgd_at", dict(random_start="yes"), "parameter 'random_start' must be a bool"),

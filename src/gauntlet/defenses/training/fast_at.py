@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from gauntlet import norms as N
 from gauntlet._validation import Boolean, Interval, IsNone
 from gauntlet.defenses.registry import register
-from gauntlet.defenses.training._base import EPS, NON_NEGATIVE, TrainContext, Trainer
+from gauntlet.defenses.training._base import EPS, NON_NEGATIVE, POSITIVE, TrainContext, Trainer
 
 
 @register
@@ -42,6 +42,12 @@ class FastAdversarialTraining(Trainer):
             the paper's setting) trains at ``eps`` from the first step.  A warm-up of ε is the
             usual MNIST practice for PGD and IBP training (e.g. Gowal et al. 2018) and is meant
             to keep the single-step attack from being masked early in training.
+        start_scale: the random start is drawn from ``U[-k·ε, k·ε]`` with ``k = start_scale``
+            (``1``, the default, is Wong et al.'s start).
+        project: clip the perturbation back to the ε-ball after the step (the default, as in
+            Wong et al.).  ``start_scale=2, alpha=eps, project=False`` is N-FGSM (de Jorge et al.,
+            "Make Some Noise: Reliable and Efficient Single-Step Adversarial Training", NeurIPS
+            2022): the training points then lie up to ``(k + α/ε)·ε`` from the clean input.
         **common: the :class:`Trainer` hyperparameters (defaults here: ``epochs=10``,
             ``batch_size=100``, ``lr=5e-3``, ``optimizer="adam"``, ``lr_schedule="cyclic"``).
     """
@@ -53,6 +59,8 @@ class FastAdversarialTraining(Trainer):
         "alpha": [Interval(float, 0, None, closed="neither"), IsNone()],
         "clip_start": [Boolean()],
         "eps_ramp_epochs": NON_NEGATIVE,
+        "start_scale": POSITIVE,
+        "project": [Boolean()],
     }
 
     def __init__(
@@ -62,6 +70,8 @@ class FastAdversarialTraining(Trainer):
         alpha: float | None = None,
         clip_start: bool = False,
         eps_ramp_epochs: float = 0.0,
+        start_scale: float = 1.0,
+        project: bool = True,
         epochs: int = 10,
         batch_size: int = 100,
         lr: float = 5e-3,
@@ -76,6 +86,8 @@ class FastAdversarialTraining(Trainer):
         self.alpha = alpha
         self.clip_start = clip_start
         self.eps_ramp_epochs = eps_ramp_epochs
+        self.start_scale = start_scale
+        self.project = project
         self._validate()
 
     def ramp(self, ctx: TrainContext) -> float:
@@ -93,13 +105,15 @@ class FastAdversarialTraining(Trainer):
         lo, hi = ctx.bounds
         if eps == 0.0:
             return xb.detach().clone()
-        x0 = xb + N.random_in_ball(xb, "linf", eps, ctx.generator)
+        x0 = xb + N.random_in_ball(xb, "linf", float(self.start_scale) * eps, ctx.generator)
         if self.clip_start:
             x0 = x0.clamp(lo, hi)
         xg = x0.requires_grad_(True)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(F.cross_entropy(module(xg), yb), xg)
-        delta = (x0.detach() + alpha * g.sign() - xb).clamp(-eps, eps)
+        delta = x0.detach() + alpha * g.sign() - xb
+        if self.project:
+            delta = delta.clamp(-eps, eps)
         return (xb + delta).clamp(lo, hi).detach()
 
     def loss(self, module: nn.Module, xb: Tensor, yb: Tensor, ctx: TrainContext) -> Tensor:
