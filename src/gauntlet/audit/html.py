@@ -150,6 +150,22 @@ def _to_uint8(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------
 # plots
+def _plot_png(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str) -> str:
+    """Finish a percentage-vs-budget plot in the report's style and return it as a PNG data URL."""
+    ax.set_ylim(-3, 103)
+    ax.set_xlim(left=0)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=11)
+    ax.grid(True, color="#e3e7ee", linewidth=0.8)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(frameon=False, fontsize=9, loc="upper right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})  # no version string: byte-stable output
+    return _data_url(buf.getvalue())
+
+
 def _plots(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     """One PNG (data URL) per norm: robust accuracy vs ε per attack and the worst case."""
     results = [r for r in report.get("results", []) if _is_num(r.get("eps")) and _is_num(r.get("robust_accuracy"))]
@@ -187,18 +203,8 @@ def _plots(report: Mapping[str, Any]) -> list[tuple[str, str]]:
             if _is_num(clean):
                 xs, ys = [0.0, *xs], [100 * clean, *ys]
             ax.plot(xs, ys, color="black", linestyle="--", linewidth=2.6, marker="s", markersize=5, label="worst case", zorder=5)
-        ax.set_ylim(-3, 103)
-        ax.set_xlim(left=0)
-        ax.set_xlabel(f"ε ({norm})")
-        ax.set_ylabel("robust accuracy (%)")
-        ax.set_title(f"Robust accuracy vs ε — {norm}", fontsize=11)
-        ax.grid(True, color="#e3e7ee", linewidth=0.8)
-        ax.spines[["top", "right"]].set_visible(False)
-        ax.legend(frameon=False, fontsize=9, loc="upper right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", metadata={"Software": None})
-        out.append((str(norm), _data_url(buf.getvalue())))
+        title = f"Robust accuracy vs ε — {norm}"
+        out.append((str(norm), _plot_png(fig, ax, f"ε ({norm})", "robust accuracy (%)", title)))
     return out
 
 
@@ -467,18 +473,8 @@ def _cert_plot(cert: list[Mapping[str, Any]]) -> list[tuple[str, str]]:
             # between two evaluated radii draw the lower value: a certificate is never overstated
             ax.step([p[0] for p in pts], [100 * p[1] for p in pts], where="pre", marker="o", markersize=4,
                     linewidth=1.8, color=f"C{i % 10}", label=str(c.get("method")))
-        ax.set_ylim(-3, 103)
-        ax.set_xlim(left=0)
-        ax.set_xlabel(f"radius ({norm})")
-        ax.set_ylabel("certified accuracy (%)")
-        ax.set_title(f"Certified accuracy vs radius — {norm}", fontsize=11)
-        ax.grid(True, color="#e3e7ee", linewidth=0.8)
-        ax.spines[["top", "right"]].set_visible(False)
-        ax.legend(frameon=False, fontsize=9, loc="upper right")
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png", metadata={"Software": None})
-        out.append((norm, _data_url(buf.getvalue())))
+        title = f"Certified accuracy vs radius — {norm}"
+        out.append((norm, _plot_png(fig, ax, f"radius ({norm})", "certified accuracy (%)", title)))
     return out
 
 
