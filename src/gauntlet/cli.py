@@ -436,7 +436,7 @@ def _save_weights(module: Any, out: Path) -> None:
 @app.command()
 def train(
     data: str = typer.Option("digits", "--data", help="Training data: 'digits' or a path gauntlet.data.load accepts (its train split)."),
-    arch: str = typer.Option("digits_cnn", "--arch", help="Architecture: a zoo name (digits_cnn, smallcnn, lenet5, wong_kolter_small) or 'module.path:Class'."),
+    arch: str = typer.Option("digits_cnn", "--arch", help="Architecture: a zoo name (digits_cnn, smallcnn, lenet5, wong_kolter_small, wong_kolter_wide) or 'module.path:Class'."),
     method: str = typer.Option("pgd_at", "--method", "-m", help="Training method: standard, fast_at, pgd_at, trades, distillation, label_smoothing."),
     param: list[str] = typer.Option([], "--param", "-p", help="A method hyperparameter key=value (YAML scalar), e.g. eps=0.3 (repeatable)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (default: the method's)."),
