@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from gauntlet import norms as N
+from gauntlet._batch import check_input_batch
 from gauntlet._validation import Constraint, Interval, IsNone, Options, validate_params
 from gauntlet.attacks.result import AttackResult
 from gauntlet.errors import CapabilityError, ConfigError, DataError
@@ -287,27 +288,7 @@ class Attack(abc.ABC):
 def check_batch(x: Tensor, model: Model, where: str) -> None:
     """Validate a batch of inputs against a model's input spec (raises :class:`DataError`)."""
     spec = model.input_spec
-    if not isinstance(x, Tensor):
-        conv = " (convert with torch.from_numpy(x).float())" if type(x).__module__ == "numpy" else ""
-        raise DataError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}{conv}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise DataError(f"{where}: x must be a non-empty batch of shape (N, ...), got shape {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise DataError(f"{where}: x must be a float tensor, got {x.dtype}; scale it into the model's bounds {spec.bounds} and use .float()")
-    if x.dtype != spec.dtype:
-        raise DataError(f"{where}: x has dtype {x.dtype} but the model expects {spec.dtype}; convert with x.to({spec.dtype})")
-    if spec.shape is not None and tuple(x.shape[1:]) != spec.shape:
-        raise DataError(f"{where}: x has per-sample shape {tuple(x.shape[1:])} but the model expects {spec.shape}")
-    if x.device != model.device:
-        raise DataError(f"{where}: x is on {x.device} but the model is on {model.device}; move one of them")
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
-        raise DataError(f"{where}: x contains NaN or inf in {bad} sample(s); clean or drop them")
-    lo, hi = spec.bounds
-    xmin, xmax = float(x.min()), float(x.max())
-    if xmin < lo or xmax > hi:
-        raise DataError(
-            f"{where}: x has values in [{xmin:.4g}, {xmax:.4g}] outside the model's bounds [{lo:g}, {hi:g}]; "
-            "rescale x (e.g. x / 255) or declare the model's bounds"
-        )
+    check_input_batch(
+        x, where=where, dtype=spec.dtype, shape=spec.shape, device=model.device, bounds=spec.bounds
+    )
 

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gauntlet._batch import check_input_batch, module_dtype_device
 from gauntlet._validation import Check, Constraint, Interval, IsNone, SequenceOf
 from gauntlet.defenses.base import check_labels
 from gauntlet.defenses.certify._result import Certification, Certifier, check_seed
@@ -262,30 +263,11 @@ def _resolve(net: nn.Module | Model, where: str) -> tuple[nn.Module, Normalizer 
 
 
 def _check_x(x: object, module: nn.Module, bounds: tuple[float, float], where: str) -> Tensor:
-    if not isinstance(x, Tensor):
-        conv = " (convert with torch.from_numpy(x).float())" if type(x).__module__ == "numpy" else ""
-        raise DataError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}{conv}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise DataError(f"{where}: x must be a non-empty batch of shape (N, ...), got shape {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise DataError(f"{where}: x must be a float tensor, got {x.dtype}; scale it into the bounds and use .float()")
-    p = next(iter(module.parameters()), None)
-    if p is not None and p.is_floating_point():
-        if x.dtype != p.dtype:
-            raise DataError(f"{where}: x has dtype {x.dtype} but the module's parameters are {p.dtype}; convert x")
-        if x.device != p.device:
-            raise DataError(f"{where}: x is on {x.device} but the module is on {p.device}; move one of them")
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
-        raise DataError(f"{where}: x contains NaN or inf in {bad} sample(s); clean or drop them")
-    lo, hi = bounds
-    xmin, xmax = float(x.min()), float(x.max())
-    if xmin < lo or xmax > hi:
-        raise DataError(
-            f"{where}: x has values in [{xmin:.4g}, {xmax:.4g}] outside the bounds [{lo:g}, {hi:g}]; "
-            "rescale x or pass bounds="
-        )
-    return x
+    dtype, device = module_dtype_device(module)
+    return check_input_batch(
+        x, where=where, dtype=dtype, device=device, bounds=bounds, owner="the module",
+        dtype_owner="the module's parameters are", bounds_name="the bounds", bounds_hint="rescale x or pass bounds=",
+    )
 
 
 def _input_box(x: Tensor, eps: float, bounds: tuple[float, float], norm: Normalizer | None) -> Box:

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from gauntlet._batch import check_input_batch, module_dtype_device
 from gauntlet._validation import Constraint, Interval, IsNone, validate_params
 from gauntlet.defenses.base import check_labels
 from gauntlet.defenses.certify._result import ABSTAIN, Certification, Certifier, check_seed
@@ -157,23 +158,10 @@ class RandomizedSmoothing:
             check_batch(x, self.model, where)  # type: ignore[arg-type]
             return x  # type: ignore[return-value]
         assert self.module is not None
-        if not isinstance(x, Tensor):
-            conv = " (convert with torch.from_numpy(x).float())" if type(x).__module__ == "numpy" else ""
-            raise DataError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}{conv}")
-        if x.dim() < 2 or x.shape[0] == 0:
-            raise DataError(f"{where}: x must be a non-empty batch of shape (N, ...), got shape {tuple(x.shape)}")
-        if not x.dtype.is_floating_point:
-            raise DataError(f"{where}: x must be a float tensor, got {x.dtype}; use x.float()")
-        p = next(iter(self.module.parameters()), None)
-        if p is not None and p.is_floating_point():
-            if x.dtype != p.dtype:
-                raise DataError(f"{where}: x has dtype {x.dtype} but the module's parameters are {p.dtype}; convert x")
-            if x.device != p.device:
-                raise DataError(f"{where}: x is on {x.device} but the module is on {p.device}; move one of them")
-        if not bool(torch.isfinite(x).all()):
-            bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
-            raise DataError(f"{where}: x contains NaN or inf in {bad} sample(s); clean or drop them")
-        return x
+        dtype, device = module_dtype_device(self.module)
+        return check_input_batch(
+            x, where=where, dtype=dtype, device=device, owner="the module", dtype_owner="the module's parameters are"
+        )
 
     def _classes(self, x: Tensor, where: str) -> int:
         if self.num_classes is not None:

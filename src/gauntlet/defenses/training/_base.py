@@ -52,6 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gauntlet import norms as N
+from gauntlet._batch import check_input_batch
 from gauntlet._validation import Check, Constraint, Interval, Options, validate_params
 from gauntlet.defenses.base import Defense
 from gauntlet.errors import ConfigError, DataError, GauntletError, ModelLoadError
@@ -272,27 +273,12 @@ def check_training_data(
 ) -> None:
     """Raise a one-line :class:`DataError` unless ``x``/``y`` are a valid labelled training set."""
     yname = "y" if what == "x" else what.replace("x", "y", 1)
-    if not isinstance(x, Tensor):
-        conv = " (convert with torch.from_numpy(x).float())" if type(x).__module__ == "numpy" else ""
-        raise DataError(f"{where}: {what} must be a torch.Tensor, got {type(x).__name__}{conv}")
-    if x.dim() < 2 or x.shape[0] == 0:
-        raise DataError(f"{where}: {what} must be a non-empty batch of shape (N, ...), got shape {tuple(x.shape)}")
-    if not x.dtype.is_floating_point:
-        raise DataError(f"{where}: {what} must be a float tensor, got {x.dtype}; scale it into the bounds {tuple(bounds)} and use .float()")
-    if x.dtype != dtype:
-        raise DataError(f"{where}: {what} has dtype {x.dtype} but the module's parameters are {dtype}; convert with {what}.to({dtype})")
-    if x.device != device:
-        raise DataError(f"{where}: {what} is on {x.device} but the module is on {device}; move one of them")
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
-        raise DataError(f"{where}: {what} contains NaN or inf in {bad} sample(s); clean or drop them")
-    lo, hi = float(bounds[0]), float(bounds[1])
-    xmin, xmax = float(x.min()), float(x.max())
-    if xmin < lo or xmax > hi:
-        raise DataError(
-            f"{where}: {what} has values in [{xmin:.4g}, {xmax:.4g}] outside the declared bounds [{lo:g}, {hi:g}]; "
-            "rescale it (e.g. x / 255) or pass bounds="
-        )
+    check_input_batch(
+        x, where=where, what=what, dtype=dtype, device=device, bounds=bounds, owner="the module",
+        dtype_owner="the module's parameters are", bounds_name="the declared bounds",
+        bounds_hint="rescale it (e.g. x / 255) or pass bounds=",
+    )
+    assert isinstance(x, Tensor)
     if not isinstance(y, Tensor):
         raise DataError(f"{where}: {yname} must be a torch.Tensor of int64 labels, got {type(y).__name__}")
     if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
