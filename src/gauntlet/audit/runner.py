@@ -576,32 +576,29 @@ def execute(
             emit(ProgressEvent("units", i + 1, total, reused, unit.describe()))
 
         done_extras = store.extras(audit_id) if (store is not None and audit_id is not None and resumed) else {}
-        cert_records: list[dict[str, Any]] = []
-        n_chunks = len(prep.certify_chunks)
-        for k, chunk in enumerate(prep.certify_chunks):
-            payload = done_extras.get(chunk.key)
-            if payload is not None:
-                reused_extras += 1
-            else:
-                payload = json.loads(json.dumps(_certify_chunk(prep.base_model, prep.x, prep.y, chunk)))
-                if store is not None and audit_id is not None:
-                    store.add_extra(audit_id, chunk.key, "certify", payload)
-            cert_records.append(payload)
-            emit(ProgressEvent("certify", k + 1, n_chunks, reused_extras, chunk.describe()))
-        certification = _merge_certification(prep, cert_records)
 
-        detection: list[dict[str, Any]] = []
-        n_tasks = len(prep.detect_tasks)
-        for k, task in enumerate(prep.detect_tasks):
-            payload = done_extras.get(task.key)
-            if payload is not None:
-                reused_extras += 1
-            else:
-                payload = json.loads(json.dumps(_detect_task(prep.base_model, prep.x, prep.y, task, spec.batch_size)))
-                if store is not None and audit_id is not None:
-                    store.add_extra(audit_id, task.key, "detect", payload)
-            detection.append(payload)
-            emit(ProgressEvent("detect", k + 1, n_tasks, reused_extras, task.describe()))
+        def extras(kind: str, items: list[Any], compute: Callable[[Any], dict[str, Any]]) -> list[dict[str, Any]]:
+            """Each certification chunk / detection task: reused from the store or computed and saved."""
+            nonlocal reused_extras
+            out: list[dict[str, Any]] = []
+            for k, item in enumerate(items):
+                payload = done_extras.get(item.key)
+                if payload is not None:
+                    reused_extras += 1
+                else:
+                    # the fresh payload equals what the store gives back on resume (JSON round trip)
+                    payload = json.loads(json.dumps(compute(item)))
+                    if store is not None and audit_id is not None:
+                        store.add_extra(audit_id, item.key, kind, payload)
+                out.append(payload)
+                emit(ProgressEvent(kind, k + 1, len(items), reused_extras, item.describe()))
+            return out
+
+        cert_records = extras("certify", prep.certify_chunks, lambda c: _certify_chunk(prep.base_model, prep.x, prep.y, c))
+        certification = _merge_certification(prep, cert_records)
+        detection = extras(
+            "detect", prep.detect_tasks, lambda t: _detect_task(prep.base_model, prep.x, prep.y, t, spec.batch_size)
+        )
 
         emit(ProgressEvent("flags", total, total, reused, "evaluation hygiene checks"))
         clean = (clean_pred == prep.y).tolist()
