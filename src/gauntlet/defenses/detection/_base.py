@@ -318,7 +318,9 @@ class Detector(Defense, abc.ABC):
         """
         where = f"{self.name}.score"
         self._check_fitted(where)
-        return self._scores_and_logits(x, adaptive, where)[0]
+        assert self.model_ is not None
+        check_batch(x.detach() if isinstance(x, Tensor) else x, self.model_, where=where)
+        return self._scores_and_logits(x, adaptive)[0]
 
     def detect(self, x: Tensor) -> Tensor:
         """``score(x) > threshold``: a bool tensor ``(N,)``, True = flagged as adversarial."""
@@ -326,9 +328,10 @@ class Detector(Defense, abc.ABC):
         with torch.no_grad():
             return self.score(x) > self.threshold
 
-    def _scores_and_logits(self, x: Tensor, adaptive: bool, where: str) -> tuple[Tensor, Tensor]:
+    def _scores_and_logits(self, x: Tensor, adaptive: bool) -> tuple[Tensor, Tensor]:
+        """Scores and model outputs of an already validated batch, in batches of ``batch_size_``
+        (the public entry points check ``x`` once; this runs on every step of an adaptive attack)."""
         assert self.model_ is not None
-        check_batch(x.detach() if isinstance(x, Tensor) else x, self.model_, where=where)
         bs = self.batch_size_
         with self.model_.attack_mode():
             if x.shape[0] <= bs:
@@ -418,7 +421,7 @@ class Detector(Defense, abc.ABC):
         x = x.detach()
         bs = self.batch_size_
         with torch.no_grad():
-            clean_scores, clean_out = self._scores_and_logits(x, False, where)
+            clean_scores, clean_out = self._scores_and_logits(x, False)
         clean_pred = clean_out.argmax(dim=1)
         correct = clean_pred == y
         clean_flag = clean_scores > self.threshold
@@ -431,7 +434,7 @@ class Detector(Defense, abc.ABC):
             plain_evaded: Tensor | None,
         ) -> Tensor:
             with torch.no_grad():
-                s_adv, out = self._scores_and_logits(x_adv, False, where)
+                s_adv, out = self._scores_and_logits(x_adv, False)
             fooled = out.argmax(dim=1) != y
             flagged = s_adv > self.threshold
             succ = fooled & correct
@@ -523,7 +526,7 @@ class Detector(Defense, abc.ABC):
             queries += res.queries
             xa = res.x_adv
             with torch.no_grad():
-                s, out = self._scores_and_logits(xa, False, f"{self.name}.evaluate")
+                s, out = self._scores_and_logits(xa, False)
             fooled = out.argmax(dim=1) != y[todo]
             new = torch.where(fooled & ~(s > self.threshold), 2, torch.where(fooled, 1, 0))  # type: ignore[operator]
             better = torch.ones_like(fooled) if r == 0 else new > state[todo]
@@ -614,7 +617,7 @@ class DetectorAwareModel(Model):
     def _forward(self, x: Tensor) -> Tensor:
         d = self.detector
         adaptive = torch.is_grad_enabled() and x.requires_grad
-        s, out = d._scores_and_logits(x, adaptive, "DetectorAwareModel")
+        s, out = d._scores_and_logits(x, adaptive)
         z = as_logits(out, self.model.output)
         assert d.threshold is not None and d.score_unit_ is not None
         u = (s.to(z.dtype) - d.threshold) / d.score_unit_
