@@ -70,9 +70,12 @@ def check_int_param(value: object, name: str, low: int, high: int | None, where:
     return int(value)
 
 
-def check_batch_tensor(x: object, where: str, *, images: bool = False, bounds: Bounds | None = None) -> Tensor:
+def check_batch_tensor(
+    x: object, where: str, *, images: bool = False, bounds: Bounds | None = None, finite: bool = True
+) -> Tensor:
     """Check a batch for a transform: a finite float tensor ``(N, ...)``; with ``images`` it must
-    be ``(N, C, H, W)``; with ``bounds`` every value must lie inside them. Raises :class:`DataError`."""
+    be ``(N, C, H, W)``; with ``bounds`` every value must lie inside them; ``finite=False`` skips
+    the scan for NaN/inf (for inputs already validated upstream). Raises :class:`DataError`."""
     if not isinstance(x, Tensor):
         raise DataError(f"{where}: x must be a torch.Tensor, got {type(x).__name__}")
     if not x.dtype.is_floating_point:
@@ -83,7 +86,7 @@ def check_batch_tensor(x: object, where: str, *, images: bool = False, bounds: B
         )
     if x.dim() < 1 or x.numel() == 0:
         raise DataError(f"{where}: x must be a non-empty batch of shape (N, ...), got shape {tuple(x.shape)}")
-    if not bool(torch.isfinite(x.detach()).all()):
+    if finite and not bool(torch.isfinite(x.detach()).all()):
         raise DataError(f"{where}: x contains NaN or inf; clean or drop those samples")
     if bounds is not None:
         lo, hi = bounds
@@ -145,9 +148,10 @@ class Preprocessor(Defense, abc.ABC):
         return x
 
     # -- validation ------------------------------------------------------------------------------
-    def check_input(self, x: object, *, bounds: Bounds | None = None) -> Tensor:
-        """Validate a batch for this transform (raises :class:`DataError`)."""
-        x = check_batch_tensor(x, self.name, images=self.image_only, bounds=bounds)
+    def check_input(self, x: object, *, bounds: Bounds | None = None, finite: bool = True) -> Tensor:
+        """Validate a batch for this transform (raises :class:`DataError`); ``finite=False`` checks
+        type and shape only."""
+        x = check_batch_tensor(x, self.name, images=self.image_only, bounds=bounds, finite=finite)
         if self.channels is not None and x.shape[1] not in self.channels:
             allowed = " or ".join(str(c) for c in self.channels)
             raise DataError(
@@ -311,7 +315,8 @@ class PreprocessedModel(Model):
         return self.model.predict(x, count=count)
 
     def _run(self, x: Tensor, count: bool) -> tuple[Tensor, bool]:
-        self.preprocessor.check_input(x)
+        # type and shape only: this runs on every attack step, and attacks validate x's values once
+        self.preprocessor.check_input(x, finite=False)
         grad = torch.is_grad_enabled() and x.requires_grad
         if not grad:
             return self._inner(self._real(x), count), False
