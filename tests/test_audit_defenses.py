@@ -19,6 +19,7 @@ import pytest
 import torch
 from torch import nn
 
+import gauntlet.audit.executors as executors_mod
 import gauntlet.audit.runner as runner_mod
 from gauntlet.audit import load_spec, prepare, run_audit, spec_hash
 from gauntlet.audit.html import render_html
@@ -108,7 +109,9 @@ def comparable(report: dict[str, Any]) -> dict[str, Any]:
 def extras_rows(db: Path) -> list[tuple[str, int]]:
     con = sqlite3.connect(db)
     try:
-        return con.execute("SELECT kind, count(*) FROM extras GROUP BY kind ORDER BY kind").fetchall()
+        return con.execute(
+            "SELECT study, count(*) FROM records WHERE study != 'evasion' GROUP BY study ORDER BY study"
+        ).fetchall()
     finally:
         con.close()
 
@@ -144,7 +147,7 @@ def test_bit_depth_1_looks_robust_to_naive_pgd_but_not_to_bpda_and_the_worst_cas
     run = run_audit(spec, out_dir=tmp_path / "out", store=None)
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     validate_report(rep)
-    assert rep["schema_version"] == "1.1"
+    assert rep["schema_version"] == "2.0"
     assert [(r["attack"], r["eps"]) for r in rep["results"]] == [
         ("pgd", 0.1), ("pgd", 0.3), ("pgd (naive)", 0.1), ("pgd (naive)", 0.3)
     ]
@@ -237,16 +240,21 @@ def test_certification_is_stored_chunk_by_chunk_resumes_mid_way_and_gives_monoto
     monkeypatch.syspath_prepend(str(mlp_file.parent))
     reference = run_audit(spec, store=None).report
     db = tmp_path / "g.db"
-    # a store from before the extras table existed: opening it adds the table
+    # a store from before the records table existed (schema 1: units and extras): opening it adds the table
     open_store(f"sqlite:///{db}").close()
     con = sqlite3.connect(db)
-    con.execute("DROP TABLE extras")
+    con.execute("DROP TABLE records")
     con.commit()
     con.close()
 
-    def stop_at(phase: str, k: int):
+    def stop_at(study: str, k: int):
+        """Interrupt once ``k`` fresh units of ``study`` are done (k = 0: at the first merge)."""
+        fresh: list[str] = []
+
         def cb(ev: runner_mod.ProgressEvent) -> None:
-            if ev.phase == phase and ev.done - ev.reused >= k:
+            if ev.phase == "units" and ev.study == study:
+                fresh.append(ev.message)
+            if (k and len(fresh) >= k) or (not k and ev.phase == "merge"):
                 raise KeyboardInterrupt
         return cb
 
@@ -255,14 +263,20 @@ def test_certification_is_stored_chunk_by_chunk_resumes_mid_way_and_gives_monoto
     assert extras_rows(db) == [("certify", 4)]  # 6 chunks: 2 methods x 3 batches of 20
 
     calls: list[str] = []
-    real = runner_mod._certify_chunk
-    monkeypatch.setattr(runner_mod, "_certify_chunk", lambda *a: calls.append(a[3].key) or real(*a))
+    real = executors_mod.run_task
+
+    def counted(env: Any, task: Any) -> Any:
+        if task.study.name == "certify":
+            calls.append(task.key)
+        return real(env, task)
+
+    monkeypatch.setattr(executors_mod, "run_task", counted)
     with pytest.raises(KeyboardInterrupt):  # stopped after the certification, before the report
-        run_audit(spec, store=f"sqlite:///{db}", progress=stop_at("flags", 0))
+        run_audit(spec, store=f"sqlite:///{db}", progress=stop_at("certify", 0))
     assert len(calls) == 2 and extras_rows(db) == [("certify", 6)]
     calls.clear()
     run = run_audit(spec, store=f"sqlite:///{db}")
-    assert calls == [] and run.resumed and run.report["manifest"]["extras_reused"] == 6
+    assert calls == [] and run.resumed and run.report["manifest"]["units_reused"] == 9  # 3 fgsm + 6 certify
     assert comparable(run.report) == comparable(reference)
     validate_report(run.report)
 
@@ -302,9 +316,9 @@ def test_detection_fits_on_the_calibration_samples_and_reports_plain_and_detecto
             {"name": "feature_squeezing_detector", "bits": 1, "median_size": None, "adaptive": False},
         ],
     ))
-    events: list[tuple[str, int, int]] = []
+    events: list[tuple[str, str, int]] = []
     run = run_audit(spec, out_dir=tmp_path / "out", store=f"sqlite:///{tmp_path / 'g.db'}",
-                    progress=lambda e: events.append((e.phase, e.done, e.total)))
+                    progress=lambda e: events.append((e.phase, e.study, e.total)))
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     validate_report(rep)
     assert rep == json.loads(json.dumps(run.report))
@@ -321,7 +335,7 @@ def test_detection_fits_on_the_calibration_samples_and_reports_plain_and_detecto
     for d in (maha, fs):
         for r in d["rows"]:
             assert r["n"] == 30 and 0 <= r["undetected_success_rate"] <= r["success_rate"] <= 1
-    assert [e for e in events if e[0] == "detect"] == [("detect", 1, 2), ("detect", 2, 2)]
+    assert [e for e in events if e[1] == "detect"] == [("units", "detect", 6), ("units", "detect", 6), ("merge", "detect", 6)]
     assert extras_rows(tmp_path / "g.db") == [("detect", 2)]
     html = (tmp_path / "out" / "report.html").read_text()
     assert "id='detection'" in html and "detector-aware" in html
@@ -344,7 +358,7 @@ def test_the_schema_accepts_1_0_reports_and_checks_the_new_sections_strictly(mod
         (lambda r: r["certification"][0].update(curve=[]), "report.certification[0].curve: needs at least 1"),
         (lambda r: r["certification"][0].update(abstain_rate=-0.1), "report.certification[0].abstain_rate: must be >= 0"),
         (lambda r: r.update(detection=[{"detector": "x"}]), "report.detection[0]: missing required key 'params'"),
-        (lambda r: r.update(schema_version="1.2"), "report.schema_version: must be one of ['1.0', '1.1']"),
+        (lambda r: r.update(schema_version="1.2"), "report.schema_version: must be one of ['1.0', '1.1', '2.0']"),
     ]
     for mutate, message in cases:
         broken = copy.deepcopy(rep)
@@ -451,10 +465,10 @@ def test_the_spec_hash_changes_with_the_defense_certify_and_detect_blocks_but_no
 
 def test_fail_under_may_name_a_naive_label_but_only_when_the_spec_has_a_defense() -> None:
     from gauntlet.audit.gate import parse_threshold
-    from gauntlet.audit.spec import check_threshold
+    from gauntlet.audit.spec import check_thresholds
 
     th = parse_threshold("pgd (naive):linf:0.1=50%")
     assert (th.attack, th.norm, th.eps, th.min_robust_accuracy) == ("pgd (naive)", "linf", 0.1, 0.5)
-    check_threshold(load_spec(with_(defense={"name": "bit_depth_reduction", "bits": 1})), th, "--fail-under")
+    check_thresholds(load_spec(with_(defense={"name": "bit_depth_reduction", "bits": 1})), [th], lambda i, t: "--fail-under")
     with pytest.raises(ConfigError, match=r"^--fail-under\.attack: no attack labelled 'pgd \(naive\)'"):
-        check_threshold(load_spec(with_()), th, "--fail-under")
+        check_thresholds(load_spec(with_()), [th], lambda i, t: "--fail-under")

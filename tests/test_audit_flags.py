@@ -10,7 +10,7 @@ from torch import nn
 import gauntlet as gt
 from gauntlet.attacks import create
 from gauntlet.audit.flags import CHECKS, compute_flags
-from gauntlet.audit.records import UnitRecord
+from gauntlet.audit.studies.evasion import UnitRecord
 
 REQUIRED = {"id", "severity", "title", "explanation", "evidence"}
 

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from gauntlet.audit.gate import compare_reports, evaluate_gate, parse_regression, parse_threshold, summary_line
-from gauntlet.audit.spec import ThresholdSpec
+from gauntlet.audit.studies.evasion import ThresholdSpec
 from gauntlet.errors import ConfigError
 
 

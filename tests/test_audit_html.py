@@ -20,8 +20,9 @@ import gauntlet as gt
 from gauntlet.attacks import create
 from gauntlet.audit.flags import compute_flags
 from gauntlet.audit.html import render_html
-from gauntlet.audit.records import AuditOutcome, UnitRecord
+from gauntlet.audit.records import AuditOutcome
 from gauntlet.audit.report import build_report
+from gauntlet.audit.studies.evasion import UnitRecord, sections_of
 
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(
@@ -74,7 +75,7 @@ def report(digits_net, digits_test) -> dict:
         model_info={"name": "digits-cnn", "version": "3", "sha256": "ab" * 32, "path": "model.pt",
                     "capabilities": ["gradients", "scores", "labels"], "num_classes": 10, "bounds": [0.0, 1.0]},
         data_info={"name": "digits", "n": 32, "sha256": "cd" * 32, "shape": [1, 8, 8]},
-        clean_correct=clean, units=units, flags=flags, gallery=gallery,
+        clean_correct=clean, sections={**sections_of(units, clean), "gallery": gallery}, flags=flags,
         manifest={"command": "gauntlet audit spec.yaml --out report", "seed": 0, "python": "3.11",
                   "packages": {"torch": torch.__version__, "gauntlet": gt.__version__}, "note": HOSTILE},
         store_audit_id=3,

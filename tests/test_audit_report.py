@@ -9,8 +9,9 @@ import pytest
 import torch
 from pydantic import BaseModel
 
-from gauntlet.audit.records import AuditOutcome, UnitRecord
-from gauntlet.audit.report import REPORT_SCHEMA, SCHEMA_VERSION, aggregate, build_report, validate_report
+from gauntlet.audit.records import AuditOutcome
+from gauntlet.audit.report import REPORT_SCHEMA, SCHEMA_VERSION, build_report, report_schema, validate_report
+from gauntlet.audit.studies.evasion import EvasionStudy, UnitRecord, aggregate, sections_of
 from gauntlet.errors import DataError
 
 # 6 samples; sample 4 is misclassified on clean inputs.
@@ -34,17 +35,20 @@ class Spec(BaseModel):
     attacks: list[str] = ["pgd", "square"]
 
 
-def outcome(**kw) -> AuditOutcome:
+def outcome(records: list[UnitRecord] | None = None, gallery: list | None = None, **kw) -> AuditOutcome:
+    """An outcome whose evasion sections come from ``records`` (default: the hand-made units above)."""
+    sections = sections_of(units() if records is None else records, CLEAN)
+    sections["gallery"] = gallery if gallery is not None else [
+        {"index": 0, "label": 3, "pred_clean": 3, "pred_adv": 5, "attack": "pgd", "eps": 0.2,
+         "x": torch.zeros(1, 2, 2), "x_adv": torch.full((1, 2, 2), 0.2)}]
     base = {
         "spec": Spec(),
         "model_info": {"name": "digits-cnn", "version": "3", "sha256": "a" * 64, "path": "m.pt",
                     "capabilities": frozenset({"scores", "gradients"}), "num_classes": 10, "bounds": (0.0, 1.0)},
         "data_info": {"name": "digits", "n": 6, "sha256": "b" * 64, "shape": (1, 8, 8)},
         "clean_correct": CLEAN,
-        "units": units(),
+        "sections": sections,
         "flags": [{"id": "non_monotonic_eps", "severity": "warning", "title": "t", "explanation": "e", "evidence": {"x": 1}}],
-        "gallery": [{"index": 0, "label": 3, "pred_clean": 3, "pred_adv": 5, "attack": "pgd", "eps": 0.2,
-                  "x": torch.zeros(1, 2, 2), "x_adv": torch.full((1, 2, 2), 0.2)}],
         "manifest": {"seed": 0, "command": "gauntlet audit spec.yaml"},
         "store_audit_id": 7,
     }
@@ -84,7 +88,7 @@ def test_worst_case_is_per_sample_over_all_attacks():
 
 def test_clean_accuracy_cost_model_data_and_gate_default():
     rep = build_report(outcome())
-    assert rep["schema_version"] == SCHEMA_VERSION == "1.1"
+    assert rep["schema_version"] == SCHEMA_VERSION == "2.0"
     assert rep["clean_accuracy"] == pytest.approx(5 / 6)
     assert rep["cost"] == [
         {"attack": "pgd", "attack_name": "pgd", "units": 2, "samples": 6, "queries": 61, "grad_evals": 60,
@@ -157,7 +161,7 @@ def test_overlapping_units_count_a_sample_as_fooled_if_any_unit_fooled_it():
 )
 def test_units_that_do_not_fit_the_data_are_rejected_with_the_unit_named(bad, message):
     with pytest.raises(DataError, match=message) as exc:
-        build_report(outcome(units=[*units(), bad]))
+        build_report(outcome(records=[*units(), bad]))
     assert "unit 3 (pgd, linf" in str(exc.value)
 
 
@@ -169,7 +173,7 @@ def test_validate_report_accepts_a_built_report_and_names_the_first_bad_place():
         (lambda r: r["results"][1].update(robust_accuracy=1.5), "report.results[1].robust_accuracy: must be <= 1"),
         (lambda r: r["results"][0].update(queries=2.5), "report.results[0].queries: expected integer"),
         (lambda r: r["model"].update(sha256=5), "report.model.sha256: expected string or null"),
-        (lambda r: r.update(schema_version="0.9"), "report.schema_version: must be one of ['1.0', '1.1']"),
+        (lambda r: r.update(schema_version="0.9"), "report.schema_version: must be one of ['1.0', '1.1', '2.0']"),
         (lambda r: r["gate"].update(passed="yes"), "report.gate.passed: expected boolean or null"),
         (lambda r: r["flags"][0].update(severity="fatal"), "report.flags[0].severity: must be one of"),
         (lambda r: r["results"][0].update(seconds=float("nan")), "report.results[0].seconds: expected number"),
@@ -184,8 +188,10 @@ def test_validate_report_accepts_a_built_report_and_names_the_first_bad_place():
 
 
 def test_schema_lists_every_key_the_issue_requires():
-    assert set(REPORT_SCHEMA["required"]) >= {"schema_version", "model", "data", "clean_accuracy", "results",
-                                              "worst_case", "flags", "gate", "manifest"}
+    assert set(REPORT_SCHEMA["required"]) >= {"schema_version", "model", "data", "clean_accuracy", "flags", "gate", "manifest"}
+    # the evasion sections go together in 2.0 and were always there in 1.x
+    assert set(EvasionStudy.required_sections) >= {"results", "worst_case", "cost", "gallery"}
+    assert set(report_schema("1.1")["required"]) >= {"results", "worst_case", "cost", "gallery"}
     row = REPORT_SCHEMA["properties"]["results"]["items"]["required"]
     assert set(row) >= {"attack", "norm", "eps", "robust_accuracy", "success_rate", "median_perturbation", "queries", "seconds"}
     assert REPORT_SCHEMA["properties"]["model"]["required"] == ["name", "version", "sha256"]

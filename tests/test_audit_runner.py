@@ -18,6 +18,7 @@ import pytest
 import torch
 import yaml
 
+import gauntlet.audit.executors as executors_mod
 import gauntlet.audit.runner as runner_mod
 from gauntlet.audit import load_spec, run_audit
 from gauntlet.audit.report import validate_report
@@ -63,7 +64,7 @@ def comparable(report: dict[str, Any]) -> dict[str, Any]:
 def unit_rows(db: Path) -> tuple[int, int]:
     con = sqlite3.connect(db)
     try:
-        return con.execute("SELECT count(*), count(DISTINCT audit_id || '/' || key) FROM units").fetchone()
+        return con.execute("SELECT count(*), count(DISTINCT audit_id || '/' || key) FROM records").fetchone()
     finally:
         con.close()
 
@@ -86,7 +87,7 @@ def test_an_audit_writes_both_reports_records_the_audit_and_breaks_the_undefende
     assert (tmp_path / "out" / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     assert not list((tmp_path / "out").glob("*.tmp"))
     assert rep == json.loads(json.dumps(run.report))
-    assert rep["schema_version"] == "1.1" and rep["data"]["n"] == 96 and len(rep["data"]["sha256"]) == 64
+    assert rep["schema_version"] == "2.0" and rep["data"]["n"] == 96 and len(rep["data"]["sha256"]) == 64
     assert len(rep["model"]["sha256"]) == 64 and rep["model"]["name"] == "digits-cnn"
     assert [(r["attack"], r["eps"]) for r in rep["results"]] == [(a, e) for a in ("fgsm", "pgd") for e in (0.05, 0.1, 0.2)]
     pgd = {r["eps"]: r for r in rep["results"] if r["attack"] == "pgd"}
@@ -125,8 +126,8 @@ def test_ctrl_c_then_the_same_call_resumes_computes_only_missing_units_and_equal
     assert unit_rows(tmp_path / "g.db") == (8, 8)
 
     calls = []
-    real = runner_mod._run_unit
-    monkeypatch.setattr(runner_mod, "_run_unit", lambda *a: calls.append(a[3].key) or real(*a))
+    real = executors_mod.run_task
+    monkeypatch.setattr(executors_mod, "run_task", lambda env, task: calls.append(task.key) or real(env, task))
     run = run_audit(spec, out_dir=tmp_path / "out", store=store)
     assert run.resumed and run.reused_units == 8 and len(calls) == 4
     assert unit_rows(tmp_path / "g.db") == (12, 12)
@@ -137,7 +138,7 @@ def test_ctrl_c_then_the_same_call_resumes_computes_only_missing_units_and_equal
 def test_a_crash_marks_the_audit_failed_and_the_rerun_resumes_it(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = load_spec(make_spec(model_file, attacks=["fgsm"], thresholds=[]))
     store = f"sqlite:///{tmp_path / 'g.db'}"
-    real = runner_mod._run_unit
+    real = executors_mod.run_task
     n = []
 
     def flaky(*a: Any):
@@ -146,13 +147,13 @@ def test_a_crash_marks_the_audit_failed_and_the_rerun_resumes_it(model_file: Pat
             raise RuntimeError("disk on fire")
         return real(*a)
 
-    monkeypatch.setattr(runner_mod, "_run_unit", flaky)
+    monkeypatch.setattr(executors_mod, "run_task", flaky)
     with pytest.raises(RuntimeError, match="disk on fire"):
         run_audit(spec, store=store)
     con = sqlite3.connect(tmp_path / "g.db")
     assert con.execute("SELECT status FROM audits").fetchall() == [("failed",)]
     con.close()
-    monkeypatch.setattr(runner_mod, "_run_unit", real)
+    monkeypatch.setattr(executors_mod, "run_task", real)
     run = run_audit(spec, store=store)
     assert run.resumed and run.reused_units == 3 and unit_rows(tmp_path / "g.db") == (6, 6)
 
@@ -193,7 +194,7 @@ def _db_count(db: Path) -> int:
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
         try:
-            return int(con.execute("SELECT count(*) FROM units").fetchone()[0])
+            return int(con.execute("SELECT count(*) FROM records").fetchone()[0])
         finally:
             con.close()
     except sqlite3.Error:

@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from gauntlet.audit.plan import make_plan, unit_seed
-from gauntlet.audit.spec import PRESETS, AuditSpec, load_spec, resolve_attacks, spec_hash
+from gauntlet.audit.spec import AuditSpec, load_spec, spec_hash
+from gauntlet.audit.studies.evasion import PRESETS, make_plan, resolve_attacks, unit_seed
 from gauntlet.errors import ConfigError
 
 BASE: dict[str, Any] = {

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gauntlet.audit.records import UnitRecord
+from dataclasses import asdict
+
 from gauntlet.audit.store import open_store
+from gauntlet.audit.studies.evasion import UnitRecord, record_of
 from gauntlet.errors import StoreError
 
 
@@ -43,15 +45,20 @@ def test_units_round_trip_exactly_and_are_never_stored_twice(tmp_path: Path) -> 
         audit_id, resumed = begin(st)
         assert resumed is False
         r = rec()
-        assert st.add_unit(audit_id, "k1", r) is True
-        assert st.add_unit(audit_id, "k1", r) is False  # UNIQUE(audit_id, key)
-        assert st.add_unit(audit_id, "k2", rec(3, 5)) is True
-        back = st.units(audit_id)
-        assert list(back) == ["k1", "k2"] and back["k1"] == r  # floats and bools survive unchanged
-        assert st.count_units(audit_id) == 2
+        assert st.add_record(audit_id, "k1", "evasion", asdict(r)) is True
+        assert st.add_record(audit_id, "k1", "evasion", asdict(r)) is False  # UNIQUE(audit_id, key)
+        assert st.add_record(audit_id, "k2", "evasion", asdict(rec(3, 5))) is True
+        assert st.add_record(audit_id, "k3", "certify", {"prediction": [1, -1], "radius": [0.5, float("nan")]}) is True
+        back = st.records(audit_id)
+        assert list(back) == ["k1", "k2", "k3"] and back["k1"][0] == "evasion"
+        assert record_of(back["k1"][1]) == r  # floats and bools survive unchanged
+        assert list(st.records(audit_id, study="certify")) == ["k3"]
+        assert back["k3"][1]["radius"][0] == 0.5 and back["k3"][1]["radius"][1] != back["k3"][1]["radius"][1]  # NaN kept
+        assert st.count_records(audit_id) == 3
+        assert st.list_audits()[0]["units"] == {"done": 3, "total": 4}
     con = sqlite3.connect(tmp_path / "g.db")
     assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    assert con.execute("SELECT count(*) FROM units").fetchone()[0] == 2
+    assert con.execute("SELECT count(*) FROM records").fetchone()[0] == 3
 
 
 def test_an_unfinished_audit_is_resumed_and_a_finished_one_is_not(tmp_path: Path) -> None:

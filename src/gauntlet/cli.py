@@ -56,6 +56,21 @@ def attacks(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 
 
 @app.command()
+def studies(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """List the registered audit studies: the spec keys each owns and what it measures."""
+    from gauntlet.audit.studies import studies as registered
+
+    table = {s.name: {"keys": list(s.Block.model_fields), "sections": list(s.sections), "description": s.title}
+             for s in registered()}
+    if as_json:
+        typer.echo(json.dumps(table, indent=2))
+        return
+    width = max(map(len, table))
+    for name, row in table.items():
+        typer.echo(f"{name:<{width}}  {', '.join(row['keys']):<18}  {row['description']}")
+
+
+@app.command()
 def defenses(
     kind: Optional[str] = typer.Option(None, "--kind", help="Only one kind: training, preprocessing, detector, ensemble, certification."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -117,25 +132,25 @@ class _Bar:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    rows = report.get("results", [])
-    worst = report.get("worst_case", [])
-    width = max([len(str(r["attack"])) for r in rows] + [len("worst_case")])
+    from gauntlet.audit.studies import studies
+
     typer.echo(f"{report['model'].get('name')}: clean accuracy {_pct(report.get('clean_accuracy')).strip()} "
                f"on {report['data'].get('n')} samples of {report['data'].get('name')}")
-    typer.echo(f"{'attack':<{width}}  norm  {'ε':>7}  robust  success  median δ  queries  seconds")
-    for r in rows + [{**w, "attack": "worst_case"} for w in worst]:
-        med = r.get("median_perturbation")
-        med_s = f"{med:8.4g}" if med is not None else "       -"
-        sec = r.get("seconds")
-        typer.echo(
-            f"{r['attack']:<{width}}  {r['norm']:<4}  {float(r['eps']):>7g}  {_pct(r.get('robust_accuracy'))}  "
-            f"{_pct(r.get('success_rate'))}   {med_s}  {r.get('queries', ''):>7}  "
-            + (f"{sec:7.2f}" if isinstance(sec, (int, float)) else "")
-        )
+    for study in studies():
+        if study.in_report(report):
+            for line in study.text(report):
+                typer.echo(line)
     for f in report.get("flags", []):
         typer.echo(f"flag [{f.get('severity')}] {f.get('id')}: {f.get('title')}")
     for v in (report.get("gate") or {}).get("violations", []):
         typer.echo(f"gate violation: {v}")
+
+
+def _json_sections(report: dict[str, Any]) -> list[str]:
+    """The headline sections ``--json`` repeats (evasion's results and worst case, ...)."""
+    from gauntlet.audit.studies import studies
+
+    return [k for s in studies() if s.in_report(report) for k in s.required_sections if k in report and k != "gallery"]
 
 
 def _run(
@@ -148,7 +163,11 @@ def _run(
     trust: bool,
     as_json: bool,
     command: str,
+    executor: str = "local",
+    ray_address: Optional[str] = None,
+    workers: Optional[int] = None,
 ) -> None:
+    from gauntlet.audit.executors import make_executor
     from gauntlet.audit.gate import parse_regression, parse_threshold, summary_line
     from gauntlet.audit.runner import run_audit
     from gauntlet.errors import GauntletError
@@ -157,6 +176,7 @@ def _run(
     try:
         thresholds = [parse_threshold(t) for t in fail_under]
         regression = parse_regression(max_regression)
+        runner = make_executor(executor, address=ray_address, workers=workers)
         with bar:
             run = run_audit(
                 spec_obj,
@@ -167,6 +187,7 @@ def _run(
                 trust=True if trust else None,
                 progress=bar,
                 command=command,
+                executor=runner,
             )
     except GauntletError as err:
         _fail(err, as_json)
@@ -191,8 +212,7 @@ def _run(
                     "report_html": str(html) if html else None,
                     "model": report.get("model"),
                     "clean_accuracy": report.get("clean_accuracy"),
-                    "results": report.get("results"),
-                    "worst_case": report.get("worst_case"),
+                    **{k: report[k] for k in _json_sections(report)},
                     "flags": [{"id": f.get("id"), "severity": f.get("severity")} for f in report.get("flags", [])],
                     "gate": report.get("gate"),
                     "exit_code": run.exit_code,
@@ -223,6 +243,11 @@ def audit(
     ),
     trust: bool = typer.Option(False, "--trust", help="Allow pickle model files (runs code from the file: trusted files only)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
+    executor: str = typer.Option("local", "--executor", help="Where units run: local (this process) or ray (Ray tasks, one thread each)."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", help="Ray cluster to run on (with --executor ray); default: start a local cluster."
+    ),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPUs of the local Ray cluster (default: all)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Audit a model against a threat spec: report.json + report.html, history in the store, exit code 0/1/2.
@@ -246,8 +271,11 @@ def audit(
         args += ["--max-regression", max_regression]
     if trust:
         args.append("--trust")
+    if executor != "local":
+        args += ["--executor", executor] + (["--ray-address", "<given>"] if ray_address else [])
+        args += ["--workers", str(workers)] if workers else []
     _run(spec_obj, out=out, store=store, fail_under=fail_under, max_regression=max_regression, trust=trust,
-         as_json=as_json, command=shlex.join(args))
+         as_json=as_json, command=shlex.join(args), executor=executor, ray_address=ray_address, workers=workers)
 
 
 def _threads(n: Optional[int]) -> None:
@@ -347,7 +375,7 @@ def compare(
     max_regression: str = typer.Option("0pp", "--max-regression", help="Drops larger than this are marked as regressions."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """Per (attack, norm, ε) robust accuracy of audit B against audit A, regressions marked."""
+    """Every metric of audit B against audit A (robust accuracy per attack, norm and ε, certified accuracy, ...), regressions marked."""
     from gauntlet.audit.gate import compare_reports, parse_regression
     from gauntlet.errors import GauntletError
 
@@ -367,15 +395,14 @@ def compare(
     if as_json:
         typer.echo(json.dumps({"a": a, "b": b, **cmp, "summary": line}, indent=2))
         return
-    width = max([len(r["attack"]) for r in cmp["rows"]] + [len("attack")])
-    typer.echo(f"{'attack':<{width}}  norm  {'ε':>7}  {'#' + str(a):>6}  {'#' + str(b):>6}   delta")
+    width = max([len(r["what"]) for r in cmp["rows"]] + [len("metric")])
+    typer.echo(f"{'metric':<{width}}  {'#' + str(a):>6}  {'#' + str(b):>6}   delta")
     c = cmp["clean_accuracy"]
-    rows = [{"attack": "clean", "norm": "-", "eps": None, **c}] + cmp["rows"]
+    rows = [{"what": "clean accuracy", **c}] + cmp["rows"]
     for r in rows:
         delta = "     -" if r["delta"] is None else f"{100 * r['delta']:+6.1f} pp"
-        eps = "-" if r["eps"] is None else f"{r['eps']:g}"
         mark = "  REGRESSION" if r["regression"] else ""
-        typer.echo(f"{r['attack']:<{width}}  {r['norm']:<4}  {eps:>7}  {_pct(r['a'])}  {_pct(r['b'])}  {delta}{mark}")
+        typer.echo(f"{r['what']:<{width}}  {_pct(r['a'])}  {_pct(r['b'])}  {delta}{mark}")
     typer.echo(line)
 
 

@@ -15,7 +15,8 @@ traceback) and exits with code 2.
     ├── ModelLoadError         missing, corrupt or unsupported model file
     │   └── UntrustedFileError a pickle refused without trust=True / --trust
     ├── BudgetExceeded         a query budget was used up
-    └── StoreError             the results store cannot be opened, read or written
+    ├── StoreError             the results store cannot be opened, read or written
+    └── ExecutorError          an audit unit failed on every try, or the executor cannot start
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "UntrustedFileError",
     "BudgetExceeded",
     "StoreError",
+    "ExecutorError",
 ]
 
 
@@ -72,3 +74,8 @@ class BudgetExceeded(GauntletError, RuntimeError):
 
 class StoreError(GauntletError, OSError):
     """The results store cannot be opened, read or written (bad URL, missing driver, unreachable server)."""
+
+
+class ExecutorError(GauntletError, RuntimeError):
+    """An audit executor cannot start (Ray missing, cluster unreachable) or a unit kept failing;
+    the units that finished are kept in the store."""

@@ -23,8 +23,7 @@ import torch
 from torch import Tensor
 
 from gauntlet import norms as N
-from gauntlet.audit.records import NAIVE_SUFFIX, UnitRecord, is_naive
-from gauntlet.audit.report import aggregate
+from gauntlet.audit.studies.evasion import NAIVE_SUFFIX, UnitRecord, aggregate, is_naive
 from gauntlet.models.base import Model
 
 __all__ = ["CHECKS", "compute_flags"]

@@ -1,222 +1,70 @@
-"""Assemble ``report.json`` (schema version 1.1) from an :class:`~gauntlet.audit.records.AuditOutcome`.
+"""Assemble ``report.json`` (schema version 2.0) from an :class:`~gauntlet.audit.records.AuditOutcome`.
 
-Definitions used throughout (per sample ``i`` of the audited data, per attack, norm and ε):
+The core of every report: ``schema_version``, ``audit_id``, ``model``, ``data``,
+``clean_accuracy`` (the audited model on the clean data), ``flags`` (hygiene flags the studies
+raised), ``gate`` and the reproducibility ``manifest``.  Every study adds its own top-level
+sections (evasion: ``results``, ``worst_case``, ``cost``, ``gallery``, ``defense``; certify:
+``certification``; detect: ``detection``), each described by the study's JSON Schema piece.
 
-* **robust** — the model classifies ``x[i]`` correctly *and* the attack did not succeed on it;
-  ``robust_accuracy`` is the share of robust samples among all samples.
-* **success_rate** — the share of *correctly classified* samples the attack fooled (clean
-  mistakes are not counted as attack successes); ``null`` when no sample is classified correctly.
-* **median_perturbation** — the median size (in the threat's norm) of the perturbations that
-  fooled a correctly classified sample; ``null`` when the attack fooled none.
-* **worst case** — per sample, robust only if *no* attack succeeded at that (norm, ε).  Runs
-  against the naive view of a defense (labels ending in ``" (naive)"``) are not part of it.
-* **cost** — queries, gradient evaluations and seconds of a unit are summed per attack; in the
-  per-ε result rows a unit's cost is shared equally among the ε values it ran.
-* **defense gap** — with ``model.defense``, per attack and (norm, ε): the naive view's robust
-  accuracy minus the adaptive (BPDA + EOT) view's.  A positive gap is robustness that only came
-  from masked gradients.
+Schema 2.0 makes the study sections optional (an audit may have no evasion block); a study's
+sections are required together once one of them is present.  1.0 and 1.1 reports (which always
+had the evasion sections) still validate: :func:`validate_report` accepts every version in
+:data:`SCHEMA_VERSIONS`.
 
-Schema 1.1 adds the optional sections ``defense``, ``certification`` and ``detection`` to 1.0;
-a 1.0 report is still a valid report (:func:`validate_report` accepts both versions).
-
-:data:`REPORT_SCHEMA` is the JSON Schema of the document; :func:`validate_report` checks a
-report against it (and is what readers of stored reports should call).
+:func:`report_schema` (also ``REPORT_SCHEMA``) is the JSON Schema of the document;
+:func:`validate_report` checks a report against it (and is what readers of stored reports should
+call).
 """
 
 from __future__ import annotations
 
 import math
-import statistics
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
 
-from gauntlet.audit.records import NAIVE_SUFFIX, AuditOutcome, UnitRecord, is_naive
+from gauntlet.audit.records import AuditOutcome
 from gauntlet.errors import DataError
 
-SCHEMA_VERSION = "1.1"
-#: every version :func:`validate_report` accepts (1.1 only adds optional sections to 1.0)
-SCHEMA_VERSIONS = ("1.0", "1.1")
+SCHEMA_VERSION = "2.0"
+#: every version :func:`validate_report` accepts
+SCHEMA_VERSIONS = ("1.0", "1.1", "2.0")
 
-__all__ = [
-    "REPORT_SCHEMA",
+__all__ = [  # and REPORT_SCHEMA, built on first use (module __getattr__)
     "SCHEMA_VERSION",
     "SCHEMA_VERSIONS",
-    "aggregate",
     "build_report",
-    "defense_rows",
+    "jsonable",
+    "report_schema",
     "validate_report",
 ]
 
-
-# ------------------------------------------------------------------------------------------
-# aggregation
-@dataclass
-class _Cell:
-    """Per-sample outcomes of one attack at one (norm, ε), merged over units."""
-
-    success: list[bool | None]
-    norms: list[float | None]
-    queries: int = 0
-    grad_evals: int = 0
-    seconds: float = 0.0
-
-
-@dataclass
-class Aggregate:
-    """Results per (attack, norm, ε), worst case per (norm, ε) and cost per attack."""
-
-    results: list[dict[str, Any]] = field(default_factory=list)
-    worst_case: list[dict[str, Any]] = field(default_factory=list)
-    cost: list[dict[str, Any]] = field(default_factory=list)
-
-
-def _check_unit(u: UnitRecord, k: int, n: int) -> None:
-    where = f"unit {k} ({u.attack}, {u.norm}, samples {u.start}:{u.stop})"
-    if not (0 <= u.start < u.stop <= n):
-        raise DataError(f"{where}: samples must lie in 0:{n} with start < stop; the unit does not match the data")
-    if len(u.success) != len(u.eps) or len(u.norms) != len(u.eps):
-        raise DataError(f"{where}: success and norms need one row per ε ({len(u.eps)}), got {len(u.success)} and {len(u.norms)}")
-    m = u.stop - u.start
-    for row_s, row_n in zip(u.success, u.norms):
-        if len(row_s) != m or len(row_n) != m:
-            raise DataError(f"{where}: each success/norms row needs {m} values, got {len(row_s)} and {len(row_n)}")
-
-
-def _split_int(total: int, parts: int) -> list[int]:
-    q, r = divmod(int(total), parts)
-    return [q + (1 if i < r else 0) for i in range(parts)]
-
-
-def _median(values: list[float]) -> float | None:
-    return float(statistics.median(values)) if values else None
-
-
-def _summarise(success: list[bool | None], norms: list[float | None], clean_correct: Sequence[bool]) -> dict[str, Any]:
-    covered = [i for i, s in enumerate(success) if s is not None]
-    correct = [i for i in covered if clean_correct[i]]
-    fooled = [i for i in correct if success[i]]
-    robust = len(correct) - len(fooled)
-    fooled_norms = [float(norms[i]) for i in fooled if norms[i] is not None and math.isfinite(float(norms[i]))]  # type: ignore[arg-type]
-    return {
-        "robust_accuracy": robust / len(covered) if covered else None,
-        "success_rate": len(fooled) / len(correct) if correct else None,
-        "median_perturbation": _median(fooled_norms),
-        "robust_count": robust,
-        "n": len(covered),
-    }
-
-
-def aggregate(units: Sequence[UnitRecord], clean_correct: Sequence[bool]) -> Aggregate:
-    """Aggregate finished units into result rows, worst-case rows and per-attack cost.
-
-    A sample covered by several units of the same (attack, norm, ε) counts as fooled if any of
-    them fooled it. Rows are ordered by first appearance of the attack and the norm, then by ε.
-    The worst case leaves out runs against a defense's naive view (labels ending in
-    ``" (naive)"``): it describes the audited, adaptively attacked model.
-    """
-    n = len(clean_correct)
-    cells: dict[tuple[str, str, float], _Cell] = {}
-    costs: dict[str, dict[str, Any]] = {}
-    attack_order: dict[str, int] = {}
-    norm_order: dict[str, int] = {}
-    for k, u in enumerate(units):
-        _check_unit(u, k, n)
-        attack_order.setdefault(u.attack, len(attack_order))
-        norm_order.setdefault(u.norm, len(norm_order))
-        c = costs.setdefault(
-            u.attack,
-            {"attack": u.attack, "attack_name": u.attack_name, "units": 0, "samples": 0,
-             "queries": 0, "grad_evals": 0, "seconds": 0.0},
-        )
-        c["units"] += 1
-        c["samples"] += u.stop - u.start
-        c["queries"] += int(u.queries)
-        c["grad_evals"] += int(u.grad_evals)
-        c["seconds"] += float(u.seconds)
-        q_split = _split_int(u.queries, len(u.eps))
-        g_split = _split_int(u.grad_evals, len(u.eps))
-        for e_i, eps in enumerate(u.eps):
-            key = (u.attack, u.norm, float(eps))
-            cell = cells.get(key)
-            if cell is None:
-                cell = cells[key] = _Cell([None] * n, [None] * n)
-            cell.queries += q_split[e_i]
-            cell.grad_evals += g_split[e_i]
-            cell.seconds += float(u.seconds) / len(u.eps)
-            for j in range(u.stop - u.start):
-                i = u.start + j
-                s = bool(u.success[e_i][j])
-                v = float(u.norms[e_i][j])
-                prev = cell.success[i]
-                if prev is None or (s and not prev):
-                    cell.success[i], cell.norms[i] = s, v
-                elif s and prev and cell.norms[i] is not None:
-                    cell.norms[i] = min(v, cell.norms[i])  # type: ignore[type-var]
-
-    out = Aggregate()
-    for (attack, norm, eps) in sorted(cells, key=lambda t: (attack_order[t[0]], norm_order[t[1]], t[2])):
-        cell = cells[(attack, norm, eps)]
-        row = {"attack": attack, "norm": norm, "eps": eps}
-        row.update(_summarise(cell.success, cell.norms, clean_correct))
-        row.update({"queries": cell.queries, "grad_evals": cell.grad_evals, "seconds": cell.seconds})
-        out.results.append(row)
-
-    threats = sorted({(nm, e) for (a, nm, e) in cells if not is_naive(a)}, key=lambda t: (norm_order[t[0]], t[1]))
-    for norm, eps in threats:
-        attacks = [
-            a for a in sorted(attack_order, key=attack_order.get)  # type: ignore[arg-type]
-            if (a, norm, eps) in cells and not is_naive(a)
-        ]
-        success: list[bool | None] = [None] * n
-        norms: list[float | None] = [None] * n
-        for a in attacks:
-            cell = cells[(a, norm, eps)]
-            for i in range(n):
-                s = cell.success[i]
-                if s is None:
-                    continue
-                if success[i] is None:
-                    success[i], norms[i] = s, cell.norms[i]
-                elif s and not success[i]:
-                    success[i], norms[i] = True, cell.norms[i]
-                elif s and success[i] and cell.norms[i] is not None and norms[i] is not None:
-                    norms[i] = min(norms[i], cell.norms[i])  # type: ignore[type-var]
-        row = {"norm": norm, "eps": eps}
-        row.update(_summarise(success, norms, clean_correct))
-        row["attacks"] = attacks
-        out.worst_case.append(row)
-
-    for attack in sorted(costs, key=lambda a: attack_order[a]):
-        c = costs[attack]
-        c["queries_per_sample"] = c["queries"] / c["samples"] if c["samples"] else None
-        out.cost.append(c)
-    return out
+#: the report's own keys, before and after the studies' sections
+_CORE_REQUIRED = ("schema_version", "model", "data", "clean_accuracy", "flags", "gate", "manifest")
 
 
 # ------------------------------------------------------------------------------------------
 # JSON helpers
-def _jsonable(v: Any) -> Any:
+def jsonable(v: Any) -> Any:
     """Plain JSON values from tuples, tensors, NumPy scalars/arrays, paths and sets."""
     if v is None or isinstance(v, (bool, str, int)):
         return v
     if isinstance(v, float):
         return v if math.isfinite(v) else None
     if isinstance(v, Mapping):
-        return {str(k): _jsonable(x) for k, x in v.items()}
+        return {str(k): jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
+        return [jsonable(x) for x in v]
     if isinstance(v, (set, frozenset)):
-        return sorted(_jsonable(x) for x in v)
+        return sorted(jsonable(x) for x in v)
     if isinstance(v, PurePath):
         return str(v)
     if hasattr(v, "tolist"):  # torch / numpy tensors and scalars
-        return _jsonable(v.tolist())
+        return jsonable(v.tolist())
     if hasattr(v, "model_dump"):
-        return _jsonable(v.model_dump(mode="json"))
+        return jsonable(v.model_dump(mode="json"))
     if hasattr(v, "item"):
-        return _jsonable(v.item())
+        return jsonable(v.item())
     return str(v)
 
 
@@ -224,51 +72,24 @@ def _spec_dict(spec: Any) -> Any:
     if spec is None:
         return None
     if hasattr(spec, "model_dump"):
-        return _jsonable(spec.model_dump(mode="json"))
-    return _jsonable(spec)
-
-
-def defense_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Adaptive vs naive robust accuracy per attack and (norm, ε), from the result rows.
-
-    One row per adaptive result that has a naive counterpart (``"<label> (naive)"``); ``gap`` is
-    naive minus adaptive robust accuracy (``None`` when either is unknown).
-    """
-    naive = {(r["attack"][: -len(NAIVE_SUFFIX)], r["norm"], float(r["eps"])): r for r in results if is_naive(r["attack"])}
-    rows = []
-    for r in results:
-        if is_naive(r["attack"]):
-            continue
-        other = naive.get((r["attack"], r["norm"], float(r["eps"])))
-        if other is None:
-            continue
-        a, b = r.get("robust_accuracy"), other.get("robust_accuracy")
-        rows.append({
-            "attack": r["attack"],
-            "norm": r["norm"],
-            "eps": float(r["eps"]),
-            "adaptive_robust_accuracy": a,
-            "naive_robust_accuracy": b,
-            "gap": (b - a) if (a is not None and b is not None) else None,
-        })
-    return rows
+        return jsonable(spec.model_dump(mode="json"))
+    return jsonable(spec)
 
 
 def build_report(outcome: AuditOutcome, gate: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``report.json`` document (schema version 1.1) for one audit.
+    """The ``report.json`` document (schema version 2.0) for one audit.
 
     ``gate`` defaults to ``{"passed": None, "violations": []}`` (not evaluated); the audit
     command replaces it with :func:`gauntlet.audit.gate.evaluate_gate`'s answer.
     """
     clean = [bool(c) for c in outcome.clean_correct]
-    agg = aggregate(outcome.units, clean)
-    info = dict(_jsonable(outcome.model_info or {}))
+    info = dict(jsonable(outcome.model_info or {}))
     model = {"name": info.pop("name", None), "version": info.pop("version", None), "sha256": info.pop("sha256", None)}
     model.update(info)
-    dinfo = dict(_jsonable(outcome.data_info or {}))
+    dinfo = dict(jsonable(outcome.data_info or {}))
     data = {"name": dinfo.pop("name", None), "n": dinfo.pop("n", len(clean)), "sha256": dinfo.pop("sha256", None)}
     data.update(dinfo)
-    manifest = dict(_jsonable(outcome.manifest or {}))
+    manifest = dict(jsonable(outcome.manifest or {}))
     if "spec" not in manifest:
         manifest["spec"] = _spec_dict(outcome.spec)
     report: dict[str, Any] = {
@@ -277,248 +98,87 @@ def build_report(outcome: AuditOutcome, gate: Mapping[str, Any] | None = None) -
         "model": model,
         "data": data,
         "clean_accuracy": sum(clean) / len(clean) if clean else None,
-        "results": agg.results,
-        "worst_case": agg.worst_case,
-        "cost": agg.cost,
-        "flags": _jsonable(list(outcome.flags or [])),
-        "gate": _jsonable(dict(gate)) if gate is not None else {"passed": None, "violations": []},
-        "gallery": _jsonable(list(outcome.gallery or [])),
-        "manifest": manifest,
     }
-    if getattr(outcome, "defense", None) is not None:
-        d = dict(_jsonable(outcome.defense))
-        report["defense"] = {
-            "name": d.get("name"),
-            "params": d.get("params") or {},
-            "randomized": bool(d.get("randomized", False)),
-            "eot_samples": int(d.get("eot_samples") or 1),
-            "rows": defense_rows(agg.results),
-        }
-    if getattr(outcome, "certification", None):
-        report["certification"] = _jsonable(list(outcome.certification))
-    if getattr(outcome, "detection", None):
-        report["detection"] = _jsonable(list(outcome.detection))
+    for key, section in (outcome.sections or {}).items():
+        if key in report or key in ("flags", "gate", "manifest"):
+            raise DataError(f"a study section may not be named {key!r}: it is a core key of the report")
+        report[key] = jsonable(section)
+    report["flags"] = jsonable(list(outcome.flags or []))
+    report["gate"] = jsonable(dict(gate)) if gate is not None else {"passed": None, "violations": []}
+    report["manifest"] = manifest
     return report
 
 
 # ------------------------------------------------------------------------------------------
 # schema
-_NUM = {"type": "number"}
-_NUM_OR_NULL = {"type": ["number", "null"]}
-_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
 _STR_OR_NULL = {"type": ["string", "null"]}
 _COUNT = {"type": "integer", "minimum": 0}
-_ROW_COMMON = {
-    "robust_accuracy": _SHARE,
-    "success_rate": _SHARE,
-    "median_perturbation": {"type": ["number", "null"], "minimum": 0},
-    "robust_count": _COUNT,
-    "n": _COUNT,
-}
-
-_CURVE_POINT = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number", "minimum": 0}}
-_DEFENSE = {
-    "type": "object",
-    "required": ["name", "params", "randomized", "eot_samples", "rows"],
-    "properties": {
-        "name": {"type": "string"},
-        "params": {"type": "object"},
-        "randomized": {"type": "boolean"},
-        "eot_samples": {"type": "integer", "minimum": 1},
-        "rows": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["attack", "norm", "eps", "adaptive_robust_accuracy", "naive_robust_accuracy", "gap"],
-                "properties": {
-                    "attack": {"type": "string"},
-                    "norm": {"type": "string"},
-                    "eps": {"type": "number", "minimum": 0},
-                    "adaptive_robust_accuracy": _SHARE,
-                    "naive_robust_accuracy": _SHARE,
-                    "gap": {"type": ["number", "null"], "minimum": -1, "maximum": 1},
-                },
-            },
-        },
-    },
-}
-_CERTIFICATION = {
-    "type": "array",
-    "items": {
+_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_CORE_PROPERTIES: dict[str, Any] = {
+    "schema_version": {"type": "string", "enum": list(SCHEMA_VERSIONS)},
+    "audit_id": {"type": ["integer", "null"]},
+    "model": {
         "type": "object",
-        "required": ["method", "norm", "params", "n", "curve", "abstain_rate", "seconds"],
-        "properties": {
-            "method": {"type": "string"},
-            "norm": {"type": "string"},
-            "params": {"type": "object"},
-            "model": {"type": "string"},
-            "n": _COUNT,
-            "curve": {"type": "array", "minItems": 1, "items": _CURVE_POINT},
-            "certified_accuracy": _SHARE,
-            "abstain_rate": _SHARE,
-            "average_certified_radius": {"type": "number", "minimum": 0},
-            "max_radius": {"type": "number", "minimum": 0},
-            "seconds": {"type": "number", "minimum": 0},
-            "chunks": _COUNT,
-        },
+        "required": ["name", "version", "sha256"],
+        "properties": {"name": _STR_OR_NULL, "version": _STR_OR_NULL, "sha256": _STR_OR_NULL},
     },
-}
-_DETECTION = {
-    "type": "array",
-    "items": {
+    "data": {
         "type": "object",
-        "required": ["detector", "params", "threshold", "target_fpr", "n", "clean_accuracy", "clean_fpr", "rows", "notes"],
-        "properties": {
-            "detector": {"type": "string"},
-            "params": {"type": "object"},
-            "threshold": _NUM,
-            "target_fpr": {"type": "number", "minimum": 0, "maximum": 1},
-            "n": _COUNT,
-            "clean_accuracy": _SHARE,
-            "clean_fpr": _SHARE,
-            "calibration_samples": _COUNT,
-            "fit_samples": _COUNT,
-            "seconds": {"type": "number", "minimum": 0},
-            "notes": {"type": "array", "items": {"type": "string"}},
-            "rows": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": [
-                        "attack", "adaptive", "eps", "norm", "n", "n_correct", "clean_fpr", "success_rate", "tpr",
-                        "undetected_success_rate", "auroc",
-                    ],
-                    "properties": {
-                        "attack": {"type": "string"},
-                        "adaptive": {"type": "boolean"},
-                        "eps": {"type": ["number", "null"], "minimum": 0},
-                        "norm": _STR_OR_NULL,
-                        "n": _COUNT,
-                        "n_correct": _COUNT,
-                        "clean_fpr": _SHARE,
-                        "success_rate": _SHARE,
-                        "tpr": _SHARE,
-                        "undetected_success_rate": _SHARE,
-                        "auroc": _SHARE,
-                        "median_norm": {"type": ["number", "null"], "minimum": 0},
-                        "union_undetected_success_rate": _SHARE,
-                        "threshold": _NUM,
-                        "target_fpr": {"type": "number", "minimum": 0, "maximum": 1},
-                        "seconds": {"type": "number", "minimum": 0},
-                        "queries": _COUNT,
-                    },
-                },
-            },
-        },
+        "required": ["name", "n", "sha256"],
+        "properties": {"name": _STR_OR_NULL, "n": _COUNT, "sha256": _STR_OR_NULL},
     },
-}
-
-REPORT_SCHEMA: dict[str, Any] = {
-    "$schema": "https://json-schema.org/draft/2020-12/schema",
-    "title": "gauntlet audit report",
-    "type": "object",
-    "required": [
-        "schema_version", "model", "data", "clean_accuracy", "results", "worst_case",
-        "cost", "flags", "gate", "gallery", "manifest",
-    ],
-    "properties": {
-        "schema_version": {"type": "string", "enum": list(SCHEMA_VERSIONS)},
-        "audit_id": {"type": ["integer", "null"]},
-        "model": {
+    "clean_accuracy": _SHARE,
+    "flags": {
+        "type": "array",
+        "items": {
             "type": "object",
-            "required": ["name", "version", "sha256"],
-            "properties": {"name": _STR_OR_NULL, "version": _STR_OR_NULL, "sha256": _STR_OR_NULL},
-        },
-        "data": {
-            "type": "object",
-            "required": ["name", "n", "sha256"],
-            "properties": {"name": _STR_OR_NULL, "n": _COUNT, "sha256": _STR_OR_NULL},
-        },
-        "clean_accuracy": _SHARE,
-        "results": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": [
-                    "attack", "norm", "eps", "robust_accuracy", "success_rate", "median_perturbation",
-                    "queries", "grad_evals", "seconds",
-                ],
-                "properties": {
-                    "attack": {"type": "string"},
-                    "norm": {"type": "string"},
-                    "eps": {"type": "number", "minimum": 0},
-                    **_ROW_COMMON,
-                    "queries": _COUNT,
-                    "grad_evals": _COUNT,
-                    "seconds": {"type": "number", "minimum": 0},
-                },
-            },
-        },
-        "worst_case": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["norm", "eps", "robust_accuracy"],
-                "properties": {
-                    "norm": {"type": "string"},
-                    "eps": {"type": "number", "minimum": 0},
-                    **_ROW_COMMON,
-                    "attacks": {"type": "array", "items": {"type": "string"}},
-                },
-            },
-        },
-        "cost": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["attack", "queries", "grad_evals", "seconds"],
-                "properties": {
-                    "attack": {"type": "string"},
-                    "units": _COUNT,
-                    "samples": _COUNT,
-                    "queries": _COUNT,
-                    "grad_evals": _COUNT,
-                    "seconds": {"type": "number", "minimum": 0},
-                    "queries_per_sample": _NUM_OR_NULL,
-                },
-            },
-        },
-        "flags": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["id", "severity", "title", "explanation", "evidence"],
-                "properties": {
-                    "id": {"type": "string"},
-                    "severity": {"type": "string", "enum": ["warning", "info"]},
-                    "title": {"type": "string"},
-                    "explanation": {"type": "string"},
-                    "evidence": {"type": "object"},
-                },
-            },
-        },
-        "gate": {
-            "type": "object",
-            "required": ["passed", "violations"],
+            "required": ["id", "severity", "title", "explanation", "evidence"],
             "properties": {
-                "passed": {"type": ["boolean", "null"]},
-                "violations": {"type": "array", "items": {"type": "string"}},
+                "id": {"type": "string"},
+                "severity": {"type": "string", "enum": ["warning", "info"]},
+                "title": {"type": "string"},
+                "explanation": {"type": "string"},
+                "evidence": {"type": "object"},
             },
         },
-        "gallery": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["x", "x_adv"],
-                "properties": {"x": {"type": "array"}, "x_adv": {"type": "array"}},
-            },
-        },
-        "manifest": {"type": "object"},
-        "defense": _DEFENSE,
-        "certification": _CERTIFICATION,
-        "detection": _DETECTION,
     },
+    "gate": {
+        "type": "object",
+        "required": ["passed", "violations"],
+        "properties": {
+            "passed": {"type": ["boolean", "null"]},
+            "violations": {"type": "array", "items": {"type": "string"}},
+        },
+    },
+    "manifest": {"type": "object"},
 }
+
+
+def report_schema(version: str = SCHEMA_VERSION) -> dict[str, Any]:
+    """The JSON Schema of a report of ``version``: the core keys and every registered study's
+    sections.  Before 2.0 the sections of the studies every report had (evasion) were required."""
+    from gauntlet.audit.studies import studies
+
+    required = list(_CORE_REQUIRED)
+    properties = dict(_CORE_PROPERTIES)
+    for study in studies():
+        properties.update(study.sections)
+        if version != SCHEMA_VERSION and study.in_every_v1_report:
+            required += [s for s in study.required_sections if s not in required]
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "gauntlet audit report",
+        "type": "object",
+        "required": required,
+        "properties": properties,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    if name == "REPORT_SCHEMA":  # built on first use: it includes every registered study's sections
+        return report_schema()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _TYPES: dict[str, Any] = {
     "object": lambda v: isinstance(v, dict),
@@ -566,7 +226,18 @@ def _check(value: Any, schema: Mapping[str, Any], where: str) -> str | None:
 
 
 def validate_report(report: Any) -> None:
-    """Check ``report`` against :data:`REPORT_SCHEMA`; raise :class:`DataError` naming the first bad place."""
-    err = _check(report, REPORT_SCHEMA, "report")
+    """Check ``report`` against its version's schema; raise :class:`DataError` naming the first bad place."""
+    from gauntlet.audit.studies import studies
+
+    version = report.get("schema_version") if isinstance(report, dict) else None
+    schema = report_schema(version if version in SCHEMA_VERSIONS else SCHEMA_VERSION)
+    err = _check(report, schema, "report")
+    if err is None and isinstance(report, dict):
+        for study in studies():
+            if study.in_report(report):
+                missing = [s for s in study.required_sections if s not in report]
+                if missing:
+                    err = f"report: missing required key {missing[0]!r} (the {study.name} study's sections go together)"
+                    break
     if err:
         raise DataError(f"{err} (not a valid gauntlet report, schema version {' or '.join(SCHEMA_VERSIONS)})")

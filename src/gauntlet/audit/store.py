@@ -1,16 +1,17 @@
 """The results store: every model, audit and finished unit, in any SQLAlchemy database.
 
 SQLite by default (``sqlite:///gauntlet.db``, a file in the working folder); any SQLAlchemy URL
-works (``postgresql://user@host/db``).  Each finished unit is committed in its own transaction
-the moment it is done, and ``UNIQUE(audit_id, key)`` keeps a unit from ever being stored twice,
-so a process killed at any moment loses at most the unit it was computing.  SQLite runs in WAL
-mode.  Per sample, a unit keeps only success flags and perturbation norms, never the
-adversarial inputs.
+works (``postgresql://user@host/db``).  Each finished unit of every study is one row of
+``records(audit_id, key, study, json)``, committed in its own transaction the moment it is done
+(by the driver process only, whatever the executor), and ``UNIQUE(audit_id, key)`` keeps a unit
+from ever being stored twice, so a process killed at any moment loses at most the units it was
+computing.  The store knows nothing of what a record holds: the study that wrote it reads it
+back.  SQLite runs in WAL mode.
 
-Certification chunks and detection results (the spec's ``certify`` and ``detect`` blocks) are
-kept in ``extras(audit_id, key, kind, json)``, one committed row per finished piece, with the
-same ``UNIQUE(audit_id, key)`` guarantee.  Opening a store created before that table existed
-adds it (``create_all`` creates missing tables and leaves existing ones alone).
+The ``units`` and ``extras`` tables of stores written before the study plug-ins (spec hash
+schema 1) are kept as they are: their finished audits stay in the history, and opening such a
+store adds the ``records`` table (``create_all`` creates missing tables and leaves existing ones
+alone).
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gauntlet.audit.records import UnitRecord
 from gauntlet.errors import StoreError
 
 __all__ = ["DEFAULT_STORE_URL", "Store", "open_store", "safe_url"]
@@ -110,12 +110,23 @@ def _tables() -> Any:
             Column("created_at", String(32), nullable=False),
             UniqueConstraint("audit_id", "key", name="uq_extras_audit_key"),
         )
+        Table(
+            "records",
+            md,
+            Column("id", Integer, primary_key=True),
+            Column("audit_id", Integer, ForeignKey("audits.id"), nullable=False, index=True),
+            Column("key", String(64), nullable=False),
+            Column("study", String(64), nullable=False),
+            Column("json", Text, nullable=False),
+            Column("created_at", String(32), nullable=False),
+            UniqueConstraint("audit_id", "key", name="uq_records_audit_key"),
+        )
         _TABLES = (md, models, audits, units)
     return _TABLES
 
 
-def _extras_table() -> Any:
-    return _tables()[0].tables["extras"]
+def _records_table() -> Any:
+    return _tables()[0].tables["records"]
 
 
 def _now() -> str:
@@ -237,109 +248,47 @@ class Store:
         with self._tx("mark the audit failed") as conn:
             conn.execute(audits.update().where(audits.c.id == audit_id).values(status="failed"))
 
-    # -- units -----------------------------------------------------------------------------------
-    def add_unit(self, audit_id: int, key: str, rec: UnitRecord, targeted: bool = False) -> bool:
-        """Commit one finished unit in its own transaction; ``False`` if it was already stored."""
-        from sqlalchemy import insert
-        from sqlalchemy.exc import IntegrityError
-
-        _, _, _, units = _tables()
-        values = dict(
-            audit_id=audit_id,
-            key=key,
-            attack=rec.attack,
-            attack_name=rec.attack_name,
-            params_json=json.dumps(rec.params, sort_keys=True, default=str),
-            norm=rec.norm,
-            eps_json=json.dumps(list(rec.eps)),
-            targeted=bool(targeted),
-            start=rec.start,
-            stop=rec.stop,
-            success_json=json.dumps([[int(b) for b in row] for row in rec.success], separators=(",", ":")),
-            norms_json=json.dumps(rec.norms, separators=(",", ":"), allow_nan=True),
-            queries=int(rec.queries),
-            grad_evals=int(rec.grad_evals),
-            seconds=float(rec.seconds),
-            created_at=_now(),
-        )
-        from sqlalchemy.exc import SQLAlchemyError
-
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(units).values(**values))
-        except IntegrityError:
-            return False  # stored already (UNIQUE(audit_id, key)): never a duplicate
-        except SQLAlchemyError as exc:
-            raise StoreError(f"store {safe_url(self.url)}: cannot save a finished unit ({_first_line(exc)})") from None
-        return True
-
-    def units(self, audit_id: int) -> dict[str, UnitRecord]:
-        """The finished units of an audit, by key."""
-        from sqlalchemy import select
-
-        _, _, _, units = _tables()
-        with self._tx("read finished units") as conn:
-            rows = conn.execute(select(units).where(units.c.audit_id == audit_id).order_by(units.c.id)).mappings().all()
-        return {
-            r["key"]: UnitRecord(
-                attack=r["attack"],
-                attack_name=r["attack_name"],
-                params=json.loads(r["params_json"]),
-                norm=r["norm"],
-                eps=tuple(json.loads(r["eps_json"])),
-                start=int(r["start"]),
-                stop=int(r["stop"]),
-                success=[[bool(b) for b in row] for row in json.loads(r["success_json"])],
-                norms=[[float(v) for v in row] for row in json.loads(r["norms_json"])],
-                queries=int(r["queries"]),
-                grad_evals=int(r["grad_evals"]),
-                seconds=float(r["seconds"]),
-            )
-            for r in rows
-        }
-
-    def count_units(self, audit_id: int) -> int:
-        from sqlalchemy import func, select
-
-        _, _, _, units = _tables()
-        with self._tx("count units") as conn:
-            return int(conn.execute(select(func.count()).select_from(units).where(units.c.audit_id == audit_id)).scalar_one())
-
-    # -- certification chunks and detection results -------------------------------------------------
-    def add_extra(self, audit_id: int, key: str, kind: str, payload: dict[str, Any]) -> bool:
-        """Commit one finished certification chunk / detection result in its own transaction;
-        ``False`` if it was already stored."""
+    # -- finished units ----------------------------------------------------------------------------
+    def add_record(self, audit_id: int, key: str, study: str, payload: dict[str, Any]) -> bool:
+        """Commit one finished unit of ``study`` in its own transaction; ``False`` if it was already
+        stored (``UNIQUE(audit_id, key)``: never a duplicate)."""
         from sqlalchemy import insert
         from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-        extras = _extras_table()
         values = dict(
             audit_id=audit_id,
             key=key,
-            kind=kind,
+            study=study,
             json=json.dumps(payload, separators=(",", ":"), allow_nan=True),
             created_at=_now(),
         )
         try:
             with self.engine.begin() as conn:
-                conn.execute(insert(extras).values(**values))
+                conn.execute(insert(_records_table()).values(**values))
         except IntegrityError:
             return False
         except SQLAlchemyError as exc:
-            raise StoreError(f"store {safe_url(self.url)}: cannot save a finished {kind} result ({_first_line(exc)})") from None
+            raise StoreError(f"store {safe_url(self.url)}: cannot save a finished {study} unit ({_first_line(exc)})") from None
         return True
 
-    def extras(self, audit_id: int, kind: str | None = None) -> dict[str, dict[str, Any]]:
-        """The stored certification chunks / detection results of an audit, by key."""
+    def records(self, audit_id: int, study: str | None = None) -> dict[str, tuple[str, dict[str, Any]]]:
+        """The finished units of an audit: key → ``(study, record)``."""
         from sqlalchemy import select
 
-        extras = _extras_table()
-        q = select(extras.c.key, extras.c.json).where(extras.c.audit_id == audit_id).order_by(extras.c.id)
-        if kind is not None:
-            q = q.where(extras.c.kind == kind)
-        with self._tx("read finished certification/detection results") as conn:
+        t = _records_table()
+        q = select(t.c.key, t.c.study, t.c.json).where(t.c.audit_id == audit_id).order_by(t.c.id)
+        if study is not None:
+            q = q.where(t.c.study == study)
+        with self._tx("read finished units") as conn:
             rows = conn.execute(q).all()
-        return {str(k): json.loads(v) for k, v in rows}
+        return {str(k): (str(s), json.loads(v)) for k, s, v in rows}
+
+    def count_records(self, audit_id: int) -> int:
+        from sqlalchemy import func, select
+
+        t = _records_table()
+        with self._tx("count units") as conn:
+            return int(conn.execute(select(func.count()).select_from(t).where(t.c.audit_id == audit_id)).scalar_one())
 
     # -- history -----------------------------------------------------------------------------------
     def list_audits(self, model: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -347,9 +296,9 @@ class Store:
         from sqlalchemy import func, select
 
         _, models, audits, units = _tables()
-        n_units = (
-            select(units.c.audit_id, func.count().label("n")).group_by(units.c.audit_id).subquery()
-        )
+        records = _records_table()
+        legacy = select(units.c.audit_id, func.count().label("n")).group_by(units.c.audit_id).subquery()
+        n_units = select(records.c.audit_id, func.count().label("n")).group_by(records.c.audit_id).subquery()
         q = (
             select(
                 audits.c.id,
@@ -364,10 +313,11 @@ class Store:
                 models.c.name,
                 models.c.version,
                 models.c.sha256,
-                func.coalesce(n_units.c.n, 0).label("units_done"),
+                (func.coalesce(n_units.c.n, 0) + func.coalesce(legacy.c.n, 0)).label("units_done"),
             )
             .join(models, models.c.id == audits.c.model_id)
             .outerjoin(n_units, n_units.c.audit_id == audits.c.id)
+            .outerjoin(legacy, legacy.c.audit_id == audits.c.id)
             .order_by(audits.c.id.desc())
         )
         if model is not None:
@@ -391,8 +341,8 @@ class Store:
             }
             if report is not None:
                 item["clean_accuracy"] = report.get("clean_accuracy")
-                item["worst_case"] = report.get("worst_case", [])
                 item["gate"] = report.get("gate")
+                item["headline"] = _headline(report)
             out.append(item)
         return out
 
@@ -425,6 +375,13 @@ class Store:
         with self._tx("read the previous audit") as conn:
             row = conn.execute(q).first()
         return (int(row[0]), json.loads(row[1])) if row else None
+
+
+def _headline(report: dict[str, Any]) -> list[str]:
+    """The studies' one-line phrases for a stored report (``worst case linf ε=0.1 51.1%``)."""
+    from gauntlet.audit.studies import studies
+
+    return [p for s in studies() if s.in_report(report) for p in s.summary(report)]
 
 
 def _sqlite_file(url: Any) -> Path | None:

@@ -1,0 +1,284 @@
+"""Executors: where an audit's units run — in this process, or as tasks on a Ray cluster.
+
+An executor takes the prepared :class:`~gauntlet.audit.studies.AuditEnv` and the pending units
+and calls ``on_done(task, record)`` in the driver process as each one finishes; the runner (the
+store's only writer) commits the record there.  A unit's result depends only on its seed and the
+environment, never on where or in which order it runs, so every executor gives the same report.
+
+* :class:`LocalExecutor` (``--executor local``, the default): one unit after the other.
+* :class:`RayExecutor` (``--executor ray [--ray-address ADDR]``): units as Ray tasks, one CPU and
+  one torch thread each; the environment (model and data) is put in the object store once.  A
+  worker that dies is retried by Ray (``max_retries``); a unit that fails on every try, or raises,
+  ends the audit with an :class:`~gauntlet.errors.ExecutorError` naming the unit, and what
+  finished before stays in the store.  Without ``address`` a local cluster is started (``workers``
+  CPUs) and shut down at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from gauntlet.errors import ConfigError, ExecutorError, GauntletError
+
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Task", "make_executor"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """One unit of one study, at position ``index`` of the audit's plan."""
+
+    study: Any
+    unit: Any
+    index: int
+
+    @property
+    def key(self) -> str:
+        return str(self.unit.key)
+
+    def describe(self) -> str:
+        return str(self.unit.describe())
+
+    @property
+    def cost(self) -> float:
+        return float(getattr(self.unit, "cost", 1.0))
+
+
+OnDone = Callable[[Task, dict[str, Any]], None]
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class Executor(ABC):
+    """Runs units; :meth:`start` before anything is written, :meth:`close` at the end."""
+
+    name: str = ""
+
+    def start(self) -> None:  # noqa: B027 - optional hook
+        """Acquire what the executor needs (a cluster); raise a one-line error when it cannot."""
+
+    @abstractmethod
+    def run(self, env: Any, tasks: Sequence[Task], on_done: OnDone) -> None:
+        """Run every task and call ``on_done`` in this process as each one finishes."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release what :meth:`start` acquired."""
+
+    def describe(self) -> dict[str, Any]:
+        """What the manifest records about the executor."""
+        return {"name": self.name}
+
+    def __enter__(self) -> Executor:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_task(env: Any, task: Task) -> dict[str, Any]:
+    """Compute one unit (in whatever process runs it)."""
+    return task.study.run(env, task.unit)  # type: ignore[no-any-return]
+
+
+class LocalExecutor(Executor):
+    """Every unit in this process, one after the other, in the order given."""
+
+    name = "local"
+
+    def run(self, env: Any, tasks: Sequence[Task], on_done: OnDone) -> None:
+        for task in tasks:
+            on_done(task, run_task(env, task))
+            _trim_heap()
+
+
+def _ray_task(env: Any, task: Task) -> dict[str, Any]:
+    """The body of a Ray task: one torch thread, then the unit."""
+    import torch
+
+    torch.set_num_threads(1)
+    return run_task(env, task)
+
+
+class RayExecutor(Executor):
+    """Units as Ray tasks on a local cluster (``address=None``) or the cluster at ``address``.
+
+    Args:
+        address: a Ray cluster address (``ray://host:10001`` or ``host:6379``); ``None`` starts a
+            local cluster for the audit and stops it at the end.
+        workers: CPUs of the local cluster (default: all); ignored with ``address``.
+        max_retries: how often Ray reruns a unit whose worker died before the audit fails.
+    """
+
+    name = "ray"
+
+    def __init__(self, *, address: str | None = None, workers: int | None = None, max_retries: int = 3) -> None:
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise ConfigError(f"--workers must be an int >= 1, got {workers!r}")
+        if not isinstance(max_retries, int) or isinstance(max_retries, bool) or max_retries < 0:
+            raise ConfigError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        self.address = address
+        self.workers = workers
+        self.max_retries = max_retries
+        self._ray: Any = None
+        self._owns_cluster = False
+
+    def start(self) -> None:
+        try:
+            import ray
+        except ModuleNotFoundError:
+            raise ExecutorError(
+                "--executor ray needs Ray, which is not installed; pip install 'gauntlet[ray]' (or pip install ray), "
+                "or use --executor local"
+            ) from None
+        if self.address is not None:
+            _check_reachable(self.address)
+        if ray.is_initialized():  # this process is already connected (one connection per process)
+            self._ray = ray
+            return
+        # workers of a local cluster inherit this environment: let them import what the driver can
+        # (model architectures given as "module:Class" from the spec's folder) and use one thread
+        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        os.environ.setdefault("OMP_NUM_THREADS", "1")
+        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": "ERROR",
+            "configure_logging": True,
+        }
+        if self.address is not None:
+            kwargs["address"] = self.address
+        elif self.workers is not None:
+            kwargs["num_cpus"] = self.workers
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach or start a cluster is one line
+            where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray cluster"
+            raise ExecutorError(
+                f"--executor ray: cannot connect to {where} ({type(exc).__name__}: {_first_line(exc)}); "
+                "check --ray-address, or omit it to start a local cluster"
+            ) from None
+        self._ray = ray
+        self._owns_cluster = True
+
+    def close(self) -> None:
+        if self._ray is not None and self._owns_cluster:
+            self._ray.shutdown()
+        self._ray = None
+        self._owns_cluster = False
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "max_retries": self.max_retries}
+        if self.address is not None:
+            out["address"] = "<given>"  # never the address itself: it may carry credentials
+        if self._ray is not None:
+            out["cpus"] = int(self._ray.cluster_resources().get("CPU", 0))
+        return out
+
+    def run(self, env: Any, tasks: Sequence[Task], on_done: OnDone) -> None:
+        if not tasks:
+            return
+        if self._ray is None:
+            self.start()
+        ray = self._ray
+        remote = ray.remote(num_cpus=1, max_retries=self.max_retries, retry_exceptions=False)(_ray_task)
+        env_ref = ray.put(env)
+        pending = {remote.remote(env_ref, task): task for task in tasks}
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    task = pending.pop(ref)
+                    try:
+                        record = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - named after the unit, one line
+                        raise _unit_error(task, exc, self.max_retries) from None
+                    on_done(task, record)
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, with one line, when nothing listens at a ``host:port`` / ``ray://host:port``
+    address (``ray.init`` itself retries for minutes).  ``auto`` and addresses without a port are
+    left to Ray."""
+    import socket
+
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise ExecutorError(
+            f"--ray-address: nothing answers at the given Ray address ({exc.strerror or type(exc).__name__}); "
+            "check the address and that the cluster is running (ray start --head), or omit --ray-address "
+            "to start a local cluster"
+        ) from None
+
+
+def _unit_error(task: Task, exc: BaseException, retries: int) -> GauntletError:
+    cause = getattr(exc, "cause", None)
+    if isinstance(cause, GauntletError):
+        msg = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+        return type(cause)(f"unit {task.describe()!r} ({task.study.name}): {msg}")
+    name = type(exc).__name__
+    if "WorkerCrashed" in name or "NodeDied" in name or "ActorDied" in name or "ObjectLost" in name:
+        return ExecutorError(
+            f"unit {task.describe()!r} ({task.study.name}): its worker died on each of {retries + 1} tries "
+            f"({name}); the finished units are saved, run the same command again to resume"
+        )
+    inner = cause if isinstance(cause, BaseException) else exc
+    return ExecutorError(
+        f"unit {task.describe()!r} ({task.study.name}) failed: {type(inner).__name__}: {_first_line(inner)}; "
+        "the finished units are saved"
+    )
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the OS between units (glibc only; a no-op elsewhere).
+
+    Attacks that shrink their working batch (early stopping) allocate tensors of ever-changing
+    sizes; glibc's allocator then keeps fragmented free pages resident, and without a trim the
+    process's resident memory creeps up unit after unit although nothing is kept alive.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM: Any = None
+
+#: executor name → class (``--executor``)
+EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
+
+
+def make_executor(name: str = "local", *, address: str | None = None, workers: int | None = None) -> Executor:
+    """The executor ``name`` (``local`` or ``ray``); ``address``/``workers`` are Ray's."""
+    if name not in EXECUTORS:
+        raise ConfigError(f"--executor {name!r}: unknown executor; use one of {', '.join(EXECUTORS)}")
+    if name == "local":
+        if address is not None:
+            raise ConfigError("--ray-address needs --executor ray")
+        return LocalExecutor()
+    return RayExecutor(address=address, workers=workers)

@@ -1,0 +1,251 @@
+"""The study contract: one kind of audit block, owned end to end by one class in one module.
+
+A study owns, in one place:
+
+* **its spec keys** — ``Block``, a pydantic model whose fields are merged into the top level of the
+  audit spec (``threats`` and ``attacks`` for evasion, ``certify``, ``detect``); validated with the
+  place-named errors of :func:`gauntlet.audit.spec.load_spec`;
+* **its resolution** — :meth:`Study.resolve` checks the block against the registries and returns
+  the study instance (a ``ConfigError`` that starts with the place in the file otherwise);
+* **its checks** — :meth:`Study.check` tries what depends on the loaded model before anything is
+  stored;
+* **its plan** — :meth:`Study.plan`, units with stable keys (the resume key) and a seed derived from
+  the key, in the study's canonical order; ``unit.cost`` lets the runner run the cheapest first;
+* **one unit** — :meth:`Study.run` computes a JSON-able record (stored as is, read back on resume);
+* **its report** — :meth:`Study.merge` turns the records (in plan order) into its sections of
+  ``report.json`` (JSON Schema pieces in ``sections``) and its hygiene flags; :meth:`Study.html`,
+  :meth:`Study.cards`, :meth:`Study.text` and :meth:`Study.summary` render them;
+* **its metrics** — :meth:`Study.metrics` reads named numbers back from a report (what the gate,
+  ``--fail-under``, ``--max-regression`` and ``compare`` use) and ``Threshold`` is the gate rule
+  shape it accepts in ``thresholds`` (and :meth:`Study.parse_threshold` on the command line).
+
+The runner, store, report, HTML page and gate only ever go through this interface.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from gauntlet.audit.spec import AuditSpec
+
+__all__ = [
+    "AuditEnv",
+    "Metric",
+    "Study",
+    "StudyOutput",
+    "Threshold",
+    "work_key",
+    "work_seed",
+]
+
+
+def work_key(spec_digest: str, *parts: Any) -> str:
+    """A unit's stable key: a hash of the spec's digest and what the unit computes."""
+    blob = json.dumps([spec_digest, *parts], separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def work_seed(spec_seed: int, key: str) -> int:
+    """A unit's seed: a deterministic function of the spec's seed and the unit key."""
+    return int(hashlib.sha256(f"{spec_seed}/{key}".encode()).hexdigest()[:8], 16) % (2**31 - 1)
+
+
+@dataclass
+class AuditEnv:
+    """What units run against: the loaded model (and its views) and the audited data.
+
+    ``model`` is the audited model (the adaptive wrap of ``model.defense`` when the spec has one),
+    ``base_model`` the loaded file, ``naive_model`` the defense's naive wrap (``None`` without a
+    defense).  ``clean_pred`` are the audited model's labels on the clean data, computed once by
+    the runner before any unit.  Everything here is picklable, so an executor may ship it to
+    worker processes once.
+    """
+
+    model: Any
+    x: Tensor
+    y: Tensor
+    batch_size: int
+    seed: int
+    base_model: Any = None
+    naive_model: Any = None
+    defense_info: dict[str, Any] | None = None
+    clean_pred: Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.base_model is None:
+            self.base_model = self.model
+
+
+@dataclass
+class StudyOutput:
+    """What a study adds to the report: top-level ``sections`` and hygiene ``flags``."""
+
+    sections: dict[str, Any] = field(default_factory=dict)
+    flags: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One named number of a report, e.g. robust accuracy of ``pgd`` at L∞ ε = 0.1.
+
+    ``labels`` identify it within its ``name`` (``{"attack": "pgd", "norm": "linf", "eps": 0.1}``);
+    ``what`` is how messages name it (``"pgd linf ε=0.1"``) and ``title`` the quantity (``"robust
+    accuracy"``).  ``higher_is_better`` decides the direction of a regression; ``regression=False``
+    metrics are informational and never count as regressions (a defense's naive view).
+    """
+
+    study: str
+    name: str
+    labels: Mapping[str, Any]
+    value: float | None
+    what: str
+    title: str
+    higher_is_better: bool = True
+    regression: bool = True
+
+    def matches(self, name: str, labels: Mapping[str, Any]) -> bool:
+        if name != self.name or set(labels) != set(self.labels):
+            return False
+        for k, v in labels.items():
+            mine = self.labels[k]
+            if isinstance(v, (int, float)) and isinstance(mine, (int, float)) and not isinstance(v, bool):
+                if not math.isclose(float(v), float(mine), rel_tol=1e-9, abs_tol=1e-12):
+                    return False
+            elif v != mine:
+                return False
+        return True
+
+
+class Threshold(BaseModel):
+    """A gate rule on one metric: a study's threshold model subclasses this and says which metric
+    it names and the bound.  ``minimum`` (the metric must be at least it) or ``maximum`` (at most)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def metric(self) -> tuple[str, dict[str, Any]]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def bound(self) -> tuple[str, float]:  # pragma: no cover - interface
+        """``("min", value)`` or ``("max", value)``."""
+        raise NotImplementedError
+
+    def describe(self) -> str:  # pragma: no cover - interface
+        """The rule in ``--fail-under`` syntax."""
+        raise NotImplementedError
+
+    def what(self) -> str:
+        """How messages name the metric the rule is on."""
+        name, labels = self.metric()
+        return " ".join([name, *(f"{v:g}" if isinstance(v, float) else str(v) for v in labels.values())])
+
+
+class Study(ABC):
+    """Base class of audit studies; register a subclass with
+    :func:`gauntlet.audit.studies.register_study`."""
+
+    #: registry key, also the name of the study's units in the store (``kind``)
+    name: ClassVar[str]
+    #: one line for ``gauntlet studies`` and error messages
+    title: ClassVar[str] = ""
+    #: the spec keys it owns: a pydantic model whose fields are merged into the spec's top level
+    Block: ClassVar[type[BaseModel]]
+    #: the gate rule shape it accepts in ``thresholds`` (``None``: none)
+    Threshold: ClassVar[type[Threshold] | None] = None
+    #: its report.json sections: name → JSON Schema piece
+    sections: ClassVar[dict[str, dict[str, Any]]] = {}
+    #: sections every report with this study must have (it is present when it has any section)
+    required_sections: ClassVar[tuple[str, ...]] = ()
+    #: report schema versions < 2.0 always had these sections
+    in_every_v1_report: ClassVar[bool] = False
+
+    # -- spec -----------------------------------------------------------------------------------
+    @classmethod
+    def present(cls, spec: AuditSpec) -> bool:
+        """Whether ``spec`` has this study's block (any of its keys set to a non-empty value)."""
+        return any(getattr(spec, k, None) not in (None, [], {}) for k in cls.Block.model_fields)
+
+    @classmethod
+    @abstractmethod
+    def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> Study:
+        """Check the block against the registries (``resolved``: the studies resolved before this
+        one) and return the study; raise :class:`~gauntlet.errors.ConfigError` naming the place."""
+
+    def hash_payload(self) -> dict[str, Any]:
+        """What of the spec changes this study's results: entered into the spec hash."""
+        return {}
+
+    def check_threshold(self, th: Any, place: str) -> None:
+        """Raise :class:`ConfigError` unless ``th`` (of type ``Threshold``) names a metric this
+        spec will produce."""
+
+    @classmethod
+    def parse_threshold(cls, text: str) -> Any | None:
+        """A ``--fail-under`` text in this study's syntax as a ``Threshold``; ``None`` if it is not."""
+        return None
+
+    # -- run ------------------------------------------------------------------------------------
+    def check(self, env: AuditEnv) -> None:  # noqa: B027 - optional hook
+        """Fail (place-named error) before anything is stored when the model cannot be used."""
+
+    @abstractmethod
+    def plan(self, env: AuditEnv, spec_digest: str) -> list[Any]:
+        """The units: objects with ``key``, ``seed``, ``describe()`` and optionally ``cost``."""
+
+    @abstractmethod
+    def run(self, env: AuditEnv, unit: Any) -> dict[str, Any]:
+        """Compute one unit; return a JSON-able record."""
+
+    @abstractmethod
+    def merge(self, env: AuditEnv | None, records: Sequence[Mapping[str, Any]], clean_correct: Sequence[bool]) -> StudyOutput:
+        """The study's report sections from its records (in plan order).  ``env`` is ``None`` when
+        only records are available (rebuilding a report), so model-based extras are skipped."""
+
+    def manifest(self, units: Sequence[Any]) -> dict[str, Any]:
+        """What the reproducibility manifest records about the study's plan."""
+        return {"units": len(units)}
+
+    # -- report ---------------------------------------------------------------------------------
+    @classmethod
+    def metrics(cls, report: Mapping[str, Any]) -> list[Metric]:
+        """The named numbers of this study in a report."""
+        return []
+
+    @classmethod
+    def html(cls, report: Mapping[str, Any]) -> str:
+        """The study's sections of ``report.html`` (empty when the report has none)."""
+        return ""
+
+    @classmethod
+    def cards(cls, report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        """Headline cards ``(title, value html, subtitle)`` at the top of ``report.html``."""
+        return []
+
+    @classmethod
+    def text(cls, report: Mapping[str, Any]) -> list[str]:
+        """Lines the CLI prints for the study's results."""
+        return []
+
+    @classmethod
+    def summary(cls, report: Mapping[str, Any]) -> list[str]:
+        """Short phrases for the one-line verdict (``worst case linf ε=0.1 51.1%``)."""
+        return []
+
+    @classmethod
+    def hygiene_checks(cls) -> dict[str, str]:
+        """id → title of the hygiene checks the study runs (listed when none raised a flag)."""
+        return {}
+
+    @classmethod
+    def in_report(cls, report: Mapping[str, Any]) -> bool:
+        return any(k in report for k in cls.sections)

@@ -1,0 +1,391 @@
+"""Certification: certified accuracy vs radius (the spec's ``certify`` block).
+
+Each item names a certification method of the defense registry (``ibp``, ``randomized_smoothing``)
+and runs on the **undefended** model (the model file, without ``model.defense``) over the audited
+samples, in units of ``batch_size`` samples so that a long smoothing run resumes mid-way.  The
+report section ``certification`` has one entry per item: the certified-accuracy-vs-radius curve,
+the abstention rate and the average certified radius.  Gate rules:
+``{certify: ibp, radius: 0.01, min_certified_accuracy: 0.5}`` or ``--fail-under certify:ibp:0.01=50%``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any
+
+import torch
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+
+from gauntlet.audit.html import e, eps_text, fmt_value, is_num, num, pct, plot_png
+from gauntlet.audit.spec import (
+    AuditSpec,
+    Fraction,
+    RegistryChoice,
+    Strict,
+    Text,
+    as_list,
+    check_defense_params,
+    defense_class,
+    inline_params,
+    non_negative,
+)
+from gauntlet.audit.studies import register_study
+from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
+from gauntlet.errors import ConfigError, GauntletError
+
+__all__ = ["CertifyChoice", "CertifyChunk", "CertifySpec", "CertifyStudy", "CertifyThreshold", "resolve_certify"]
+
+Radius = Annotated[float, Field(strict=True), AfterValidator(non_negative)]
+
+
+def _one_or_list(v: Any) -> Any:
+    return [v] if isinstance(v, (Mapping, str)) else v
+
+
+class CertifySpec(Strict):
+    """One ``certify`` item: a certification defense (``randomized_smoothing``, ``ibp``) and its
+    parameters, run on the undefended model over the audited samples; ``radii`` are the points of
+    the certified-accuracy-vs-radius curve (default: the method's own, see
+    :meth:`~gauntlet.defenses.certify.Certification.default_radii`)."""
+
+    name: Text
+    radii: Annotated[list[Radius], BeforeValidator(as_list), Field(min_length=1)] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, v: Any) -> Any:
+        return inline_params(v, ("name", "radii"))
+
+
+class CertifyBlock(Strict):
+    """The certify study's spec key."""
+
+    certify: Annotated[list[CertifySpec], BeforeValidator(_one_or_list)] = Field(default_factory=list)
+
+
+class CertifyThreshold(Threshold):
+    """Gate: certified accuracy of method ``certify`` at ``radius`` must be ≥ the minimum."""
+
+    certify: Text
+    radius: Radius
+    min_certified_accuracy: Fraction
+
+    def metric(self) -> tuple[str, dict[str, Any]]:
+        return "certified_accuracy", {"method": self.certify, "radius": self.radius}
+
+    def bound(self) -> tuple[str, float]:
+        return "min", self.min_certified_accuracy
+
+    def describe(self) -> str:
+        return f"certify:{self.certify}:{self.radius:g}={self.min_certified_accuracy:g}"
+
+
+@dataclass(frozen=True)
+class CertifyChoice(RegistryChoice):
+    """One ``certify`` item resolved."""
+
+    index: int = 0
+    radii: tuple[float, ...] | None = None
+    norm: str = ""
+
+    @property
+    def place(self) -> str:
+        return f"certify[{self.index}]"
+
+    def curve_radii(self) -> list[float] | None:
+        """The radii the curve is evaluated at when known before the run (``None``: from the results)."""
+        if self.radii is not None:
+            return sorted({0.0, *self.radii})
+        if self.name == "ibp":
+            eps = self.params.get("eps", [])
+            return sorted({0.0, *(float(v) for v in (eps if isinstance(eps, (list, tuple)) else [eps]))})
+        return None
+
+
+def resolve_certify(spec: AuditSpec) -> list[CertifyChoice]:
+    """Check every ``certify`` item (a certification method, valid parameters)."""
+    out = []
+    for i, item in enumerate(spec.certify):  # type: ignore[attr-defined]
+        place = f"certify[{i}]"
+        cls = defense_class(item.name, "certification", place, "certify")
+        check_defense_params(cls, item.params, place)
+        radii = tuple(sorted(set(item.radii))) if item.radii is not None else None
+        out.append(CertifyChoice(item.name, dict(item.params), i, radii, str(getattr(cls, "norm", ""))))
+    return out
+
+
+@dataclass(frozen=True)
+class CertifyChunk:
+    """``certify[index]`` on samples ``start:stop``; saved on its own so a long run resumes mid-way."""
+
+    key: str
+    choice: CertifyChoice = field(hash=False, compare=False)
+    start: int = 0
+    stop: int = 0
+    seed: int = 0
+
+    def describe(self) -> str:
+        return f"certify {self.choice.name} [{self.start}:{self.stop}]"
+
+    @property
+    def cost(self) -> float:
+        n = self.choice.params.get("n", 100) if self.choice.name == "randomized_smoothing" else 10
+        return float((self.stop - self.start) * (n if isinstance(n, (int, float)) else 100))
+
+
+# ------------------------------------------------------------------------------------------------
+# report
+_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_COUNT = {"type": "integer", "minimum": 0}
+_CURVE_POINT = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number", "minimum": 0}}
+_CERTIFICATION = {
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["method", "norm", "params", "n", "curve", "abstain_rate", "seconds"],
+        "properties": {
+            "method": {"type": "string"},
+            "norm": {"type": "string"},
+            "params": {"type": "object"},
+            "model": {"type": "string"},
+            "n": _COUNT,
+            "curve": {"type": "array", "minItems": 1, "items": _CURVE_POINT},
+            "certified_accuracy": _SHARE,
+            "abstain_rate": _SHARE,
+            "average_certified_radius": {"type": "number", "minimum": 0},
+            "max_radius": {"type": "number", "minimum": 0},
+            "seconds": {"type": "number", "minimum": 0},
+            "chunks": _COUNT,
+        },
+    },
+}
+
+
+def _cert_plot(cert: list[Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """One PNG per norm: certified accuracy vs radius, one line per certification method."""
+    by_norm: dict[str, list[Mapping[str, Any]]] = {}
+    for c in cert:
+        pts = [p for p in c.get("curve") or [] if isinstance(p, (list, tuple)) and len(p) == 2 and all(is_num(v) for v in p)]
+        if pts:
+            by_norm.setdefault(str(c.get("norm")), []).append({**c, "curve": pts})
+    if not by_norm:
+        return []
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    out = []
+    for norm, items in by_norm.items():
+        fig = Figure(figsize=(5.4, 3.5), dpi=160)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        for i, c in enumerate(items):
+            pts = sorted(c["curve"])
+            # between two evaluated radii draw the lower value: a certificate is never overstated
+            ax.step([p[0] for p in pts], [100 * p[1] for p in pts], where="pre", marker="o", markersize=4,
+                    linewidth=1.8, color=f"C{i % 10}", label=str(c.get("method")))
+        title = f"Certified accuracy vs radius — {norm}"
+        out.append((norm, plot_png(fig, ax, f"radius ({norm})", "certified accuracy (%)", title)))
+    return out
+
+
+def _certification_html(report: Mapping[str, Any]) -> str:
+    cert = [c for c in report.get("certification") or [] if isinstance(c, Mapping)]
+    if not cert:
+        return ""
+    figs = "".join(
+        f"<figure><img class='plot' data-cert='{e(norm)}' alt='certified accuracy versus radius, {e(norm)}' src='{url}'>"
+        f"<figcaption>{e(norm)}: share of samples classified correctly and certified at each radius "
+        "(abstentions count as errors); between two evaluated radii the line shows the lower value.</figcaption></figure>"
+        for norm, url in _cert_plot(cert)
+    )
+    rows = []
+    for c in cert:
+        curve = ", ".join(
+            f"{eps_text(p[0])}: {pct(p[1])}" for p in (c.get("curve") or []) if isinstance(p, (list, tuple)) and len(p) == 2
+        )
+        params = ", ".join(f"{e(k)}={e(fmt_value(v))}" for k, v in (c.get("params") or {}).items())
+        rows.append(
+            f"<tr class='cert'><td>{e(c.get('method'))}</td><td>{e(c.get('norm'))}</td><td class='mono'>{params}</td>"
+            f"<td class='num'>{num(c.get('n'))}</td><td class='num'>{pct(c.get('certified_accuracy'))}</td>"
+            f"<td class='num'>{pct(c.get('abstain_rate'))}</td><td class='num'>{num(c.get('average_certified_radius'))}</td>"
+            f"<td>{curve}</td><td class='num'>{num(c.get('seconds'), '{:.2f}')}</td></tr>"
+        )
+    head = (
+        "<tr><th>method</th><th>norm</th><th>parameters</th><th class='num'>n</th><th class='num'>certified at 0</th>"
+        "<th class='num'>abstained</th><th class='num'>avg. certified radius</th><th>certified accuracy by radius</th>"
+        "<th class='num'>seconds</th></tr>"
+    )
+    note = (
+        "<p class='note'>Certification runs on the undefended model (the model file). Certified accuracy at radius r: "
+        "share of all samples that are classified correctly and provably keep their class within distance r "
+        "(randomized smoothing: with probability at least 1 − alpha over its sampling). Average certified radius: "
+        "mean over all samples of the radius, 0 where wrong or abstained.</p>"
+    )
+    plots = f"<div class='plots'>{figs}</div>" if figs else ""
+    return f"<section id='certification'><h2>Certification</h2>{plots}<table class='cert'>{head}{''.join(rows)}</table>{note}</section>"
+
+
+# ------------------------------------------------------------------------------------------------
+# the study
+@register_study
+class CertifyStudy(Study):
+    """Certified accuracy vs radius of certification methods on the undefended model."""
+
+    name = "certify"
+    title = "certification methods: certified accuracy vs radius on the undefended model"
+    Block = CertifyBlock
+    Threshold = CertifyThreshold
+    sections = {"certification": _CERTIFICATION}
+    required_sections = ("certification",)
+
+    def __init__(self, choices: list[CertifyChoice], batch_size: int, seed: int) -> None:
+        self.choices = choices
+        self.batch_size = batch_size
+        self.seed = seed
+
+    @classmethod
+    def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> CertifyStudy:
+        return cls(resolve_certify(spec), spec.batch_size, spec.seed)
+
+    def hash_payload(self) -> dict[str, Any]:
+        return {"certify": [{"name": c.name, "radii": list(c.radii) if c.radii is not None else None, "params": c.params}
+                            for c in self.choices]}
+
+    def check_threshold(self, th: Any, place: str) -> None:
+        mine = [c for c in self.choices if c.name == th.certify]
+        if not mine:
+            names = ", ".join(repr(c.name) for c in self.choices)
+            raise ConfigError(f"{place}.certify: no certify item uses method {th.certify!r}; the spec certifies with {names}")
+        radii = mine[0].curve_radii()
+        if radii is not None and not any(math.isclose(th.radius, r, rel_tol=1e-9, abs_tol=1e-12) for r in radii):
+            raise ConfigError(
+                f"{place}.radius: the {th.certify} curve is evaluated at radii {', '.join(f'{r:g}' for r in radii)}; "
+                f"add {th.radius:g} to {mine[0].place}.radii"
+            )
+
+    @classmethod
+    def parse_threshold(cls, text: str) -> CertifyThreshold | None:
+        m = re.fullmatch(r"\s*certify\s*:\s*(\w+)\s*:\s*([^=\s]+)\s*=\s*([^\s%]+)\s*(%?)\s*", text or "")
+        if not m:
+            return None
+        method, radius_s, min_s, percent = m.groups()
+        try:
+            radius, minimum = float(radius_s), float(min_s)
+        except ValueError:
+            raise ConfigError(f"--fail-under {text!r}: the radius and the minimum must be numbers") from None
+        try:
+            return CertifyThreshold(certify=method, radius=radius, min_certified_accuracy=minimum / (100.0 if percent else 1.0))
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+            raise ConfigError(f"--fail-under {text!r}: {'.'.join(str(p) for p in err['loc'])} {msg}") from None
+
+    # -- run ------------------------------------------------------------------------------------
+    def check(self, env: AuditEnv) -> None:
+        """Fail before anything is stored when a method cannot handle the model: run it on one
+        sample (randomized smoothing with a single noise draw)."""
+        for c in self.choices:
+            params = {**c.params, "n0": 1, "n": 1} if c.name == "randomized_smoothing" else c.params
+            try:
+                RegistryChoice(c.name, params).create().certify(env.base_model, env.x[:1], env.y[:1], seed=0)
+            except GauntletError as err:
+                msg = str(err)
+                raise type(err)(msg if msg.startswith(c.place) else f"{c.place}: {msg}") from None
+
+    def plan(self, env: AuditEnv, spec_digest: str) -> list[CertifyChunk]:
+        n = int(env.x.shape[0])
+        out = []
+        for c in self.choices:
+            for start in range(0, n, self.batch_size):
+                stop = min(n, start + self.batch_size)
+                key = work_key(spec_digest, "certify", c.index, start, stop)
+                out.append(CertifyChunk(key, c, start, stop, work_seed(self.seed, key)))
+        return out
+
+    def run(self, env: AuditEnv, unit: CertifyChunk) -> dict[str, Any]:
+        """Certify samples ``unit.start:unit.stop``; a JSON-able record of the per-sample results."""
+        from gauntlet.audit.report import jsonable
+
+        sl = slice(unit.start, unit.stop)
+        cert = unit.choice.create().certify(env.base_model, env.x[sl], env.y[sl], seed=unit.seed)
+        out = {
+            "index": unit.choice.index,
+            "method": cert.method,
+            "norm": cert.norm,
+            "start": unit.start,
+            "stop": unit.stop,
+            "label": [int(v) for v in env.y[sl].tolist()],
+            "prediction": [int(v) for v in cert.prediction.tolist()],
+            "radius": [float(v) for v in cert.radius.double().tolist()],
+            "params": jsonable({k: v for k, v in cert.params.items() if k != "seed"}),
+            "seconds": float(cert.seconds),
+        }
+        if "max_radius" in cert.info:
+            out["max_radius"] = float(cert.info["max_radius"])
+        return out
+
+    def merge(self, env: AuditEnv | None, records: Sequence[Mapping[str, Any]], clean_correct: Sequence[bool]) -> StudyOutput:
+        """One entry per ``certify`` item from its chunks: the certified-accuracy-vs-radius curve,
+        the abstention rate and the average certified radius over all audited samples."""
+        from gauntlet.defenses.certify import Certification
+
+        entries = []
+        for choice in self.choices:
+            recs = sorted((r for r in records if r["index"] == choice.index), key=lambda r: r["start"])
+            if not recs:
+                continue
+            pred = torch.tensor([p for r in recs for p in r["prediction"]], dtype=torch.int64)
+            radius = torch.tensor([v for r in recs for v in r["radius"]], dtype=torch.float64)
+            y = torch.tensor([v for r in recs for v in r["label"]], dtype=torch.int64)
+            params = dict(recs[0]["params"])
+            cert = Certification(
+                method=recs[0]["method"], norm=recs[0]["norm"], prediction=pred, radius=radius, y=y,
+                params=params, seconds=sum(float(r["seconds"]) for r in recs),
+            )
+            curve = cert.curve(list(choice.radii) if choice.radii is not None else None)
+            correct = (pred == y) & ~cert.abstained
+            entry: dict[str, Any] = {
+                "method": cert.method,
+                "norm": cert.norm,
+                "params": params,
+                "model": "base",
+                "n": len(cert),
+                "curve": [[float(r), float(a)] for r, a in curve],
+                "certified_accuracy": cert.certified_accuracy(0.0),
+                "abstain_rate": float(cert.abstained.double().mean()) if len(cert) else 0.0,
+                "average_certified_radius": float(torch.where(correct, radius, torch.zeros_like(radius)).mean()) if len(cert) else 0.0,
+                "seconds": cert.seconds,
+                "chunks": len(recs),
+            }
+            if any("max_radius" in r for r in recs):
+                entry["max_radius"] = max(float(r.get("max_radius", 0.0)) for r in recs)
+            entries.append(entry)
+        return StudyOutput(sections={"certification": entries})
+
+    # -- report ---------------------------------------------------------------------------------
+    @classmethod
+    def metrics(cls, report: Mapping[str, Any]) -> list[Metric]:
+        out = []
+        for c in report.get("certification") or []:
+            for r, acc in c.get("curve") or []:
+                out.append(Metric(
+                    study="certify", name="certified_accuracy", labels={"method": str(c["method"]), "radius": float(r)},
+                    value=acc, what=f"certify {c['method']} {c.get('norm')} radius {float(r):g}", title="certified accuracy",
+                ))
+        return out
+
+    @classmethod
+    def html(cls, report: Mapping[str, Any]) -> str:
+        return _certification_html(report)
+
+    @classmethod
+    def text(cls, report: Mapping[str, Any]) -> list[str]:
+        lines = []
+        for c in report.get("certification") or []:
+            curve = ", ".join(f"{float(r):g}: {100 * a:.1f}%" for r, a in c.get("curve") or [])
+            lines.append(f"certify {c['method']} ({c.get('norm')}): certified accuracy by radius {curve}")
+        return lines

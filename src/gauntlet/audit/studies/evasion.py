@@ -1,0 +1,1291 @@
+"""Evasion: attacks × threats (the spec's ``threats`` and ``attacks``), the audit's first study.
+
+Units are one attack × one threat (a norm and its ε list) × one batch of samples; a unit keeps per
+sample whether it was fooled at each ε and the perturbation's norm, never the adversarial inputs.
+With ``model.defense`` every attack × threat also gets *naive* units (label ``"<label> (naive)"``)
+that attack the naive view of the defense.  The report sections are ``results`` (per attack, norm,
+ε), ``worst_case`` (per sample over the attacks), ``cost``, ``gallery`` and, with a defense,
+``defense`` (adaptive vs naive); the hygiene flags come from :mod:`gauntlet.audit.flags`.
+
+Definitions (per sample ``i`` of the audited data, per attack, norm and ε):
+
+* **robust** — the model classifies ``x[i]`` correctly *and* the attack did not succeed on it;
+  ``robust_accuracy`` is the share of robust samples among all samples.
+* **success_rate** — the share of *correctly classified* samples the attack fooled (clean
+  mistakes are not counted as attack successes); ``null`` when no sample is classified correctly.
+* **median_perturbation** — the median size (in the threat's norm) of the perturbations that
+  fooled a correctly classified sample; ``null`` when the attack fooled none.
+* **worst case** — per sample, robust only if *no* attack succeeded at that (norm, ε).  Runs
+  against the naive view of a defense are not part of it.
+* **cost** — queries, gradient evaluations and seconds of a unit are summed per attack; in the
+  per-ε result rows a unit's cost is shared equally among the ε values it ran.
+* **defense gap** — with ``model.defense``, per attack and (norm, ε): the naive view's robust
+  accuracy minus the adaptive (BPDA + EOT) view's.  A positive gap is robustness that only came
+  from masked gradients.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import torch
+from pydantic import BeforeValidator, Field, model_validator
+from torch import Tensor
+
+from gauntlet.audit.html import as_image, bar, data_url, e, eps_text, fmt_value, is_num, num, pct, plot_png, png, to_uint8
+from gauntlet.audit.spec import AuditSpec, Bool, Fraction, PositiveFloat, Strict, Text, as_list, param_message
+from gauntlet.audit.studies import register_study
+from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
+from gauntlet.errors import ConfigError, DataError, GauntletError
+
+__all__ = [
+    "NAIVE_SUFFIX",
+    "PRESETS",
+    "AttackChoice",
+    "AttackItem",
+    "EvasionStudy",
+    "ThreatSpec",
+    "ThresholdSpec",
+    "Unit",
+    "UnitRecord",
+    "aggregate",
+    "check_threshold",
+    "defense_rows",
+    "is_naive",
+    "make_plan",
+    "naive_label",
+    "resolve_attacks",
+    "run_unit",
+    "unit_key",
+    "unit_seed",
+]
+
+GALLERY_SIZE = 6
+
+NORM_NAMES = ("linf", "l2", "l1")
+Norm = Literal["linf", "l2", "l1"]
+
+#: Attack presets: registry name and parameters, in the order they run.
+PRESETS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "quick": [("fgsm", {}), ("pgd", {"steps": 20, "early_stop": True})],
+    "standard": [("autoattack", {})],
+    "thorough": [
+        ("pgd", {"steps": 100, "restarts": 5, "early_stop": True}),
+        ("apgd_ce", {}),
+        ("apgd_dlr", {}),
+        ("autoattack", {"version": "plus"}),
+    ],
+}
+_RESERVED_PARAMS = {"norm": "the threat's norm", "eps": "the threat's ε list", "targeted": "the threat's targeted flag"}
+
+
+
+#: Suffix of the label of an attack run against the *naive* view of a preprocessing defense
+#: (``model.defense`` in the spec): ``"pgd"`` runs on the adaptive (BPDA + EOT) wrap, ``"pgd (naive)"``
+#: on the naive one.  Such rows are reported but never enter the worst case or the regression gate.
+NAIVE_SUFFIX = " (naive)"
+
+
+def is_naive(label: str) -> bool:
+    """Whether ``label`` names a run against the naive view of the spec's defense."""
+    return isinstance(label, str) and label.endswith(NAIVE_SUFFIX)
+
+
+def naive_label(label: str) -> str:
+    """The label of ``label``'s run against the naive view: ``"pgd"`` → ``"pgd (naive)"``."""
+    return f"{label}{NAIVE_SUFFIX}"
+
+
+@dataclass
+class UnitRecord:
+    """The result of one unit: one attack, one threat (norm, several ε), samples ``start:stop``.
+
+    ``success[i][j]`` / ``norms[i][j]``: whether sample ``start + j`` was fooled at ``eps[i]`` and
+    the size of its perturbation in ``norm``.
+    """
+
+    attack: str  # label, e.g. "pgd" or "autoattack"
+    attack_name: str  # registry name
+    params: dict[str, Any]
+    norm: str
+    eps: tuple[float, ...]
+    start: int
+    stop: int
+    success: list[list[bool]]  # [eps][sample in start:stop]
+    norms: list[list[float]]  # [eps][sample]
+    queries: int
+    grad_evals: int
+    seconds: float
+
+
+
+# ------------------------------------------------------------------------------------------------
+# the spec block
+class ThreatSpec(Strict):
+    """An adversary: a norm, the budgets ε to evaluate, untargeted or targeted."""
+
+    norm: Norm
+    eps: Annotated[list[PositiveFloat], BeforeValidator(as_list), Field(min_length=1)]
+    targeted: Bool = False
+
+
+class AttackItem(Strict):
+    """One entry of ``attacks``: a registry ``name`` with parameters, or a ``preset``."""
+
+    name: Text | None = None
+    preset: Literal["quick", "standard", "thorough"] | None = None
+    label: Text | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return {"name": v}
+        if not isinstance(v, Mapping):
+            return v
+        v = dict(v)
+        if "preset" in v:
+            return v  # extra keys are reported as unknown fields
+        out: dict[str, Any] = {k: v.pop(k) for k in ("name", "label") if k in v}
+        params = v.pop("params", {})
+        if not isinstance(params, Mapping):
+            return {**out, "params": params}  # pydantic reports the type error
+        out["params"] = {**dict(params), **v}
+        return out
+
+    @model_validator(mode="after")
+    def _name_or_preset(self) -> "AttackItem":
+        if (self.name is None) == (self.preset is None):
+            raise ValueError("give an attack name (e.g. 'pgd' or {name: pgd, steps: 20}) or {preset: quick|standard|thorough}")
+        return self
+
+
+def _attacks_list(v: Any) -> Any:
+    return [v] if isinstance(v, (Mapping, str)) else v
+
+
+class ThresholdSpec(Threshold):
+    """Gate: robust accuracy of ``attack`` (a label or ``worst_case``) at (norm, ε) must be ≥ the minimum."""
+
+    attack: Text
+    norm: Norm
+    eps: PositiveFloat
+    min_robust_accuracy: Fraction
+
+    def describe(self) -> str:
+        return f"{self.attack}:{self.norm}:{self.eps:g}={self.min_robust_accuracy:g}"
+
+    def metric(self) -> tuple[str, dict[str, Any]]:
+        return "robust_accuracy", {"attack": self.attack, "norm": self.norm, "eps": self.eps}
+
+    def what(self) -> str:
+        return f"{self.attack} {self.norm} ε={self.eps:g}"
+
+    def bound(self) -> tuple[str, float]:
+        return "min", self.min_robust_accuracy
+
+
+
+
+class EvasionBlock(Strict):
+    """The evasion study's spec keys."""
+
+    threats: Annotated[list[ThreatSpec], Field(min_length=1)] | None = None
+    attacks: Annotated[list[AttackItem], BeforeValidator(_attacks_list), Field(min_length=1)] = Field(
+        default_factory=lambda: [AttackItem(preset="standard")]
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# resolved attacks
+@dataclass(frozen=True)
+class AttackChoice:
+    """One attack to run: its label (unique in the spec), registry name, parameters, and the
+    threats (indices into ``spec.threats``) it runs against."""
+
+    label: str
+    name: str
+    params: dict[str, Any]
+    index: int  # position in spec.attacks
+    preset: str | None
+    threats: tuple[int, ...]
+
+    @property
+    def place(self) -> str:
+        return f"attacks[{self.index}]" + (f" (preset {self.preset!r}: {self.name})" if self.preset else "")
+
+
+def accepts_targeted(cls: type) -> bool:
+    return "targeted" in cls._param_names()  # type: ignore[attr-defined]
+
+
+def resolve_attacks(spec: AuditSpec) -> list[AttackChoice]:
+    """Expand presets and check every attack against the registry and every threat it runs on.
+
+    Raises :class:`ConfigError` naming ``attacks[i]`` for unknown names, unknown or invalid
+    parameters, norms or targeting the attack does not support, and duplicate labels.
+    """
+    from gauntlet.attacks import create, get_attack_class
+
+    if spec.threats is None:
+        raise ConfigError("spec: missing required field 'threats'; attacks run against threats such as [{norm: linf, eps: [0.1]}]")
+    out: list[AttackChoice] = []
+    labels: dict[str, str] = {}
+    for i, item in enumerate(spec.attacks):
+        entries = PRESETS[item.preset] if item.preset else [(item.name or "", dict(item.params))]
+        for name, params in entries:
+            place = f"attacks[{i}]"
+            try:
+                cls = get_attack_class(name)
+            except GauntletError as err:
+                hint = f"; for the preset write {{preset: {name}}}" if name in PRESETS else ""
+                raise ConfigError(f"{place}: {err}{hint}") from None
+            accepted = cls._param_names()
+            for key in params:
+                if key in _RESERVED_PARAMS:
+                    raise ConfigError(f"{place}.{key}: {name} takes {_RESERVED_PARAMS[key]}; remove {key!r} here and set it in threats")
+                if key not in accepted:
+                    close = difflib.get_close_matches(key, accepted, n=1, cutoff=0.6)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    allowed = [a for a in accepted if a not in _RESERVED_PARAMS]
+                    raise ConfigError(f"{place}.{key}: {name} has no parameter {key!r}; {hint}it takes {', '.join(allowed)}")
+            threats = []
+            for t, threat in enumerate(spec.threats):
+                if threat.norm not in cls.norms:
+                    if item.preset:
+                        continue
+                    raise ConfigError(
+                        f"{place}: {name} does not support norm {threat.norm!r} of threats[{t}]; it supports "
+                        f"{', '.join(cls.norms)}"
+                    )
+                if threat.targeted and not accepts_targeted(cls):
+                    if item.preset:
+                        continue
+                    raise ConfigError(f"{place}: {name} has no targeted mode but threats[{t}] is targeted")
+                try:
+                    create(name, **_attack_kwargs(cls, threat.norm, threat.eps, threat.targeted, params))
+                except GauntletError as err:
+                    raise ConfigError(param_message(name, place, str(err))) from None
+                threats.append(t)
+            label = item.label if (item.label and not item.preset) else name
+            if is_naive(label):
+                raise ConfigError(
+                    f"{place}.label: labels ending in {NAIVE_SUFFIX.strip()!r} are reserved for the runs against "
+                    "the naive view of model.defense; choose another label"
+                )
+            if not threats:
+                if item.preset:
+                    continue
+                raise ConfigError(f"{place}: {name} applies to none of the threats")  # pragma: no cover
+            if label in labels:
+                raise ConfigError(
+                    f"{place}: attack label {label!r} is already used by {labels[label]}; give one of them "
+                    f"a distinct label, e.g. {{name: {name}, label: {name}_2, ...}}"
+                )
+            labels[label] = place
+            out.append(AttackChoice(label, name, dict(params), i, item.preset, tuple(threats)))
+        if item.preset and not any(a.index == i for a in out):
+            norms = sorted({t.norm for t in spec.threats})
+            raise ConfigError(f"attacks[{i}]: preset {item.preset!r} has no attack for the threats' norms ({', '.join(norms)})")
+    # every threat needs at least one attack
+    for t, threat in enumerate(spec.threats):
+        if not any(t in a.threats for a in out):
+            raise ConfigError(f"threats[{t}]: no attack in attacks supports norm {threat.norm!r}" + (" targeted" if threat.targeted else ""))
+    return out
+
+
+def _attack_kwargs(cls: type, norm: str, eps: Any, targeted: bool, params: Mapping[str, Any]) -> dict[str, Any]:
+    kw: dict[str, Any] = {"norm": norm, "eps": list(eps), **params}
+    if accepts_targeted(cls):
+        kw["targeted"] = targeted
+    return kw
+
+
+# ------------------------------------------------------------------------------------------------
+# semantic checks
+def _check_threats(spec: AuditSpec) -> None:
+    seen: dict[tuple[str, float], str] = {}
+    for t, threat in enumerate(spec.threats):
+        for k, eps in enumerate(threat.eps):
+            key = (threat.norm, round(eps, 12))
+            if key in seen:
+                raise ConfigError(
+                    f"threats[{t}].eps[{k}]: {threat.norm} ε={eps:g} already appears at {seen[key]}; "
+                    "each (norm, ε) may appear once"
+                )
+            seen[key] = f"threats[{t}].eps[{k}]"
+
+
+def check_threshold(spec: AuditSpec, th: ThresholdSpec, place: str, attacks: list[AttackChoice] | None = None) -> None:
+    """Raise :class:`ConfigError` unless ``th`` names an attack and a (norm, ε) the spec evaluates."""
+    attacks = resolve_attacks(spec) if attacks is None else attacks
+    by_label = {a.label: a.threats for a in attacks}
+    if spec.model.defense is not None:  # the naive-view runs may be gated too, when named explicitly
+        by_label.update({naive_label(a.label): a.threats for a in attacks})
+    labels = list(by_label)
+    if th.attack != "worst_case" and th.attack not in labels:
+        close = difflib.get_close_matches(th.attack, labels + ["worst_case"], n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        naive = "; runs against a naive view exist only when model.defense is set" if is_naive(th.attack) else ""
+        raise ConfigError(
+            f"{place}.attack: no attack labelled {th.attack!r} in attacks; {hint}use one of "
+            + ", ".join(repr(x) for x in labels + ["worst_case"])
+            + naive
+        )
+    threat_ids = range(len(spec.threats)) if th.attack == "worst_case" else by_label[th.attack]
+    budgets = [eps for t in threat_ids if spec.threats[t].norm == th.norm for eps in spec.threats[t].eps]
+    if not budgets:
+        who = "no threat" if th.attack == "worst_case" else f"{th.attack} runs on no threat"
+        raise ConfigError(f"{place}.norm: {who} with norm {th.norm!r}")
+    if not any(math.isclose(th.eps, b, rel_tol=1e-9, abs_tol=1e-12) for b in budgets):
+        raise ConfigError(
+            f"{place}.eps: {th.norm} ε={th.eps:g} is not evaluated; the {th.norm} budgets are "
+            + ", ".join(f"{b:g}" for b in budgets)
+        )
+
+
+
+# ------------------------------------------------------------------------------------------------
+# the plan
+@dataclass(frozen=True)
+class Unit:
+    """One attack on one threat over samples ``start:stop``."""
+
+    key: str
+    attack_label: str
+    attack_name: str
+    params: dict[str, Any] = field(hash=False, compare=False)
+    norm: str = "linf"
+    eps: tuple[float, ...] = ()
+    targeted: bool = False
+    start: int = 0
+    stop: int = 0
+    seed: int = 0
+    naive: bool = False  # attacks the naive view of model.defense (label "<label> (naive)")
+
+    @property
+    def size(self) -> int:
+        return self.stop - self.start
+
+    def create_attack(self) -> Any:
+        """Build the attack from the registry for this unit's threat."""
+        from gauntlet.attacks import create, get_attack_class
+
+        kwargs: dict[str, Any] = {"norm": self.norm, "eps": list(self.eps), **self.params}
+        if "targeted" in get_attack_class(self.attack_name)._param_names():
+            kwargs["targeted"] = self.targeted
+        return create(self.attack_name, **kwargs)
+
+    def describe(self) -> str:
+        return f"{self.attack_label} {self.norm} [{self.start}:{self.stop}]"
+
+    @property
+    def cost(self) -> float:
+        """A rough relative cost (samples × gradient steps), for running the cheapest units first."""
+        return float(self.size * _attack_cost(self.attack_name, self.params))
+
+
+#: relative cost per sample of attacks whose work is not ``steps × restarts``
+_FIXED_COST = {"fgsm": 1.0, "deepfool": 50.0, "autoattack": 5000.0, "square": 5000.0, "fab": 1000.0, "cw_l2": 10000.0}
+
+
+def _attack_cost(name: str, params: Mapping[str, Any]) -> float:
+    if name in _FIXED_COST:
+        return _FIXED_COST[name] * (2.0 if params.get("version") == "plus" else 1.0)
+    steps = params.get("steps", 100)
+    restarts = params.get("restarts", 1)
+    ok = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (steps, restarts))
+    return float(steps) * float(restarts) if ok else 100.0
+
+
+def unit_key(spec_digest: str, label: str, norm: str, eps: tuple[float, ...], targeted: bool, start: int, stop: int) -> str:
+    return work_key(spec_digest, label, norm, list(eps), targeted, start, stop)
+
+
+#: the attack seed of a unit: a deterministic function of the spec's seed and the unit key
+unit_seed = work_seed
+
+
+def make_plan(spec: AuditSpec, n: int, attacks: list[AttackChoice] | None = None) -> list[Unit]:
+    """All units of ``spec`` for ``n`` samples (see :meth:`EvasionStudy.plan`)."""
+    from gauntlet.audit.spec import spec_hash
+
+    study = EvasionStudy.resolve(spec, {}) if attacks is None else EvasionStudy(spec, attacks)
+    return study.units_for(n, spec_hash(spec))
+
+
+# ------------------------------------------------------------------------------------------------
+# one unit
+def _reseed(model: Any, seed: int) -> None:
+    """Restart a randomized wrapper's noise stream (a no-op for other models)."""
+    reseed = getattr(model, "reseed", None)
+    if callable(reseed):
+        reseed(seed)
+
+
+def run_unit(model: Any, x: Tensor, y: Tensor, unit: Unit, clean_pred: Tensor | None = None) -> UnitRecord:
+    attack = unit.create_attack()
+    _reseed(model, unit.seed)
+    sl = slice(unit.start, unit.stop)
+    res = attack.run(model, x[sl], y[sl], seed=unit.seed, clean_pred=None if clean_pred is None else clean_pred[sl])
+    success = res.success.reshape(len(unit.eps), -1)
+    norms = res.norms.reshape(len(unit.eps), -1)
+    return UnitRecord(
+        attack=unit.attack_label,
+        attack_name=unit.attack_name,
+        params=json.loads(json.dumps(unit.params, default=str)),
+        norm=unit.norm,
+        eps=tuple(unit.eps),
+        start=unit.start,
+        stop=unit.stop,
+        success=[[bool(b) for b in row] for row in success.tolist()],
+        norms=[[float(v) for v in row] for row in norms.float().tolist()],
+        queries=int(res.queries),
+        grad_evals=int(res.grad_evals),
+        seconds=float(res.seconds),
+    )
+
+
+
+def _gallery(study: EvasionStudy, env: AuditEnv, records: list[UnitRecord], clean: list[bool]) -> list[dict[str, Any]]:
+    """A few clean / adversarial pairs for image data, recomputed deterministically.
+
+    The store keeps no adversarial inputs, so the examples are made again at the end of every
+    run (same samples, same seed): the smallest ε of the first threat at which some attack fooled
+    enough samples, and the attack that fooled the most there.
+    """
+    x, y = env.x, env.y
+    if x.dim() != 4 or x.shape[1] not in (1, 3, 4) or not records:
+        return []
+    threat = study.threats[0]
+    eps_sorted = sorted(threat.eps)
+    best: tuple[float, str, list[int]] | None = None
+    for eps in eps_sorted:
+        per_attack: dict[str, set[int]] = {}
+        for r in records:
+            if r.norm != threat.norm or eps not in r.eps:
+                continue
+            row = r.success[r.eps.index(eps)]
+            hits = per_attack.setdefault(r.attack, set())
+            hits.update(r.start + j for j, s in enumerate(row) if s and clean[r.start + j])
+        if not per_attack:
+            continue
+        label, hits = max(per_attack.items(), key=lambda kv: len(kv[1]))
+        if hits:
+            best = (eps, label, sorted(hits))
+            if len(hits) >= GALLERY_SIZE:
+                break
+    if best is None:
+        return []
+    eps, label, hits = best
+    choice = next(a for a in study.attacks if a.label == label)
+    cand = hits[: 2 * GALLERY_SIZE]
+    unit = Unit(
+        key="gallery",
+        attack_label=label,
+        attack_name=choice.name,
+        params=dict(choice.params),
+        norm=threat.norm,
+        eps=(eps,),
+        targeted=threat.targeted,
+        start=0,
+        stop=len(cand),
+        seed=unit_seed(study.seed, "gallery"),
+    )
+    idx = torch.tensor(cand, dtype=torch.long, device=x.device)
+    xs, ys = x[idx], y[idx]
+    res = unit.create_attack().run(env.model, xs, ys, seed=unit.seed)
+    adv = res.x_adv.reshape(xs.shape)
+    succ = res.success.reshape(-1)
+    with torch.no_grad():
+        p_clean = env.model.predict(xs, count=False)
+        p_adv = env.model.predict(adv, count=False)
+    out = []
+    for j, i in enumerate(cand):
+        if not bool(succ[j]):
+            continue
+        out.append(
+            {
+                "index": int(i),
+                "label": int(ys[j]),
+                "pred_clean": int(p_clean[j]),
+                "pred_adv": int(p_adv[j]),
+                "attack": label,
+                "norm": threat.norm,
+                "eps": float(eps),
+                "x": _rounded(xs[j]),
+                "x_adv": _rounded(adv[j]),
+            }
+        )
+        if len(out) == GALLERY_SIZE:
+            break
+    return out
+
+
+def _rounded(t: Tensor) -> Any:
+    return torch.round(t.detach().float().cpu(), decimals=5).tolist()
+
+
+
+# ------------------------------------------------------------------------------------------
+# aggregation
+@dataclass
+class _Cell:
+    """Per-sample outcomes of one attack at one (norm, ε), merged over units."""
+
+    success: list[bool | None]
+    norms: list[float | None]
+    queries: int = 0
+    grad_evals: int = 0
+    seconds: float = 0.0
+
+
+@dataclass
+class Aggregate:
+    """Results per (attack, norm, ε), worst case per (norm, ε) and cost per attack."""
+
+    results: list[dict[str, Any]] = field(default_factory=list)
+    worst_case: list[dict[str, Any]] = field(default_factory=list)
+    cost: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _check_unit(u: UnitRecord, k: int, n: int) -> None:
+    where = f"unit {k} ({u.attack}, {u.norm}, samples {u.start}:{u.stop})"
+    if not (0 <= u.start < u.stop <= n):
+        raise DataError(f"{where}: samples must lie in 0:{n} with start < stop; the unit does not match the data")
+    if len(u.success) != len(u.eps) or len(u.norms) != len(u.eps):
+        raise DataError(f"{where}: success and norms need one row per ε ({len(u.eps)}), got {len(u.success)} and {len(u.norms)}")
+    m = u.stop - u.start
+    for row_s, row_n in zip(u.success, u.norms):
+        if len(row_s) != m or len(row_n) != m:
+            raise DataError(f"{where}: each success/norms row needs {m} values, got {len(row_s)} and {len(row_n)}")
+
+
+def _split_int(total: int, parts: int) -> list[int]:
+    q, r = divmod(int(total), parts)
+    return [q + (1 if i < r else 0) for i in range(parts)]
+
+
+def _median(values: list[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def _summarise(success: list[bool | None], norms: list[float | None], clean_correct: Sequence[bool]) -> dict[str, Any]:
+    covered = [i for i, s in enumerate(success) if s is not None]
+    correct = [i for i in covered if clean_correct[i]]
+    fooled = [i for i in correct if success[i]]
+    robust = len(correct) - len(fooled)
+    fooled_norms = [float(norms[i]) for i in fooled if norms[i] is not None and math.isfinite(float(norms[i]))]  # type: ignore[arg-type]
+    return {
+        "robust_accuracy": robust / len(covered) if covered else None,
+        "success_rate": len(fooled) / len(correct) if correct else None,
+        "median_perturbation": _median(fooled_norms),
+        "robust_count": robust,
+        "n": len(covered),
+    }
+
+
+def aggregate(units: Sequence[UnitRecord], clean_correct: Sequence[bool]) -> Aggregate:
+    """Aggregate finished units into result rows, worst-case rows and per-attack cost.
+
+    A sample covered by several units of the same (attack, norm, ε) counts as fooled if any of
+    them fooled it. Rows are ordered by first appearance of the attack and the norm, then by ε.
+    The worst case leaves out runs against a defense's naive view (labels ending in
+    ``" (naive)"``): it describes the audited, adaptively attacked model.
+    """
+    n = len(clean_correct)
+    cells: dict[tuple[str, str, float], _Cell] = {}
+    costs: dict[str, dict[str, Any]] = {}
+    attack_order: dict[str, int] = {}
+    norm_order: dict[str, int] = {}
+    for k, u in enumerate(units):
+        _check_unit(u, k, n)
+        attack_order.setdefault(u.attack, len(attack_order))
+        norm_order.setdefault(u.norm, len(norm_order))
+        c = costs.setdefault(
+            u.attack,
+            {"attack": u.attack, "attack_name": u.attack_name, "units": 0, "samples": 0,
+             "queries": 0, "grad_evals": 0, "seconds": 0.0},
+        )
+        c["units"] += 1
+        c["samples"] += u.stop - u.start
+        c["queries"] += int(u.queries)
+        c["grad_evals"] += int(u.grad_evals)
+        c["seconds"] += float(u.seconds)
+        q_split = _split_int(u.queries, len(u.eps))
+        g_split = _split_int(u.grad_evals, len(u.eps))
+        for e_i, eps in enumerate(u.eps):
+            key = (u.attack, u.norm, float(eps))
+            cell = cells.get(key)
+            if cell is None:
+                cell = cells[key] = _Cell([None] * n, [None] * n)
+            cell.queries += q_split[e_i]
+            cell.grad_evals += g_split[e_i]
+            cell.seconds += float(u.seconds) / len(u.eps)
+            for j in range(u.stop - u.start):
+                i = u.start + j
+                s = bool(u.success[e_i][j])
+                v = float(u.norms[e_i][j])
+                prev = cell.success[i]
+                if prev is None or (s and not prev):
+                    cell.success[i], cell.norms[i] = s, v
+                elif s and prev and cell.norms[i] is not None:
+                    cell.norms[i] = min(v, cell.norms[i])  # type: ignore[type-var]
+
+    out = Aggregate()
+    for (attack, norm, eps) in sorted(cells, key=lambda t: (attack_order[t[0]], norm_order[t[1]], t[2])):
+        cell = cells[(attack, norm, eps)]
+        row = {"attack": attack, "norm": norm, "eps": eps}
+        row.update(_summarise(cell.success, cell.norms, clean_correct))
+        row.update({"queries": cell.queries, "grad_evals": cell.grad_evals, "seconds": cell.seconds})
+        out.results.append(row)
+
+    threats = sorted({(nm, e) for (a, nm, e) in cells if not is_naive(a)}, key=lambda t: (norm_order[t[0]], t[1]))
+    for norm, eps in threats:
+        attacks = [
+            a for a in sorted(attack_order, key=attack_order.get)  # type: ignore[arg-type]
+            if (a, norm, eps) in cells and not is_naive(a)
+        ]
+        success: list[bool | None] = [None] * n
+        norms: list[float | None] = [None] * n
+        for a in attacks:
+            cell = cells[(a, norm, eps)]
+            for i in range(n):
+                s = cell.success[i]
+                if s is None:
+                    continue
+                if success[i] is None:
+                    success[i], norms[i] = s, cell.norms[i]
+                elif s and not success[i]:
+                    success[i], norms[i] = True, cell.norms[i]
+                elif s and success[i] and cell.norms[i] is not None and norms[i] is not None:
+                    norms[i] = min(norms[i], cell.norms[i])  # type: ignore[type-var]
+        row = {"norm": norm, "eps": eps}
+        row.update(_summarise(success, norms, clean_correct))
+        row["attacks"] = attacks
+        out.worst_case.append(row)
+
+    for attack in sorted(costs, key=lambda a: attack_order[a]):
+        c = costs[attack]
+        c["queries_per_sample"] = c["queries"] / c["samples"] if c["samples"] else None
+        out.cost.append(c)
+    return out
+
+
+
+def defense_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Adaptive vs naive robust accuracy per attack and (norm, ε), from the result rows.
+
+    One row per adaptive result that has a naive counterpart (``"<label> (naive)"``); ``gap`` is
+    naive minus adaptive robust accuracy (``None`` when either is unknown).
+    """
+    naive = {(r["attack"][: -len(NAIVE_SUFFIX)], r["norm"], float(r["eps"])): r for r in results if is_naive(r["attack"])}
+    rows = []
+    for r in results:
+        if is_naive(r["attack"]):
+            continue
+        other = naive.get((r["attack"], r["norm"], float(r["eps"])))
+        if other is None:
+            continue
+        a, b = r.get("robust_accuracy"), other.get("robust_accuracy")
+        rows.append({
+            "attack": r["attack"],
+            "norm": r["norm"],
+            "eps": float(r["eps"]),
+            "adaptive_robust_accuracy": a,
+            "naive_robust_accuracy": b,
+            "gap": (b - a) if (a is not None and b is not None) else None,
+        })
+    return rows
+
+
+
+# ------------------------------------------------------------------------------------------------
+# report schema
+_NUM = {"type": "number"}
+_NUM_OR_NULL = {"type": ["number", "null"]}
+_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+_COUNT = {"type": "integer", "minimum": 0}
+_ROW_COMMON = {
+    "robust_accuracy": _SHARE,
+    "success_rate": _SHARE,
+    "median_perturbation": {"type": ["number", "null"], "minimum": 0},
+    "robust_count": _COUNT,
+    "n": _COUNT,
+}
+
+_CURVE_POINT = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number", "minimum": 0}}
+_DEFENSE = {
+    "type": "object",
+    "required": ["name", "params", "randomized", "eot_samples", "rows"],
+    "properties": {
+        "name": {"type": "string"},
+        "params": {"type": "object"},
+        "randomized": {"type": "boolean"},
+        "eot_samples": {"type": "integer", "minimum": 1},
+        "rows": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["attack", "norm", "eps", "adaptive_robust_accuracy", "naive_robust_accuracy", "gap"],
+                "properties": {
+                    "attack": {"type": "string"},
+                    "norm": {"type": "string"},
+                    "eps": {"type": "number", "minimum": 0},
+                    "adaptive_robust_accuracy": _SHARE,
+                    "naive_robust_accuracy": _SHARE,
+                    "gap": {"type": ["number", "null"], "minimum": -1, "maximum": 1},
+                },
+            },
+        },
+    },
+}
+
+_SECTIONS = {
+        "results": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": [
+                    "attack", "norm", "eps", "robust_accuracy", "success_rate", "median_perturbation",
+                    "queries", "grad_evals", "seconds",
+                ],
+                "properties": {
+                    "attack": {"type": "string"},
+                    "norm": {"type": "string"},
+                    "eps": {"type": "number", "minimum": 0},
+                    **_ROW_COMMON,
+                    "queries": _COUNT,
+                    "grad_evals": _COUNT,
+                    "seconds": {"type": "number", "minimum": 0},
+                },
+            },
+        },
+        "worst_case": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["norm", "eps", "robust_accuracy"],
+                "properties": {
+                    "norm": {"type": "string"},
+                    "eps": {"type": "number", "minimum": 0},
+                    **_ROW_COMMON,
+                    "attacks": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+        "cost": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["attack", "queries", "grad_evals", "seconds"],
+                "properties": {
+                    "attack": {"type": "string"},
+                    "units": _COUNT,
+                    "samples": _COUNT,
+                    "queries": _COUNT,
+                    "grad_evals": _COUNT,
+                    "seconds": {"type": "number", "minimum": 0},
+                    "queries_per_sample": _NUM_OR_NULL,
+                },
+            },
+        },
+        "gallery": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["x", "x_adv"],
+                "properties": {"x": {"type": "array"}, "x_adv": {"type": "array"}},
+            },
+        },
+}
+
+
+# ------------------------------------------------------------------------------------------------
+# report.html
+def _plots(report: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """One PNG (data URL) per norm: robust accuracy vs ε per attack and the worst case."""
+    results = [r for r in report.get("results", []) if is_num(r.get("eps")) and is_num(r.get("robust_accuracy"))]
+    worst = [r for r in report.get("worst_case", []) if is_num(r.get("eps")) and is_num(r.get("robust_accuracy"))]
+    norms = list(dict.fromkeys([r["norm"] for r in results] + [r["norm"] for r in worst]))
+    if not norms:
+        return []
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    clean = report.get("clean_accuracy")
+    out = []
+    for norm in norms:
+        fig = Figure(figsize=(5.4, 3.5), dpi=160)
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot(1, 1, 1)
+        attacks = list(dict.fromkeys(r["attack"] for r in results if r["norm"] == norm))
+        base = [a for a in attacks if not is_naive(str(a))]
+        colour = {a: f"C{i % 10}" for i, a in enumerate(base)}
+        for i, attack in enumerate(attacks):
+            rows = sorted((r for r in results if r["norm"] == norm and r["attack"] == attack), key=lambda r: r["eps"])
+            xs = [r["eps"] for r in rows]
+            ys = [100 * r["robust_accuracy"] for r in rows]
+            if is_num(clean):
+                xs, ys = [0.0, *xs], [100 * clean, *ys]
+            if is_naive(str(attack)):  # the naive view of a defense: dotted, in its attack's colour
+                c = colour.get(str(attack)[: -len(NAIVE_SUFFIX)], f"C{(len(base) + i) % 10}")
+                ax.plot(xs, ys, marker="o", markersize=3.5, linewidth=1.4, linestyle=":", color=c, label=str(attack))
+                continue
+            ax.plot(xs, ys, marker="o", markersize=4.5, linewidth=1.8, color=colour[attack], label=str(attack))
+        rows = sorted((r for r in worst if r["norm"] == norm), key=lambda r: r["eps"])
+        if rows:
+            xs = [r["eps"] for r in rows]
+            ys = [100 * r["robust_accuracy"] for r in rows]
+            if is_num(clean):
+                xs, ys = [0.0, *xs], [100 * clean, *ys]
+            ax.plot(xs, ys, color="black", linestyle="--", linewidth=2.6, marker="s", markersize=5, label="worst case", zorder=5)
+        title = f"Robust accuracy vs ε — {norm}"
+        out.append((str(norm), plot_png(fig, ax, f"ε ({norm})", "robust accuracy (%)", title)))
+    return out
+
+
+def _plots_section(report: Mapping[str, Any]) -> str:
+    plots = _plots(report)
+    if not plots:
+        return "<section id='curves'><h2>Robust accuracy vs ε</h2><p class='note'>No results to plot.</p></section>"
+    figs = "".join(
+        f"<figure><img class='plot' data-norm='{e(norm)}' alt='robust accuracy versus epsilon, {e(norm)}' src='{url}'>"
+        f"<figcaption>{e(norm)}: one line per attack; the dashed black line is the per-sample worst case over all "
+        "attacks. ε = 0 is clean accuracy. Dotted lines (if any) attack the naive view of the defense and are "
+        "not part of the worst case.</figcaption></figure>"
+        for norm, url in plots
+    )
+    return f"<section id='curves'><h2>Robust accuracy vs ε</h2><div class='plots'>{figs}</div></section>"
+
+
+def _results(report: Mapping[str, Any]) -> str:
+    results = report.get("results") or []
+    worst = report.get("worst_case") or []
+    norms = list(dict.fromkeys([str(r.get("norm")) for r in results] + [str(r.get("norm")) for r in worst]))
+    head = (
+        "<tr><th>attack</th><th class='num'>ε</th><th class='num'>robust accuracy</th><th class='num'>success rate</th>"
+        "<th class='num'>median perturbation</th><th class='num'>queries</th><th class='num'>grad evals</th><th class='num'>seconds</th></tr>"
+    )
+    rows = []
+    for norm in norms:
+        rows.append(f"<tr class='group'><td colspan='8'>norm {e(norm)}</td></tr>")
+        for r in (r for r in results if str(r.get("norm")) == norm):
+            rows.append(
+                f"<tr class='result'><td>{e(r.get('attack'))}</td><td class='num'>{eps_text(r.get('eps'))}</td>"
+                f"<td class='num'>{bar(r.get('robust_accuracy'))}</td><td class='num'>{pct(r.get('success_rate'))}</td>"
+                f"<td class='num'>{num(r.get('median_perturbation'))}</td><td class='num'>{num(r.get('queries'))}</td>"
+                f"<td class='num'>{num(r.get('grad_evals'))}</td><td class='num'>{num(r.get('seconds'), '{:.2f}')}</td></tr>"
+            )
+        for r in (r for r in worst if str(r.get("norm")) == norm):
+            rows.append(
+                f"<tr class='worst'><td>worst case</td><td class='num'>{eps_text(r.get('eps'))}</td>"
+                f"<td class='num'>{bar(r.get('robust_accuracy'))}</td><td class='num'>{pct(r.get('success_rate'))}</td>"
+                f"<td class='num'>{num(r.get('median_perturbation'))}</td><td class='num'>—</td><td class='num'>—</td><td class='num'>—</td></tr>"
+            )
+    note = (
+        "<p class='note'>Robust accuracy: share of samples classified correctly and not fooled. Success rate: share of the "
+        "correctly classified samples the attack fooled. Median perturbation: over the successful attacks, in the threat's "
+        "norm. Worst case: a sample counts as robust only if no attack fooled it. A unit's cost is shared equally among "
+        "the ε values it ran.</p>"
+    )
+    return f"<section id='results'><h2>Results</h2><table class='results'>{head}{''.join(rows)}</table>{note}</section>"
+
+
+def _gallery_html(report: Mapping[str, Any]) -> str:
+    gallery = report.get("gallery") or []
+    bounds = (report.get("model") or {}).get("bounds")
+    items = []
+    for g in gallery:
+        x, xa = as_image(g.get("x")), as_image(g.get("x_adv"))
+        if x is None or xa is None or x.shape != xa.shape:
+            continue
+        if isinstance(bounds, (list, tuple)) and len(bounds) == 2 and all(is_num(b) for b in bounds) and bounds[0] < bounds[1]:
+            lo, hi = float(bounds[0]), float(bounds[1])
+        else:
+            lo, hi = float(min(x.min(), xa.min())), float(max(x.max(), xa.max()))
+            hi = hi if hi > lo else lo + 1.0
+        d = np.abs(xa - x)
+        dmax = float(d.max())
+        amp = d / dmax if dmax > 0 else d
+        imgs = [
+            ("clean", to_uint8(x, lo, hi)),
+            ("adversarial", to_uint8(xa, lo, hi)),
+            (f"|δ| ×{(hi - lo) / dmax:.3g}" if dmax > 0 else "|δ| = 0", to_uint8(amp, 0.0, 1.0)),
+        ]
+        cells = "".join(
+            f"<div><img class='gal' alt='{e(lbl)}' src='{data_url(png(im))}'>{e(lbl)}</div>" for lbl, im in imgs
+        )
+        cap = (
+            f"#{e(g.get('index'))} · label <b>{e(g.get('label'))}</b> · clean → {e(g.get('pred_clean'))}, "
+            f"adversarial → <b>{e(g.get('pred_adv'))}</b><br><span class='sub'>{e(g.get('attack'))}, "
+            f"ε={eps_text(g.get('eps'))}{', ' + e(g.get('norm')) if g.get('norm') else ''}</span>"
+        )
+        items.append(f"<div class='ex'><div class='imgs'>{cells}</div><div class='cap'>{cap}</div></div>")
+    if not items:
+        return ""
+    return (
+        "<section id='gallery'><h2>Adversarial examples</h2><div class='gallery'>" + "".join(items) + "</div>"
+        "<p class='note'>Right: the perturbation |x_adv − x| stretched to the full range so that it is visible.</p></section>"
+    )
+
+
+def _signed_pp(v: Any) -> str:
+    return f"{100 * v:+.1f} pp" if is_num(v) else "—"
+
+
+def _defense(report: Mapping[str, Any]) -> str:
+    d = report.get("defense")
+    if not isinstance(d, Mapping):
+        return ""
+    from gauntlet.audit.flags import MASKING_GAP
+
+    params = ", ".join(f"{e(k)}={e(fmt_value(v))}" for k, v in (d.get("params") or {}).items())
+    view = (
+        f"randomized: adaptive attacks average {e(d.get('eot_samples'))} draws per gradient (EOT)"
+        if d.get("randomized")
+        else "deterministic: adaptive attacks backpropagate through a differentiable stand-in (BPDA)"
+    )
+    rows = []
+    for r in d.get("rows") or []:
+        gap = r.get("gap")
+        cls = " class='masking'" if is_num(gap) and gap >= MASKING_GAP - 1e-12 else ""
+        rows.append(
+            f"<tr{cls}><td>{e(r.get('attack'))}</td><td>{e(r.get('norm'))}</td><td class='num'>{eps_text(r.get('eps'))}</td>"
+            f"<td class='num'>{bar(r.get('adaptive_robust_accuracy'))}</td><td class='num'>{pct(r.get('naive_robust_accuracy'))}</td>"
+            f"<td class='num'>{_signed_pp(gap)}</td></tr>"
+        )
+    head = (
+        "<tr><th>attack</th><th>norm</th><th class='num'>ε</th><th class='num'>adaptive (BPDA + EOT)</th>"
+        "<th class='num'>naive</th><th class='num'>gap (naive − adaptive)</th></tr>"
+    )
+    table = f"<table class='defense'>{head}{''.join(rows)}</table>" if rows else "<p class='note'>No attack results.</p>"
+    note = (
+        "<p class='note'>The audited model is the defense's adaptive wrap; every attack also ran against the naive "
+        "wrap (autograd through the transform as implemented, one random draw). A positive gap is robustness "
+        f"that was only masking; rows with a gap of {100 * MASKING_GAP:g} pp or more are highlighted. Naive runs "
+        "are not part of the worst case and are gated only by thresholds that name them.</p>"
+    )
+    return (
+        f"<section id='defense'><h2>Defense — {e(d.get('name'))}</h2>"
+        f"<div class='sub'>{params or 'default parameters'} · {view}</div>{table}{note}</section>"
+    )
+
+
+def _cost(report: Mapping[str, Any]) -> str:
+    cost = report.get("cost") or []
+    if not cost:
+        return ""
+    rows = "".join(
+        f"<tr class='cost'><td>{e(c.get('attack'))}</td><td class='num'>{num(c.get('units'))}</td>"
+        f"<td class='num'>{num(c.get('queries'))}</td><td class='num'>{num(c.get('grad_evals'))}</td>"
+        f"<td class='num'>{num(c.get('queries_per_sample'), '{:.1f}')}</td><td class='num'>{num(c.get('seconds'), '{:.2f}')}</td></tr>"
+        for c in cost
+    )
+    head = (
+        "<tr><th>attack</th><th class='num'>units</th><th class='num'>queries</th><th class='num'>grad evals</th>"
+        "<th class='num'>queries / sample</th><th class='num'>seconds</th></tr>"
+    )
+    return f"<section id='cost'><h2>Cost</h2><table class='cost'>{head}{rows}</table></section>"
+
+
+
+# ------------------------------------------------------------------------------------------------
+# gate
+def parse_threshold(text: str) -> ThresholdSpec:
+    """``"pgd:linf:0.1=0.5"`` (or ``=50%``) → a :class:`ThresholdSpec`; the attack may be a naive-view
+    label such as ``"pgd (naive)"``."""
+    return _parse_threshold(text)
+
+
+def _parse_threshold(text: str) -> ThresholdSpec:
+    """``"pgd:linf:0.1=0.5"`` (or ``=50%``) → a :class:`ThresholdSpec`; the attack may be a naive-view
+    label such as ``"pgd (naive)"``."""
+    from pydantic import ValidationError
+
+    m = re.fullmatch(
+        r"\s*([A-Za-z0-9_\-.]+(?: \(naive\))?)\s*:\s*(\w+)\s*:\s*([^=\s]+)\s*=\s*([^\s%]+)\s*(%?)\s*", text or ""
+    )
+    if not m:
+        raise ConfigError(
+            f"--fail-under {text!r}: expected attack:norm:eps=min_robust_accuracy, e.g. 'pgd:linf:0.1=0.5' "
+            "or 'worst_case:l2:0.5=40%'"
+        )
+    attack, norm, eps_s, min_s, pct = m.groups()
+    try:
+        eps, minimum = float(eps_s), float(min_s)
+    except ValueError:
+        raise ConfigError(f"--fail-under {text!r}: ε and the minimum must be numbers") from None
+    if pct:
+        minimum /= 100.0
+    try:
+        return ThresholdSpec(attack=attack, norm=norm, eps=eps, min_robust_accuracy=minimum)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        field = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+        raise ConfigError(f"--fail-under {text!r}: {field} {msg}") from None
+
+
+# ------------------------------------------------------------------------------------------------
+# the study
+@register_study
+class EvasionStudy(Study):
+    """Evasion attacks × threats: robust accuracy per attack and ε, the per-sample worst case,
+    cost, a gallery, hygiene flags and (with ``model.defense``) adaptive vs naive rows."""
+
+    name = "evasion"
+    title = "evasion attacks × threats: robust accuracy per attack and ε, worst case, hygiene flags"
+    Block = EvasionBlock
+    Threshold = ThresholdSpec
+    sections = {**_SECTIONS, "defense": _DEFENSE}
+    required_sections = ("results", "worst_case", "cost", "gallery")
+    in_every_v1_report = True
+    item_type_hints = {"attacks": "must be an attack name or a mapping such as {name: pgd, steps: 20} or {preset: quick}"}
+
+    def __init__(self, spec: AuditSpec, attacks: list[AttackChoice]) -> None:
+        self.threats = list(spec.threats or [])
+        self.attacks = attacks
+        self.defended = spec.model.defense is not None
+        self.batch_size = spec.batch_size
+        self.seed = spec.seed
+
+    @classmethod
+    def present(cls, spec: AuditSpec) -> bool:
+        return getattr(spec, "threats", None) is not None or "attacks" in spec.model_fields_set
+
+    @classmethod
+    def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> EvasionStudy:
+        attacks = resolve_attacks(spec)
+        _check_threats(spec)
+        return cls(spec, attacks)
+
+    @classmethod
+    def hygiene_checks(cls) -> dict[str, str]:
+        from gauntlet.audit.flags import CHECKS
+
+        return CHECKS
+
+    def hash_payload(self) -> dict[str, Any]:
+        return {
+            "threats": [t.model_dump(mode="json") for t in self.threats],
+            "attacks": [{"label": a.label, "name": a.name, "params": a.params, "threats": list(a.threats)} for a in self.attacks],
+        }
+
+    def _budgets(self) -> dict[str, list[int]]:
+        return {a.label: list(a.threats) for a in self.attacks}
+
+    def check_threshold(self, th: Any, place: str) -> None:
+        by_label = {a.label: a.threats for a in self.attacks}
+        if self.defended:  # the naive-view runs may be gated too, when named explicitly
+            by_label.update({naive_label(a.label): a.threats for a in self.attacks})
+        labels = list(by_label)
+        if th.attack != "worst_case" and th.attack not in labels:
+            close = difflib.get_close_matches(th.attack, [*labels, "worst_case"], n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            naive = "; runs against a naive view exist only when model.defense is set" if is_naive(th.attack) else ""
+            raise ConfigError(
+                f"{place}.attack: no attack labelled {th.attack!r} in attacks; {hint}use one of "
+                + ", ".join(repr(x) for x in [*labels, "worst_case"])
+                + naive
+            )
+        threat_ids = range(len(self.threats)) if th.attack == "worst_case" else by_label[th.attack]
+        budgets = [eps for t in threat_ids if self.threats[t].norm == th.norm for eps in self.threats[t].eps]
+        if not budgets:
+            who = "no threat" if th.attack == "worst_case" else f"{th.attack} runs on no threat"
+            raise ConfigError(f"{place}.norm: {who} with norm {th.norm!r}")
+        if not any(math.isclose(th.eps, b, rel_tol=1e-9, abs_tol=1e-12) for b in budgets):
+            raise ConfigError(
+                f"{place}.eps: {th.norm} ε={th.eps:g} is not evaluated; the {th.norm} budgets are "
+                + ", ".join(f"{b:g}" for b in budgets)
+            )
+
+    @classmethod
+    def parse_threshold(cls, text: str) -> ThresholdSpec | None:
+        return _parse_threshold(text)
+
+    # -- run ------------------------------------------------------------------------------------
+    def check(self, env: AuditEnv) -> None:
+        from gauntlet.attacks import get_attack_class
+        from gauntlet.errors import CapabilityError
+
+        for a in self.attacks:
+            missing = get_attack_class(a.name).requires - env.model.capabilities
+            if missing:
+                raise CapabilityError(
+                    f"{a.place}: {a.name} needs {', '.join(sorted(missing))} but the model offers only "
+                    f"{', '.join(sorted(env.model.capabilities))}; use a score- or decision-based attack such as 'square'"
+                )
+
+    def units_for(self, n: int, spec_digest: str) -> list[Unit]:
+        """All units for ``n`` samples, in report order: threat, then attack, then view (the
+        adaptive view of ``model.defense`` or the plain model first, then the naive view), then batch."""
+        views = (False, True) if self.defended else (False,)
+        units: list[Unit] = []
+        for t, threat in enumerate(self.threats):
+            eps = tuple(float(v) for v in threat.eps)
+            for a in self.attacks:
+                if t not in a.threats:
+                    continue
+                for naive in views:
+                    label = naive_label(a.label) if naive else a.label
+                    for start in range(0, n, self.batch_size):
+                        stop = min(n, start + self.batch_size)
+                        key = unit_key(spec_digest, label, threat.norm, eps, threat.targeted, start, stop)
+                        units.append(
+                            Unit(
+                                key=key, attack_label=label, attack_name=a.name, params=dict(a.params),
+                                norm=threat.norm, eps=eps, targeted=threat.targeted, start=start, stop=stop,
+                                seed=unit_seed(self.seed, key), naive=naive,
+                            )
+                        )
+        return units
+
+    def plan(self, env: AuditEnv, spec_digest: str) -> list[Unit]:
+        return self.units_for(int(env.x.shape[0]), spec_digest)
+
+    def run(self, env: AuditEnv, unit: Unit) -> dict[str, Any]:
+        model = env.naive_model if unit.naive else env.model
+        rec = run_unit(model, env.x, env.y, unit, env.clean_pred)
+        return {**asdict(rec), "eps": list(rec.eps), "targeted": bool(unit.targeted)}
+
+    def merge(self, env: AuditEnv | None, records: Sequence[Mapping[str, Any]], clean_correct: Sequence[bool]) -> StudyOutput:
+        units = [record_of(r) for r in records]
+        clean = [bool(c) for c in clean_correct]
+        out = StudyOutput(sections=sections_of(units, clean))
+        if env is not None:
+            from gauntlet.audit.flags import compute_flags
+
+            _reseed(env.model, self.seed)
+            out.flags = compute_flags(env.model, env.x, env.y, units, clean, seed=self.seed)
+            _reseed(env.model, self.seed)
+            out.sections["gallery"] = _gallery(self, env, [u for u in units if not is_naive(u.attack)], clean)
+        if self.defended and env is not None and env.defense_info is not None:
+            d = env.defense_info
+            out.sections["defense"] = {
+                "name": d.get("name"),
+                "params": d.get("params") or {},
+                "randomized": bool(d.get("randomized", False)),
+                "eot_samples": int(d.get("eot_samples") or 1),
+                "rows": defense_rows(out.sections["results"]),
+            }
+        return out
+
+    def manifest(self, units: Sequence[Any]) -> dict[str, Any]:
+        return {
+            "units": len(units),
+            "attacks": [{"label": a.label, "name": a.name, "params": a.params, "preset": a.preset} for a in self.attacks],
+            "naive_units": sum(1 for u in units if u.naive),
+        }
+
+    # -- report ---------------------------------------------------------------------------------
+    @classmethod
+    def metrics(cls, report: Mapping[str, Any]) -> list[Metric]:
+        out = []
+        for r in report.get("results") or []:
+            attack = str(r["attack"])
+            out.append(_metric(attack, r, regression=not is_naive(attack)))
+        for r in report.get("worst_case") or []:
+            out.append(_metric("worst_case", r))
+        return out
+
+    @classmethod
+    def html(cls, report: Mapping[str, Any]) -> str:
+        if not cls.in_report(report):
+            return ""
+        return "".join([_plots_section(report), _results(report), _defense(report), _gallery_html(report), _cost(report)])
+
+    @classmethod
+    def cards(cls, report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+        cards = []
+        by_norm: dict[str, list[Mapping[str, Any]]] = {}
+        for r in report.get("worst_case") or []:
+            by_norm.setdefault(str(r.get("norm")), []).append(r)
+        for norm, rows in by_norm.items():
+            rows = sorted(rows, key=lambda r: r.get("eps") if is_num(r.get("eps")) else 0)
+            last = rows[-1]
+            detail = ", ".join(f"ε={eps_text(r.get('eps'))}: {pct(r.get('robust_accuracy'))}" for r in rows[:-1][-3:])
+            cards.append((f"Worst case · {e(norm)} ε={eps_text(last.get('eps'))}", pct(last.get("robust_accuracy")), detail))
+        return cards
+
+    @classmethod
+    def text(cls, report: Mapping[str, Any]) -> list[str]:
+        rows = list(report.get("results") or [])
+        worst = list(report.get("worst_case") or [])
+        if not rows and not worst:
+            return []
+        width = max([len(str(r["attack"])) for r in rows] + [len("worst_case")])
+        lines = [f"{'attack':<{width}}  norm  {'ε':>7}  robust  success  median δ  queries  seconds"]
+        for r in rows + [{**w, "attack": "worst_case"} for w in worst]:
+            med = r.get("median_perturbation")
+            med_s = f"{med:8.4g}" if med is not None else "       -"
+            sec = r.get("seconds")
+            lines.append(
+                f"{r['attack']:<{width}}  {r['norm']:<4}  {float(r['eps']):>7g}  {_pct6(r.get('robust_accuracy'))}  "
+                f"{_pct6(r.get('success_rate'))}   {med_s}  {r.get('queries', ''):>7}  "
+                + (f"{sec:7.2f}" if isinstance(sec, (int, float)) else "")
+            )
+        return lines
+
+    @classmethod
+    def summary(cls, report: Mapping[str, Any]) -> list[str]:
+        by_norm: dict[str, list[str]] = {}
+        for r in report.get("worst_case") or []:
+            by_norm.setdefault(str(r.get("norm")), []).append(f"ε={float(r['eps']):g} {_pct1(r.get('robust_accuracy'))}")
+        return [f"worst case {norm} " + ", ".join(cells) for norm, cells in by_norm.items()]
+
+
+def _pct1(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _pct6(v: float | None) -> str:
+    return "     -" if v is None else f"{100 * v:5.1f}%"
+
+
+def _metric(attack: str, row: Mapping[str, Any], regression: bool = True) -> Metric:
+    eps = float(row["eps"])
+    return Metric(
+        study="evasion",
+        name="robust_accuracy",
+        labels={"attack": attack, "norm": str(row["norm"]), "eps": eps},
+        value=row.get("robust_accuracy"),
+        what=f"{attack} {row['norm']} ε={eps:g}",
+        title="robust accuracy",
+        regression=regression,
+    )
+
+
+def record_of(r: Mapping[str, Any] | UnitRecord) -> UnitRecord:
+    """A stored evasion record (a dict) as a :class:`UnitRecord`."""
+    if isinstance(r, UnitRecord):
+        return r
+    return UnitRecord(
+        attack=str(r["attack"]),
+        attack_name=str(r["attack_name"]),
+        params=dict(r["params"]),
+        norm=str(r["norm"]),
+        eps=tuple(float(v) for v in r["eps"]),
+        start=int(r["start"]),
+        stop=int(r["stop"]),
+        success=[[bool(b) for b in row] for row in r["success"]],
+        norms=[[float(v) for v in row] for row in r["norms"]],
+        queries=int(r["queries"]),
+        grad_evals=int(r["grad_evals"]),
+        seconds=float(r["seconds"]),
+    )
+
+
+def sections_of(units: Sequence[UnitRecord | Mapping[str, Any]], clean_correct: Sequence[bool]) -> dict[str, Any]:
+    """``results``, ``worst_case``, ``cost`` and an empty ``gallery`` from evasion records."""
+    agg = aggregate([record_of(u) for u in units], [bool(c) for c in clean_correct])
+    return {"results": agg.results, "worst_case": agg.worst_case, "cost": agg.cost, "gallery": []}
