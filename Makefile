@@ -7,6 +7,8 @@ demo: setup
 	.venv/bin/gauntlet demo
 
 test: setup
+	.venv/bin/ruff check src
+	.venv/bin/mypy src/gauntlet
 	.venv/bin/python -m pytest -q
 
 test-slow: setup

@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from typing_extensions import Self
+
 from gauntlet.errors import ConfigError, ExecutorError, GauntletError
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Task", "make_executor"]
@@ -61,21 +63,21 @@ class Executor(ABC):
 
     name: str = ""
 
-    def start(self) -> None:  # noqa: B027 - optional hook
+    def start(self) -> None:
         """Acquire what the executor needs (a cluster); raise a one-line error when it cannot."""
 
     @abstractmethod
     def run(self, env: Any, tasks: Sequence[Task], on_done: OnDone) -> None:
         """Run every task and call ``on_done`` in this process as each one finishes."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
+    def close(self) -> None:
         """Release what :meth:`start` acquired."""
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the executor."""
         return {"name": self.name}
 
-    def __enter__(self) -> Executor:
+    def __enter__(self) -> Self:
         self.start()
         return self
 

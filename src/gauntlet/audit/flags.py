@@ -182,7 +182,7 @@ def _check_large_eps(model: Model, x: Tensor, y: Tensor, norms_used: list[str], 
     if not bool(correct.any()):
         return None
     xc, yc = x[correct], y[correct]
-    cases = []
+    cases: list[dict[str, Any]] = []
     for norm in norms_used:
         eps = _large_eps(norm, model.bounds, int(xc[0].numel()))
         try:
@@ -225,7 +225,7 @@ def _check_black_box(units: Sequence[UnitRecord], clean_correct: Sequence[bool],
     by_threat: dict[tuple[str, float], list[dict[str, Any]]] = {}
     for r in rows:
         by_threat.setdefault((r["norm"], r["eps"]), []).append(r)
-    cases = []
+    cases: list[dict[str, Any]] = []
     for (norm, eps), rs in by_threat.items():
         white = [r for r in rs if kinds.get(r["attack"]) is True]
         black = [r for r in rs if kinds.get(r["attack"]) is False]
@@ -261,7 +261,7 @@ def _check_monotonic(rows: list[dict[str, Any]], worst: list[dict[str, Any]]) ->
         series.setdefault((r["attack"], r["norm"]), []).append(r)
     for r in worst:
         series.setdefault(("worst case", r["norm"]), []).append(r)
-    cases = []
+    cases: list[dict[str, Any]] = []
     for (attack, norm), rs in series.items():
         rs = sorted(rs, key=lambda r: r["eps"])
         for a, b in itertools.pairwise(rs):
@@ -319,7 +319,7 @@ def _check_masking_gap(rows: list[dict[str, Any]], model: Model) -> dict[str, An
     naive = {(r["attack"][: -len(NAIVE_SUFFIX)], r["norm"], r["eps"]): r for r in rows if is_naive(r["attack"])}
     if not naive:
         return None
-    cases = []
+    cases: list[dict[str, Any]] = []
     for r in rows:
         nr = naive.get((r["attack"], r["norm"], r["eps"]))
         if nr is None or is_naive(r["attack"]) or r["robust_accuracy"] is None or nr["robust_accuracy"] is None:

@@ -28,7 +28,11 @@ _TOL = 1e-9
 
 def parse_threshold(text: str) -> Any:
     """A ``--fail-under`` text as the gate rule of the first study whose syntax it is in."""
-    for study in studies():
+    head = (text or "").split(":", 1)[0].strip()
+    # a study whose syntax starts with its own word first (certify:..., detect:...), then the others
+    for study in sorted(studies(), key=lambda s: s.threshold_prefix != head):
+        if study.threshold_prefix not in (None, head):
+            continue
         rule = study.parse_threshold(text)
         if rule is not None:
             return rule
@@ -104,7 +108,7 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any], max_regression: 
         })
     ca, cb = a.get("clean_accuracy"), b.get("clean_accuracy")
     clean_delta = (cb - ca) if (ca is not None and cb is not None) else None
-    clean = {
+    clean: dict[str, Any] = {
         "a": ca,
         "b": cb,
         "delta": clean_delta,

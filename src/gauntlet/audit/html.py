@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-
 __all__ = [
     "as_image",
     "bar",

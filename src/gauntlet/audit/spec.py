@@ -33,7 +33,7 @@ import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Union
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
 
 from pydantic import (
     AfterValidator,
@@ -60,6 +60,7 @@ __all__ = [
     "DefenseSpec",
     "ModelSpec",
     "RegistryChoice",
+    "RegistryItem",
     "Strict",
     "load_spec",
     "resolve_defense",
@@ -141,7 +142,22 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class DefenseSpec(Strict):
+class RegistryItem(Strict):
+    """A registry ``name`` with its parameters, written inline (``{name: ibp, eps: 0.1}``) or under
+    ``params``; a subclass's own fields are listed in ``own_keys`` so they are not parameters."""
+
+    own_keys: ClassVar[tuple[str, ...]] = ()
+
+    name: Text
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _normalise(cls, v: Any) -> Any:
+        return inline_params(v, ("name", *cls.own_keys))
+
+
+class DefenseSpec(RegistryItem):
     """``model.defense``: a preprocessing defense in front of the model.
 
     The audited model is the defense's *adaptive* wrap (BPDA + EOT, Athalye et al. 2018); every
@@ -149,14 +165,9 @@ class DefenseSpec(Strict):
     ``eot_samples`` (randomized defenses only) is the number of EOT draws per gradient.
     """
 
-    name: Text
-    eot_samples: Annotated[int, Field(strict=True, ge=1)] | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    own_keys = ("eot_samples",)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _normalise(cls, v: Any) -> Any:
-        return inline_params(v, ("name", "eot_samples"))
+    eot_samples: Annotated[int, Field(strict=True, ge=1)] | None = None
 
 
 class ModelSpec(Strict):
@@ -198,7 +209,7 @@ class DataSpec(Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "DataSpec":
+    def _one_source(self) -> DataSpec:
         if (self.name is None) == (self.path is None):
             raise ValueError(
                 "give exactly one of name (a builtin such as 'digits') or path (a file or folder), got "
@@ -224,6 +235,10 @@ class AuditSpec(Strict):
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
     _source: str | None = PrivateAttr(default=None)
     _studies: list[Any] | None = PrivateAttr(default=None)
+
+    if TYPE_CHECKING:  # the studies' keys (spec.threats, spec.certify, ...) exist on the derived model
+
+        def __getattr__(self, name: str) -> Any: ...
 
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Any:
@@ -486,9 +501,9 @@ def load_spec(source: str | os.PathLike[str] | Mapping[str, Any], *, base_dir: s
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            at = f" line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
             problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ConfigError(f"{label}:{where}: invalid YAML ({problem}); fix the syntax") from None
+            raise ConfigError(f"{label}:{at}: invalid YAML ({problem}); fix the syntax") from None
         if node is not None:
             _line_map(node, (), lines, label)
         base = Path(base_dir) if base_dir is not None else path.resolve().parent

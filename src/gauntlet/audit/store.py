@@ -24,6 +24,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from typing_extensions import Self
+
 from gauntlet.errors import StoreError
 
 __all__ = ["DEFAULT_STORE_URL", "Store", "open_store", "safe_url"]
@@ -139,7 +141,7 @@ def safe_url(url: str) -> str:
         from sqlalchemy.engine import make_url
 
         return make_url(url).render_as_string(hide_password=True)
-    except Exception:
+    except Exception:  # noqa: BLE001 - any unparseable URL is masked whole, never echoed
         return "<unparseable store URL>"
 
 
@@ -169,7 +171,7 @@ class Store:
     def close(self) -> None:
         self.engine.dispose()
 
-    def __enter__(self) -> Store:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -255,13 +257,13 @@ class Store:
         from sqlalchemy import insert
         from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-        values = dict(
-            audit_id=audit_id,
-            key=key,
-            study=study,
-            json=json.dumps(payload, separators=(",", ":"), allow_nan=True),
-            created_at=_now(),
-        )
+        values = {
+            "audit_id": audit_id,
+            "key": key,
+            "study": study,
+            "json": json.dumps(payload, separators=(",", ":"), allow_nan=True),
+            "created_at": _now(),
+        }
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(_records_table()).values(**values))

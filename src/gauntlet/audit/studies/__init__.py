@@ -28,6 +28,7 @@ __all__ = [
     "register_study",
     "studies",
     "study_keys",
+    "unregister_study",
     "work_key",
     "work_seed",
 ]
@@ -70,6 +71,16 @@ def register_study(cls: S) -> S:
     return cls
 
 
+def unregister_study(name: str) -> None:
+    """Remove a study from the registry (a plug-in's tests clean up with it)."""
+    _REGISTRY.pop(name, None)
+    if name in _ORDER:
+        _ORDER.remove(name)
+    from gauntlet.audit import spec as _spec
+
+    _spec.invalidate_spec_model()
+
+
 #: built-in studies, in the order they run and report
 _BUILTIN = ("evasion", "certify", "detect")
 
@@ -94,7 +105,8 @@ def _load_all() -> None:
 def studies() -> list[type[Study]]:
     """Every registered study class, in run order."""
     _load_all()
-    return [_REGISTRY[n] for n in _ORDER]
+    order = sorted(_ORDER, key=lambda n: (_BUILTIN.index(n) if n in _BUILTIN else len(_BUILTIN), _ORDER.index(n)))
+    return [_REGISTRY[n] for n in order]
 
 
 def list_studies() -> list[str]:

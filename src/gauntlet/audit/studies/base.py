@@ -144,6 +144,22 @@ class Threshold(BaseModel):
         """The rule in ``--fail-under`` syntax."""
         raise NotImplementedError
 
+    @classmethod
+    def from_text(cls, text: str, **fields: Any) -> Any:
+        """The rule from the fields parsed out of a ``--fail-under`` text; a one-line
+        :class:`ConfigError` naming the text and the field when a value is invalid."""
+        from pydantic import ValidationError
+
+        from gauntlet.errors import ConfigError
+
+        try:
+            return cls(**fields)
+        except ValidationError as exc:
+            err = exc.errors(include_url=False)[0]
+            field = ".".join(str(p) for p in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+            raise ConfigError(f"--fail-under {text!r}: {field} {msg}") from None
+
     def what(self) -> str:
         """How messages name the metric the rule is on."""
         name, labels = self.metric()
@@ -162,6 +178,8 @@ class Study(ABC):
     Block: ClassVar[type[BaseModel]]
     #: the gate rule shape it accepts in ``thresholds`` (``None``: none)
     Threshold: ClassVar[type[Threshold] | None] = None
+    #: the first word of its ``--fail-under`` syntax (``certify:ibp:0.01=50%``); ``None``: no prefix
+    threshold_prefix: ClassVar[str | None] = None
     #: its report.json sections: name → JSON Schema piece
     sections: ClassVar[dict[str, dict[str, Any]]] = {}
     #: sections every report with this study must have (it is present when it has any section)
@@ -195,7 +213,7 @@ class Study(ABC):
         return None
 
     # -- run ------------------------------------------------------------------------------------
-    def check(self, env: AuditEnv) -> None:  # noqa: B027 - optional hook
+    def check(self, env: AuditEnv) -> None:
         """Fail (place-named error) before anything is stored when the model cannot be used."""
 
     @abstractmethod

@@ -14,22 +14,22 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from gauntlet.audit.html import e, eps_text, fmt_value, is_num, num, pct, plot_png
 from gauntlet.audit.spec import (
     AuditSpec,
     Fraction,
     RegistryChoice,
+    RegistryItem,
     Strict,
     Text,
     as_list,
     check_defense_params,
     defense_class,
-    inline_params,
     non_negative,
 )
 from gauntlet.audit.studies import register_study
@@ -45,20 +45,15 @@ def _one_or_list(v: Any) -> Any:
     return [v] if isinstance(v, (Mapping, str)) else v
 
 
-class CertifySpec(Strict):
+class CertifySpec(RegistryItem):
     """One ``certify`` item: a certification defense (``randomized_smoothing``, ``ibp``) and its
     parameters, run on the undefended model over the audited samples; ``radii`` are the points of
     the certified-accuracy-vs-radius curve (default: the method's own, see
     :meth:`~gauntlet.defenses.certify.Certification.default_radii`)."""
 
-    name: Text
-    radii: Annotated[list[Radius], BeforeValidator(as_list), Field(min_length=1)] | None = None
-    params: dict[str, Any] = Field(default_factory=dict)
+    own_keys = ("radii",)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _normalise(cls, v: Any) -> Any:
-        return inline_params(v, ("name", "radii"))
+    radii: Annotated[list[Radius], BeforeValidator(as_list), Field(min_length=1)] | None = None
 
 
 class CertifyBlock(Strict):
@@ -239,7 +234,8 @@ class CertifyStudy(Study):
     title = "certification methods: certified accuracy vs radius on the undefended model"
     Block = CertifyBlock
     Threshold = CertifyThreshold
-    sections = {"certification": _CERTIFICATION}
+    threshold_prefix = "certify"
+    sections: ClassVar[dict[str, dict[str, Any]]] = {"certification": _CERTIFICATION}
     required_sections = ("certification",)
 
     def __init__(self, choices: list[CertifyChoice], batch_size: int, seed: int) -> None:
@@ -277,12 +273,9 @@ class CertifyStudy(Study):
             radius, minimum = float(radius_s), float(min_s)
         except ValueError:
             raise ConfigError(f"--fail-under {text!r}: the radius and the minimum must be numbers") from None
-        try:
-            return CertifyThreshold(certify=method, radius=radius, min_certified_accuracy=minimum / (100.0 if percent else 1.0))
-        except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-            raise ConfigError(f"--fail-under {text!r}: {'.'.join(str(p) for p in err['loc'])} {msg}") from None
+        return CertifyThreshold.from_text(  # type: ignore[no-any-return]
+            text, certify=method, radius=radius, min_certified_accuracy=minimum / (100.0 if percent else 1.0)
+        )
 
     # -- run ------------------------------------------------------------------------------------
     def check(self, env: AuditEnv) -> None:

@@ -16,10 +16,10 @@ import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, ClassVar
 
 import torch
-from pydantic import AfterValidator, BeforeValidator, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from gauntlet.audit.html import bar, e, eps_text, fmt_value, num, pct
 from gauntlet.audit.spec import (
@@ -27,11 +27,11 @@ from gauntlet.audit.spec import (
     Bool,
     Fraction,
     RegistryChoice,
+    RegistryItem,
     Strict,
     Text,
     check_defense_params,
     defense_class,
-    inline_params,
     open_unit,
     str_list,
 )
@@ -47,22 +47,17 @@ def _one_or_list(v: Any) -> Any:
     return [v] if isinstance(v, (Mapping, str)) else v
 
 
-class DetectSpec(Strict):
+class DetectSpec(RegistryItem):
     """One ``detect`` item: a detector fitted and calibrated on the first ``calibration`` audited
     samples (at false-positive rate ``fpr``) and evaluated on the rest against ``attacks`` (labels
     from ``attacks``), plain and — with ``adaptive`` — detector-aware (Carlini & Wagner 2017)."""
 
-    name: Text
+    own_keys = ("fpr", "calibration", "attacks", "adaptive")
+
     fpr: Annotated[float, Field(strict=True), AfterValidator(open_unit)] = 0.05
     calibration: Annotated[int, Field(strict=True, ge=2)] | None = None
     attacks: Annotated[list[Text], BeforeValidator(str_list), Field(min_length=1)] | None = None
     adaptive: Bool = True
-    params: dict[str, Any] = Field(default_factory=dict)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _normalise(cls, v: Any) -> Any:
-        return inline_params(v, ("name", "fpr", "calibration", "attacks", "adaptive"))
 
 
 class DetectBlock(Strict):
@@ -191,6 +186,7 @@ def resolve_detect(spec: AuditSpec, attacks: list[AttackChoice] | None = None) -
             raise ConfigError(f"{place}: no untargeted threat for the detection attacks")  # pragma: no cover
         out.append(DetectChoice(item.name, dict(item.params), i, float(item.fpr), item.calibration, item.adaptive, tuple(runs)))
     return out
+
 
 @dataclass(frozen=True)
 class DetectTask:
@@ -323,7 +319,8 @@ class DetectStudy(Study):
     title = "detectors: TPR, AUROC and undetected success against plain and detector-aware attacks"
     Block = DetectBlock
     Threshold = DetectThreshold
-    sections = {"detection": _DETECTION}
+    threshold_prefix = "detect"
+    sections: ClassVar[dict[str, dict[str, Any]]] = {"detection": _DETECTION}
     required_sections = ("detection",)
 
     def __init__(self, choices: list[DetectChoice], batch_size: int, seed: int) -> None:
@@ -372,12 +369,9 @@ class DetectStudy(Study):
             maximum = float(max_s) / (100.0 if percent else 1.0)
         except ValueError:
             raise ConfigError(f"--fail-under {text!r}: the maximum must be a number") from None
-        try:
-            return DetectThreshold(detector=detector, attack=attack, max_undetected_success_rate=maximum)
-        except ValidationError as exc:
-            err = exc.errors(include_url=False)[0]
-            msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-            raise ConfigError(f"--fail-under {text!r}: {'.'.join(str(p) for p in err['loc'])} {msg}") from None
+        return DetectThreshold.from_text(  # type: ignore[no-any-return]
+            text, detector=detector, attack=attack, max_undetected_success_rate=maximum
+        )
 
     # -- run ------------------------------------------------------------------------------------
     def check(self, env: AuditEnv) -> None:

@@ -33,14 +33,27 @@ import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from pydantic import BeforeValidator, Field, model_validator
 from torch import Tensor
 
-from gauntlet.audit.html import as_image, bar, data_url, e, eps_text, fmt_value, is_num, num, pct, plot_png, png, to_uint8
+from gauntlet.audit.html import (
+    as_image,
+    bar,
+    data_url,
+    e,
+    eps_text,
+    fmt_value,
+    is_num,
+    num,
+    pct,
+    plot_png,
+    png,
+    to_uint8,
+)
 from gauntlet.audit.spec import AuditSpec, Bool, Fraction, PositiveFloat, Strict, Text, as_list, param_message
 from gauntlet.audit.studies import register_study
 from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
@@ -57,11 +70,11 @@ __all__ = [
     "Unit",
     "UnitRecord",
     "aggregate",
-    "check_threshold",
     "defense_rows",
     "is_naive",
     "make_plan",
     "naive_label",
+    "parse_threshold",
     "resolve_attacks",
     "run_unit",
     "unit_key",
@@ -163,7 +176,7 @@ class AttackItem(Strict):
         return out
 
     @model_validator(mode="after")
-    def _name_or_preset(self) -> "AttackItem":
+    def _name_or_preset(self) -> AttackItem:
         if (self.name is None) == (self.preset is None):
             raise ValueError("give an attack name (e.g. 'pgd' or {name: pgd, steps: 20}) or {preset: quick|standard|thorough}")
         return self
@@ -325,35 +338,6 @@ def _check_threats(spec: AuditSpec) -> None:
             seen[key] = f"threats[{t}].eps[{k}]"
 
 
-def check_threshold(spec: AuditSpec, th: ThresholdSpec, place: str, attacks: list[AttackChoice] | None = None) -> None:
-    """Raise :class:`ConfigError` unless ``th`` names an attack and a (norm, ε) the spec evaluates."""
-    attacks = resolve_attacks(spec) if attacks is None else attacks
-    by_label = {a.label: a.threats for a in attacks}
-    if spec.model.defense is not None:  # the naive-view runs may be gated too, when named explicitly
-        by_label.update({naive_label(a.label): a.threats for a in attacks})
-    labels = list(by_label)
-    if th.attack != "worst_case" and th.attack not in labels:
-        close = difflib.get_close_matches(th.attack, labels + ["worst_case"], n=1, cutoff=0.6)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        naive = "; runs against a naive view exist only when model.defense is set" if is_naive(th.attack) else ""
-        raise ConfigError(
-            f"{place}.attack: no attack labelled {th.attack!r} in attacks; {hint}use one of "
-            + ", ".join(repr(x) for x in labels + ["worst_case"])
-            + naive
-        )
-    threat_ids = range(len(spec.threats)) if th.attack == "worst_case" else by_label[th.attack]
-    budgets = [eps for t in threat_ids if spec.threats[t].norm == th.norm for eps in spec.threats[t].eps]
-    if not budgets:
-        who = "no threat" if th.attack == "worst_case" else f"{th.attack} runs on no threat"
-        raise ConfigError(f"{place}.norm: {who} with norm {th.norm!r}")
-    if not any(math.isclose(th.eps, b, rel_tol=1e-9, abs_tol=1e-12) for b in budgets):
-        raise ConfigError(
-            f"{place}.eps: {th.norm} ε={th.eps:g} is not evaluated; the {th.norm} budgets are "
-            + ", ".join(f"{b:g}" for b in budgets)
-        )
-
-
-
 # ------------------------------------------------------------------------------------------------
 # the plan
 @dataclass(frozen=True)
@@ -486,9 +470,9 @@ def _gallery(study: EvasionStudy, env: AuditEnv, records: list[UnitRecord], clea
                 break
     if best is None:
         return []
-    eps, label, hits = best
+    eps, label, fooled = best
     choice = next(a for a in study.attacks if a.label == label)
-    cand = hits[: 2 * GALLERY_SIZE]
+    cand = fooled[: 2 * GALLERY_SIZE]
     unit = Unit(
         key="gallery",
         attack_label=label,
@@ -660,14 +644,14 @@ def aggregate(units: Sequence[UnitRecord], clean_correct: Sequence[bool]) -> Agg
         for a in attacks:
             cell = cells[(a, norm, eps)]
             for i in range(n):
-                s = cell.success[i]
-                if s is None:
+                hit = cell.success[i]
+                if hit is None:
                     continue
                 if success[i] is None:
-                    success[i], norms[i] = s, cell.norms[i]
-                elif s and not success[i]:
+                    success[i], norms[i] = hit, cell.norms[i]
+                elif hit and not success[i]:
                     success[i], norms[i] = True, cell.norms[i]
-                elif s and success[i] and cell.norms[i] is not None and norms[i] is not None:
+                elif hit and success[i] and cell.norms[i] is not None and norms[i] is not None:
                     norms[i] = min(norms[i], cell.norms[i])  # type: ignore[type-var]
         row = {"norm": norm, "eps": eps}
         row.update(_summarise(success, norms, clean_correct))
@@ -822,7 +806,7 @@ def _plots(report: Mapping[str, Any]) -> list[tuple[str, str]]:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    clean = report.get("clean_accuracy")
+    clean: Any = report.get("clean_accuracy")
     out = []
     for norm in norms:
         fig = Figure(figsize=(5.4, 3.5), dpi=160)
@@ -1001,39 +985,22 @@ def _cost(report: Mapping[str, Any]) -> str:
 
 # ------------------------------------------------------------------------------------------------
 # gate
-def parse_threshold(text: str) -> ThresholdSpec:
-    """``"pgd:linf:0.1=0.5"`` (or ``=50%``) → a :class:`ThresholdSpec`; the attack may be a naive-view
-    label such as ``"pgd (naive)"``."""
-    return _parse_threshold(text)
-
-
-def _parse_threshold(text: str) -> ThresholdSpec:
-    """``"pgd:linf:0.1=0.5"`` (or ``=50%``) → a :class:`ThresholdSpec`; the attack may be a naive-view
-    label such as ``"pgd (naive)"``."""
-    from pydantic import ValidationError
-
+def parse_threshold(text: str) -> ThresholdSpec | None:
+    """``"pgd:linf:0.1=0.5"`` (or ``=50%``) → a :class:`ThresholdSpec` (``None`` when the text is not
+    in this syntax); the attack may be a naive-view label such as ``"pgd (naive)"``."""
     m = re.fullmatch(
         r"\s*([A-Za-z0-9_\-.]+(?: \(naive\))?)\s*:\s*(\w+)\s*:\s*([^=\s]+)\s*=\s*([^\s%]+)\s*(%?)\s*", text or ""
     )
     if not m:
-        raise ConfigError(
-            f"--fail-under {text!r}: expected attack:norm:eps=min_robust_accuracy, e.g. 'pgd:linf:0.1=0.5' "
-            "or 'worst_case:l2:0.5=40%'"
-        )
-    attack, norm, eps_s, min_s, pct = m.groups()
+        return None
+    attack, norm, eps_s, min_s, percent = m.groups()
     try:
         eps, minimum = float(eps_s), float(min_s)
     except ValueError:
         raise ConfigError(f"--fail-under {text!r}: ε and the minimum must be numbers") from None
-    if pct:
-        minimum /= 100.0
-    try:
-        return ThresholdSpec(attack=attack, norm=norm, eps=eps, min_robust_accuracy=minimum)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        err = exc.errors(include_url=False)[0]
-        field = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
-        raise ConfigError(f"--fail-under {text!r}: {field} {msg}") from None
+    return ThresholdSpec.from_text(  # type: ignore[no-any-return]
+        text, attack=attack, norm=norm, eps=eps, min_robust_accuracy=minimum / (100.0 if percent else 1.0)
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -1047,10 +1014,10 @@ class EvasionStudy(Study):
     title = "evasion attacks × threats: robust accuracy per attack and ε, worst case, hygiene flags"
     Block = EvasionBlock
     Threshold = ThresholdSpec
-    sections = {**_SECTIONS, "defense": _DEFENSE}
+    sections: ClassVar[dict[str, dict[str, Any]]] = {**_SECTIONS, "defense": _DEFENSE}
     required_sections = ("results", "worst_case", "cost", "gallery")
     in_every_v1_report = True
-    item_type_hints = {"attacks": "must be an attack name or a mapping such as {name: pgd, steps: 20} or {preset: quick}"}
+    item_type_hints: ClassVar[dict[str, str]] = {"attacks": "must be an attack name or a mapping such as {name: pgd, steps: 20} or {preset: quick}"}
 
     def __init__(self, spec: AuditSpec, attacks: list[AttackChoice]) -> None:
         self.threats = list(spec.threats or [])
@@ -1111,7 +1078,7 @@ class EvasionStudy(Study):
 
     @classmethod
     def parse_threshold(cls, text: str) -> ThresholdSpec | None:
-        return _parse_threshold(text)
+        return parse_threshold(text)
 
     # -- run ------------------------------------------------------------------------------------
     def check(self, env: AuditEnv) -> None:
@@ -1211,7 +1178,7 @@ class EvasionStudy(Study):
         for r in report.get("worst_case") or []:
             by_norm.setdefault(str(r.get("norm")), []).append(r)
         for norm, rows in by_norm.items():
-            rows = sorted(rows, key=lambda r: r.get("eps") if is_num(r.get("eps")) else 0)
+            rows = sorted(rows, key=lambda r: float(r["eps"]) if is_num(r.get("eps")) else 0.0)
             last = rows[-1]
             detail = ", ".join(f"ε={eps_text(r.get('eps'))}: {pct(r.get('robust_accuracy'))}" for r in rows[:-1][-3:])
             cards.append((f"Worst case · {e(norm)} ε={eps_text(last.get('eps'))}", pct(last.get("robust_accuracy")), detail))
