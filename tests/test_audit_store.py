@@ -112,3 +112,22 @@ def test_read_only_commands_do_not_create_a_missing_store(tmp_path: Path) -> Non
     with pytest.raises(StoreError, match="does not exist"):
         open_store(f"sqlite:///{tmp_path / 'none.db'}", create=False)
     assert not (tmp_path / "none.db").exists()
+
+
+def test_an_unfinished_audit_whose_units_sit_in_the_legacy_table_is_not_resumed(tmp_path: Path) -> None:
+    with open_store(f"sqlite:///{tmp_path / 'g.db'}") as st:
+        a1, _ = begin(st)
+    con = sqlite3.connect(tmp_path / "g.db")  # a unit written by a version before the records table
+    con.execute(
+        "INSERT INTO units (audit_id, key, attack, attack_name, params_json, norm, eps_json, targeted, start, stop, "
+        "success_json, norms_json, queries, grad_evals, seconds, created_at) "
+        "VALUES (?, 'k', 'pgd', 'pgd', '{}', 'linf', '[0.1]', 0, 0, 1, '[[1]]', '[[0.1]]', 1, 1, 0.1, 'x')",
+        (a1,),
+    )
+    con.commit()
+    con.close()
+    with open_store(f"sqlite:///{tmp_path / 'g.db'}") as st:
+        a2, resumed = begin(st)
+        assert resumed is False and a2 > a1  # its unit would never be read back: start afresh
+        assert begin(st) == (a2, True)
+        assert [r["units"]["done"] for r in st.list_audits()] == [0, 1]

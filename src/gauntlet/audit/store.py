@@ -196,7 +196,7 @@ class Store:
         (resumed), or a new one.  Returns ``(audit_id, resumed)``."""
         from sqlalchemy import insert, select
 
-        _, models, audits, _ = _tables()
+        _, models, audits, units = _tables()
         version = model_version or ""
         with self._tx("start the audit") as conn:
             row = conn.execute(
@@ -215,6 +215,10 @@ class Store:
                         audits.c.spec_hash == spec_hash,
                         audits.c.data_sha256 == data_sha256,
                         audits.c.status != "done",
+                        # an audit begun before the records table kept its units in the legacy
+                        # tables, which are no longer read: it is not resumed, a new one starts
+                        audits.c.id.not_in(select(units.c.audit_id)),
+                        audits.c.id.not_in(select(_tables()[0].tables["extras"].c.audit_id)),
                     )
                     .order_by(audits.c.id.desc())
                 ).first()

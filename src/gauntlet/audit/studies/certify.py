@@ -238,18 +238,19 @@ class CertifyStudy(Study):
     sections: ClassVar[dict[str, dict[str, Any]]] = {"certification": _CERTIFICATION}
     required_sections = ("certification",)
 
-    def __init__(self, choices: list[CertifyChoice], batch_size: int, seed: int) -> None:
+    def __init__(self, choices: list[CertifyChoice], batch_size: int, seed: int, items: list[dict[str, Any]] | None = None) -> None:
         self.choices = choices
+        self.items = items if items is not None else []
         self.batch_size = batch_size
         self.seed = seed
 
     @classmethod
     def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> CertifyStudy:
-        return cls(resolve_certify(spec), spec.batch_size, spec.seed)
+        items = [c.model_dump(mode="json") for c in spec.certify]
+        return cls(resolve_certify(spec), spec.batch_size, spec.seed, items)
 
     def hash_payload(self) -> dict[str, Any]:
-        return {"certify": [{"name": c.name, "radii": list(c.radii) if c.radii is not None else None, "params": c.params}
-                            for c in self.choices]}
+        return {"certify": self.items}
 
     def check_threshold(self, th: Any, place: str) -> None:
         mine = [c for c in self.choices if c.name == th.certify]

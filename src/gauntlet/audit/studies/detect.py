@@ -323,8 +323,9 @@ class DetectStudy(Study):
     sections: ClassVar[dict[str, dict[str, Any]]] = {"detection": _DETECTION}
     required_sections = ("detection",)
 
-    def __init__(self, choices: list[DetectChoice], batch_size: int, seed: int) -> None:
+    def __init__(self, choices: list[DetectChoice], batch_size: int, seed: int, items: list[dict[str, Any]] | None = None) -> None:
         self.choices = choices
+        self.items = items if items is not None else []
         self.batch_size = batch_size
         self.seed = seed
 
@@ -336,14 +337,11 @@ class DetectStudy(Study):
                 "detect: detectors are evaluated against the spec's attacks on its untargeted threats; add threats "
                 "(and attacks)"
             )
-        return cls(resolve_detect(spec, evasion.attacks), spec.batch_size, spec.seed)  # type: ignore[attr-defined]
+        items = [d.model_dump(mode="json") for d in spec.detect]
+        return cls(resolve_detect(spec, evasion.attacks), spec.batch_size, spec.seed, items)  # type: ignore[attr-defined]
 
     def hash_payload(self) -> dict[str, Any]:
-        return {"detect": [
-            {"name": c.name, "params": c.params, "fpr": c.fpr, "calibration": c.calibration, "adaptive": c.adaptive,
-             "attacks": [[a.key, a.attack_name, a.params, a.norm, list(a.eps)] for a in c.attacks]}
-            for c in self.choices
-        ]}
+        return {"detect": self.items}
 
     def check_threshold(self, th: Any, place: str) -> None:
         mine = [c for c in self.choices if c.name == th.detector]
