@@ -60,6 +60,16 @@ def digits_batch(digits_test: gt.data.Dataset) -> tuple[torch.Tensor, torch.Tens
     return digits_test.x[:32].clone(), digits_test.y[:32].clone()
 
 
+def clear_argmax(scores: torch.Tensor, margin: float) -> torch.Tensor:
+    """Rows of ``scores (N, C)`` whose largest entry beats the runner-up by more than ``margin``.
+
+    Two computation paths of the same scores (another batch size, another library, another
+    CPU) round differently; only on these rows must their argmax agree exactly.
+    """
+    top2 = scores.detach().double().topk(2, dim=1).values
+    return (top2[:, 0] - top2[:, 1]) > margin
+
+
 class Linear(nn.Module):
     """An affine classifier z = W x + b on flat inputs: the closed-form oracle for minimal attacks."""
 

@@ -141,7 +141,14 @@ def test_cw_l2_final_annealed_round_never_enlarges_and_usually_shrinks_the_pertu
     params = {"steps": 100, "learning_rate": 0.1, "binary_search_steps": 5}
     plain = gt.attacks.create("cw_l2", final_steps=0, **params).run(digits_model, x, y, seed=0)
     refined = gt.attacks.create("cw_l2", final_steps=200, **params).run(digits_model, x, y, seed=0)
-    assert torch.equal(plain.success, refined.success)
+    # the same points are broken; the refined ones sit on the boundary (margins down to ~1e-6 of a logit),
+    # so the final check, a batch of its own, may round one the other way: only such a point may differ
+    flipped = plain.success ^ refined.success
+    with torch.no_grad():
+        z = digits_model.scores(refined.x_adv[flipped], count=False)
+    yf = y[flipped]
+    margin = z.scatter(1, yf[:, None], float("-inf")).amax(1) - z.gather(1, yf[:, None]).squeeze(1)
+    assert int(flipped.sum()) <= 2 and bool((margin.abs() < 1e-4).all()), margin
     ok = plain.success & plain.clean_correct
     assert bool((refined.norms[ok] <= plain.norms[ok] + 1e-6).all())  # the best adversarial is kept
     assert float(refined.norms[ok].median()) < float(plain.norms[ok].median())

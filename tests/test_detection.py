@@ -29,6 +29,7 @@ from gauntlet.defenses.detection.mahalanobis import MahalanobisDetector, ledoit_
 from gauntlet.defenses.preprocessing.bit_depth_reduction import bit_depth
 from gauntlet.defenses.preprocessing.median_filter import median_filter
 from gauntlet.errors import CapabilityError, ConfigError, DataError
+from tests.conftest import clear_argmax
 
 # On 8×8 digits (17 grey levels) a 2×2 median erases the digit (clean scores reach the maximum 2),
 # so the digits tests use the 2-bit squeezer alone; the defaults are the paper's MNIST setting.
@@ -300,13 +301,17 @@ def test_detector_aware_model_adds_a_detected_class_that_wins_exactly_when_the_d
         g = aware.scores(x)
         z = model.scores(x)
         s = fs.score(x)
-    assert g.shape == (80, 11) and torch.equal(g[:, :10], z)
+    assert g.shape == (80, 11)
+    # the first K logits are the classifier's, computed in one batch with the squeezed copies
+    torch.testing.assert_close(g[:, :10], z, rtol=1e-5, atol=1e-5)
     want = z.amax(1) + 0.5 * (s - fs.threshold) / fs.score_unit_
     assert torch.allclose(g[:, 10], want, atol=1e-5)
     flagged = fs.detect(x)
     assert 0 < int(flagged.sum()) < 80
     assert torch.equal(aware.predict(x) == 10, flagged)
-    assert torch.equal(aware.predict(x)[~flagged], model.predict(x)[~flagged])
+    clear = ~flagged & clear_argmax(z, 1e-4)  # the argmax of the two batchings may differ only at near-ties
+    assert int(clear.sum()) >= int((~flagged).sum()) - 2
+    assert torch.equal(aware.predict(x)[clear], model.predict(x)[clear])
     # a gradient request sees the detector through BPDA: the extra logit has a gradient
     xg = x[:4].clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(aware.scores(xg)[:, 10].sum(), xg)

@@ -18,6 +18,7 @@ from gauntlet.defenses import create, get_defense_class, list_defenses
 from gauntlet.defenses.certify import IBPCertifier, ibp_bounds, interval_forward, margin_bounds, verified, verified_accuracy
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.zoo import DigitsCNN
+from tests.conftest import clear_argmax
 
 TOL = 1e-5
 ACTIVATIONS = [
@@ -210,9 +211,13 @@ def digits_mlp(digits_train) -> nn.Sequential:
 def test_verification_at_eps_zero_is_clean_correctness_and_shrinks_as_eps_grows(digits_mlp, digits_test) -> None:
     x, y = digits_test.x, digits_test.y
     with torch.no_grad():
-        correct = digits_mlp(x).argmax(1) == y
+        logits = digits_mlp(x)
+    correct = logits.argmax(1) == y
     assert float(correct.double().mean()) > 0.9
-    assert torch.equal(verified(digits_mlp, x, y, 0.0), correct)
+    # at ε = 0 the margin bounds are the logits' margins, computed another way: same decisions off near-ties
+    clear = clear_argmax(logits, 1e-4)
+    assert int(clear.sum()) >= len(y) - 3
+    assert torch.equal(verified(digits_mlp, x, y, 0.0)[clear], correct[clear])
     prev = correct
     accs = []
     for eps in (0.005, 0.01, 0.02, 0.05):
@@ -276,7 +281,15 @@ def test_ibp_defense_radius_is_the_largest_verified_eps_of_the_list(digits_mlp, 
     assert cert.method == "ibp" and cert.norm == "linf"
     with torch.no_grad():
         assert torch.equal(cert.prediction, digits_mlp(x).argmax(1))
-    for i in range(len(x)):
+    # each point verified on its own (a batch of one rounds differently from the batch of 150), except
+    # where one of its margin bounds lies within rounding of zero
+    with torch.no_grad():
+        low = torch.stack(
+            [margin_bounds(digits_mlp, x, cert.prediction, e).scatter(1, cert.prediction[:, None], float("inf")).amin(1) for e in eps]
+        )
+    clear = (low.abs() > 1e-4).all(dim=0)
+    assert int(clear.sum()) >= len(x) - 3
+    for i in clear.nonzero().flatten().tolist():
         ok = [e for e in eps if bool(verified(digits_mlp, x[i : i + 1], cert.prediction[i : i + 1], e)[0])]
         assert float(cert.radius[i]) == (max(ok) if ok else 0.0)
     for e in eps:

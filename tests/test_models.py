@@ -18,6 +18,7 @@ from gauntlet.attacks import registry
 from gauntlet.attacks.base import Attack, Context
 from gauntlet.errors import CapabilityError, ConfigError, DataError, ModelLoadError
 from gauntlet.models import CallableModel, OnnxModel, SklearnModel, TorchModel
+from tests.conftest import clear_argmax
 
 
 def one_line(exc: pytest.ExceptionInfo) -> str:
@@ -54,9 +55,13 @@ def test_sklearn_scores_are_predict_proba_as_float32(logreg, digits_batch) -> No
 def test_sklearn_predict_matches_estimator_and_is_accurate(logreg, digits_test) -> None:
     m = SklearnModel(logreg, input_shape=(1, 8, 8))
     pred = m.predict(digits_test.x)
-    want = logreg.predict(digits_test.x.reshape(len(digits_test), -1).double().numpy())
+    flat = digits_test.x.reshape(len(digits_test), -1).double().numpy()
+    want = logreg.predict(flat)
     assert pred.dtype == torch.int64
-    assert torch.equal(pred, torch.from_numpy(want).long())
+    # the adapter takes the argmax of float32 probabilities, scikit-learn of its float64 decision function
+    clear = clear_argmax(torch.from_numpy(logreg.predict_proba(flat)), 1e-6)
+    assert int(clear.sum()) >= len(digits_test) - 2
+    assert torch.equal(pred[clear], torch.from_numpy(want).long()[clear])
     assert (pred == digits_test.y).float().mean() > 0.93
 
 
@@ -109,7 +114,9 @@ def test_sklearn_binary_decision_function_gives_two_columns_whose_argmax_is_pred
     d = torch.from_numpy(svc.decision_function(xs[keep][:40])).float()
     assert s.shape == (40, 2) and m.output == "logits"
     assert torch.allclose(s[:, 1] - s[:, 0], d, atol=1e-5)
-    assert torch.equal(m.predict(x), torch.from_numpy(svc.predict(x.double().numpy())).long())
+    clear = d.abs() > 1e-5  # float32 scores against scikit-learn's float64 decision: agree off the boundary
+    assert int(clear.sum()) >= 38
+    assert torch.equal(m.predict(x)[clear], torch.from_numpy(svc.predict(x.double().numpy())).long()[clear])
 
 
 class _PredictOnly:
@@ -379,7 +386,9 @@ def test_onnx_scores_match_the_torch_network(onnx_file, tiny_net, digits_batch) 
     s = m.scores(x)
     assert s.dtype == torch.float32 and s.shape == (32, 10)
     assert torch.allclose(s, want, atol=1e-4)
-    assert torch.equal(m.predict(x), want.argmax(1))
+    clear = clear_argmax(want, 1e-3)  # onnxruntime and torch round differently: compare off near-ties
+    assert int(clear.sum()) >= 30
+    assert torch.equal(m.predict(x)[clear], want.argmax(1)[clear])
     assert m.queries == 64
 
 
