@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gauntlet.errors import ConfigError
+from gauntlet.errors import ConfigError, GauntletError
 
 
 class Constraint:
@@ -127,7 +127,7 @@ class Check(Constraint):
     def is_satisfied_by(self, value: Any) -> bool:
         try:
             return bool(self.predicate(value))
-        except Exception:
+        except Exception:  # noqa: BLE001 - a predicate that cannot judge the value rejects it
             return False
 
     def describe(self) -> str:
@@ -153,3 +153,66 @@ def validate_params(
             continue
         wanted = " or ".join(c.describe() for c in allowed)
         raise error(f"{owner}: parameter {key!r} must be {wanted}, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------------
+# value bounds and per-sample shapes: the one parser behind every adapter, defense and data loader
+def parse_bounds(
+    owner: str,
+    bounds: object,
+    *,
+    finite: bool = True,
+    error: type[GauntletError] = ConfigError,
+    expected: str | None = None,
+) -> tuple[float, float]:
+    """``bounds`` as floats ``(low, high)`` with ``low < high`` (both finite unless ``finite=False``).
+
+    Any pair is accepted (a tuple, list, array or tensor of two numbers; not a string).  Raises
+    ``error`` with ``"{owner}: bounds must be a pair (low, high), got …"`` when ``bounds`` is not
+    a pair of numbers and ``"{owner}: bounds must be finite with low < high, got …"`` (``"… must
+    satisfy low < high …"`` with ``finite=False``) when they are out of order; ``expected``
+    replaces both descriptions by one (``"{owner}: bounds must be {expected}, got …"``).
+    """
+    try:
+        if isinstance(bounds, (str, bytes)) or len(bounds) != 2:  # type: ignore[arg-type]
+            raise TypeError
+        lo, hi = float(bounds[0]), float(bounds[1])  # type: ignore[index]
+    except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+        what = f"be {expected}" if expected else "be a pair (low, high)"
+        raise error(f"{owner}: bounds must {what}, got {bounds!r}") from None
+    if (finite and not (math.isfinite(lo) and math.isfinite(hi))) or not lo < hi:
+        what = f"be {expected}" if expected else ("be finite with low < high" if finite else "satisfy low < high")
+        raise error(f"{owner}: bounds must {what}, got {bounds!r}")
+    return lo, hi
+
+
+def is_bounds(value: Any) -> bool:
+    """A declarative hyperparameter's bounds: a tuple or list of two finite numbers with ``low < high``."""
+    if not isinstance(value, (tuple, list)) or not all(
+        isinstance(b, (int, float)) and not isinstance(b, bool) for b in value
+    ):
+        return False
+    try:
+        parse_bounds("", value)
+    except ConfigError:
+        return False
+    return True
+
+
+#: the constraint of a ``bounds`` hyperparameter (see :func:`is_bounds`)
+BOUNDS = Check(is_bounds, "a pair (low, high) of finite numbers with low < high")
+
+
+def parse_shape(owner: str, shape: Any) -> tuple[int, ...] | None:
+    """A per-sample shape as a tuple of positive ints, or ``None`` (raises :class:`ConfigError`)."""
+    if shape is None:
+        return None
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = ()
+    if not dims or not all(isinstance(d, numbers.Integral) and not isinstance(d, bool) and int(d) > 0 for d in dims):
+        raise ConfigError(
+            f"{owner}: input_shape must be the per-sample shape as positive ints, e.g. (1, 28, 28), got {shape!r}"
+        )
+    return tuple(int(d) for d in dims)

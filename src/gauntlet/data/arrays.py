@@ -12,7 +12,6 @@ channel axis, ``(N, 1, H, W)``; ``channels_last=True`` turns ``(N, H, W, C)`` in
 
 from __future__ import annotations
 
-import math
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gauntlet._validation import parse_bounds
 from gauntlet.data.base import Dataset
 from gauntlet.errors import ConfigError, DataError
 from gauntlet.models.base import InputSpec
@@ -28,16 +28,6 @@ from gauntlet.models.base import InputSpec
 __all__ = ["as_dataset", "concat", "load_npy", "load_npz"]
 
 PathLike = str | Path
-
-
-def _check_bounds_arg(owner: str, bounds: Any) -> tuple[float, float]:
-    try:
-        lo, hi = (float(b) for b in bounds)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{owner}: bounds must be a pair (low, high) of numbers, got {bounds!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ConfigError(f"{owner}: bounds must be finite with low < high, got {bounds!r}")
-    return lo, hi
 
 
 def _check_num_classes_arg(owner: str, num_classes: Any) -> int | None:
@@ -138,7 +128,7 @@ def as_dataset(
     with the relevant one.  ``num_classes`` defaults to ``max(y) + 1``.
     """
     y_source = y_source or x_source
-    lo, hi = _check_bounds_arg(name, (0.0, 1.0) if bounds is None else bounds)
+    lo, hi = parse_bounds(name, (0.0, 1.0) if bounds is None else bounds)
     k = _check_num_classes_arg(name, num_classes)
     xs = _inputs(x, x_source, (lo, hi), channels_last)
     ys, k = _labels(y, y_source, k)

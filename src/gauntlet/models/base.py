@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from gauntlet._validation import parse_bounds
 from gauntlet.errors import CapabilityError, DataError
 
 Capability = Literal["gradients", "scores", "labels"]
@@ -31,9 +32,7 @@ class InputSpec:
     bounds: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        lo, hi = self.bounds
-        if not (float(lo) < float(hi)):
-            raise DataError(f"InputSpec: bounds must be (low, high) with low < high, got {self.bounds!r}")
+        parse_bounds("InputSpec", self.bounds, finite=False, error=DataError, expected="(low, high) with low < high")
 
 
 class Model(abc.ABC):

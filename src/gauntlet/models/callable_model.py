@@ -8,7 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gauntlet._validation import Boolean, Interval, IsNone, Options, validate_params
+from gauntlet._validation import Boolean, Interval, IsNone, Options, parse_shape, validate_params
+from gauntlet._validation import parse_bounds as _parse_bounds
 from gauntlet.errors import ConfigError, DataError
 from gauntlet.models.base import InputSpec, Model
 
@@ -16,31 +17,9 @@ _OUTPUTS = ("scores", "logits", "probabilities", "labels")
 
 
 def parse_bounds(owner: str, bounds: Any) -> tuple[float, float]:
-    """``(low, high)`` as floats with ``low < high`` (raises :class:`ConfigError`)."""
-    try:
-        lo, hi = (float(bounds[0]), float(bounds[1]))
-        if len(bounds) != 2:
-            raise ValueError
-    except (TypeError, ValueError, IndexError, KeyError):
-        raise ConfigError(f"{owner}: bounds must be a pair (low, high), got {bounds!r}") from None
-    if not lo < hi:
-        raise ConfigError(f"{owner}: bounds must satisfy low < high, got {bounds!r}")
-    return lo, hi
-
-
-def parse_shape(owner: str, shape: Any) -> tuple[int, ...] | None:
-    """A per-sample shape as a tuple of positive ints, or ``None`` (raises :class:`ConfigError`)."""
-    if shape is None:
-        return None
-    try:
-        dims = tuple(shape)
-    except TypeError:
-        dims = ()
-    if not dims or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
-        raise ConfigError(
-            f"{owner}: input_shape must be the per-sample shape as positive ints, e.g. (1, 28, 28), got {shape!r}"
-        )
-    return dims
+    """A model adapter's ``(low, high)`` as floats with ``low < high`` (infinite ends allowed;
+    raises :class:`ConfigError`); see :func:`gauntlet._validation.parse_bounds`."""
+    return _parse_bounds(owner, bounds, finite=False)
 
 
 class CallableModel(Model):

@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from gauntlet._validation import Interval, IsNone, Options, validate_params
+from gauntlet._validation import Interval, IsNone, Options, parse_bounds, parse_shape, validate_params
 from gauntlet.errors import ConfigError
 from gauntlet.models.base import InputSpec, Model
 
@@ -62,19 +62,13 @@ class TorchModel(Model):
             {"num_classes": num_classes, "output": output},
             {"num_classes": [Interval(int, 2, None), IsNone()], "output": [Options(("logits", "probabilities"))]},
         )
-        try:
-            if isinstance(bounds, (str, bytes)) or len(bounds) != 2:
-                raise TypeError
-            lo, hi = (float(bounds[0]), float(bounds[1]))
-        except (TypeError, ValueError, IndexError):
-            raise ConfigError(f"TorchModel: bounds must be a pair (low, high), got {bounds!r}") from None
-        if not lo < hi:
-            raise ConfigError(f"TorchModel: bounds must satisfy low < high, got {bounds!r}")
+        lo, hi = parse_bounds("TorchModel", bounds, finite=False)
+        shape = parse_shape("TorchModel", input_shape) if input_shape else None
         self.module = module
         p = next(iter(module.parameters()), None)
         dtype = p.dtype if p is not None and p.is_floating_point() else torch.float32
         self._device = p.device if p is not None else torch.device("cpu")
-        self.input_spec = InputSpec(tuple(int(s) for s in input_shape) if input_shape else None, dtype, (lo, hi))
+        self.input_spec = InputSpec(shape, dtype, (lo, hi))
         self.output = output  # type: ignore[assignment]
         self._num_classes = num_classes
         self.mean = _stat(mean, "mean")

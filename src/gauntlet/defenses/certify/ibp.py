@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gauntlet._batch import check_input_batch, module_dtype_device
-from gauntlet._validation import Check, Constraint, Interval, IsNone, SequenceOf
+from gauntlet._validation import BOUNDS, Constraint, Interval, IsNone, SequenceOf, parse_bounds
 from gauntlet.defenses.base import check_labels
 from gauntlet.defenses.certify._result import Certification, Certifier, check_seed
 from gauntlet.defenses.registry import register
@@ -87,19 +87,8 @@ EPS_CONSTRAINT: list[Constraint] = [
 ]
 
 
-def _is_bounds(v: Any) -> bool:
-    return (
-        isinstance(v, (tuple, list))
-        and len(v) == 2
-        and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in v)
-        and float(v[0]) < float(v[1])
-    )
-
-
 def _check_bounds(bounds: object, where: str) -> tuple[float, float]:
-    if not _is_bounds(bounds):
-        raise ConfigError(f"{where}: bounds must be a pair (low, high) of finite numbers with low < high, got {bounds!r}")
-    return float(bounds[0]), float(bounds[1])  # type: ignore[index]
+    return parse_bounds(where, bounds, expected="a pair (low, high) of finite numbers with low < high")
 
 
 def _check_eps(eps: object, where: str) -> float:
@@ -418,7 +407,7 @@ class IBPCertifier(Certifier):
     norm: ClassVar[str] = "linf"
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": EPS_CONSTRAINT,
-        "bounds": [Check(_is_bounds, "a pair (low, high) of finite numbers with low < high"), IsNone()],
+        "bounds": [BOUNDS, IsNone()],
         "batch_size": [Interval(int, 1, None)],
     }
 
@@ -459,7 +448,7 @@ class IBPCertifier(Certifier):
         num_classes = int(seq[-1][1].out_features) if isinstance(seq[-1][1], nn.Linear) else None
         if y is not None:
             y = check_labels(y, x.shape[0], num_classes, x.device, where)
-        eps_list = [float(e) for e in (self.eps if isinstance(self.eps, (list, tuple)) else [self.eps])]
+        eps_list = [float(e) for e in (self.eps if isinstance(self.eps, Sequence) else [self.eps])]
         target = model if norm is not None else module
         radius = torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
         per_eps = []
@@ -480,8 +469,8 @@ class IBPCertifier(Certifier):
 
 
 __all__ = [
-    "IBPCertifier",
     "SUPPORTED_LAYERS",
+    "IBPCertifier",
     "ibp_bounds",
     "interval_forward",
     "layers",

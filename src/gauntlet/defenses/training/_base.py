@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from gauntlet import norms as N
 from gauntlet._batch import check_input_batch
-from gauntlet._validation import Check, Constraint, Interval, Options, validate_params
+from gauntlet._validation import BOUNDS, Constraint, Interval, Options, validate_params
 from gauntlet.defenses.base import Defense
 from gauntlet.errors import ConfigError, DataError, GauntletError, ModelLoadError
 
@@ -62,15 +62,6 @@ CHECKPOINT_VERSION = 1
 
 LR_SCHEDULES = ("constant", "cyclic", "step", "cosine")
 OPTIMIZERS = ("sgd", "adam")
-
-
-def _is_bounds(v: Any) -> bool:
-    return (
-        isinstance(v, (tuple, list))
-        and len(v) == 2
-        and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b) for b in v)
-        and float(v[0]) < float(v[1])
-    )
 
 
 POSITIVE: list[Constraint] = [Interval(float, 0, None, closed="neither")]
@@ -86,7 +77,7 @@ COMMON_CONSTRAINTS: dict[str, list[Constraint]] = {
     "momentum": [Interval(float, 0, 1, closed="left")],
     "weight_decay": NON_NEGATIVE,
     "lr_schedule": [Options(LR_SCHEDULES)],
-    "bounds": [Check(_is_bounds, "a pair (low, high) of finite numbers with low < high")],
+    "bounds": [BOUNDS],
 }
 
 
@@ -343,7 +334,7 @@ class Trainer(Defense):
             import difflib
 
             known = self._param_names()
-            bad = sorted(unknown)[0]
+            bad = min(unknown)
             close = difflib.get_close_matches(bad, known, n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
@@ -523,7 +514,14 @@ class Trainer(Defense):
         callback: Callable[[EpochRecord], None] | None,
     ) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         n, spe = x.shape[0], ctx.steps_per_epoch
         bar = Progress(
@@ -594,7 +592,7 @@ class Trainer(Defense):
                 out = module(x[:1])
             except GauntletError:
                 raise
-            except Exception as exc:  # a shape mismatch between data and architecture
+            except Exception as exc:  # noqa: BLE001 - a shape mismatch between data and architecture
                 msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 raise DataError(
                     f"{where}: the module cannot take x of per-sample shape {tuple(x.shape[1:])} ({msg})"
@@ -705,7 +703,7 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         state = torch.load(Path(path), map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise ModelLoadError(f"training checkpoint {str(path)!r} does not exist") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch.load fails in many ways on damaged files; one ModelLoadError line
         raise ModelLoadError(
             f"training checkpoint {str(path)!r} cannot be read safely ({type(exc).__name__}); delete it to start over"
         ) from None
@@ -753,12 +751,12 @@ def train(
 __all__ = [
     "COMMON_CONSTRAINTS",
     "EPS",
-    "EpochRecord",
     "LR_SCHEDULES",
     "NON_NEGATIVE",
     "OPTIMIZERS",
     "POSITIVE",
     "STEPS",
+    "EpochRecord",
     "TrainContext",
     "Trainer",
     "TrainingResult",
