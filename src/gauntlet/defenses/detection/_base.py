@@ -17,11 +17,10 @@ of :mod:`gauntlet.attacks` have to fool classifier and detector at once.
 from __future__ import annotations
 
 import abc
-import contextlib
 import json
 import math
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -33,7 +32,8 @@ from gauntlet import norms as N
 from gauntlet.attacks.base import Attack, check_batch
 from gauntlet.defenses.base import Defense, check_labels
 from gauntlet.errors import CapabilityError, ConfigError, DataError
-from gauntlet.models.base import InputSpec, Model
+from gauntlet.models.base import Model
+from gauntlet.models.wrapped import WrappedModel
 
 #: default scale of the detector term in :class:`DetectorAwareModel` (see there)
 DEFAULT_ADAPTIVE_SCALE = 0.1
@@ -55,7 +55,7 @@ def calibrated_threshold(scores: Tensor, fpr: float) -> float:
     s = torch.sort(scores.detach().flatten().to(torch.float64)).values
     n = int(s.numel())
     # ⌈n(1 − fpr)⌉ computed as n − ⌊n·fpr⌋ with a guard against 1000·0.05 = 50.000000000000004
-    k = n - int(math.floor(n * fpr + 1e-9))
+    k = n - math.floor(n * fpr + 1e-9)
     k = min(max(k, 1), n)
     return float(s[k - 1])
 
@@ -325,6 +325,7 @@ class Detector(Defense, abc.ABC):
     def detect(self, x: Tensor) -> Tensor:
         """``score(x) > threshold``: a bool tensor ``(N,)``, True = flagged as adversarial."""
         self._check_fitted(f"{self.name}.detect")
+        assert self.threshold is not None
         with torch.no_grad():
             return self.score(x) > self.threshold
 
@@ -392,6 +393,7 @@ class Detector(Defense, abc.ABC):
         where = f"{self.name}.evaluate"
         self._check_fitted(where)
         assert self.model_ is not None and self.threshold is not None and self.target_fpr is not None
+        threshold, target_fpr = self.threshold, self.target_fpr
         self._check_model_type(model, where)
         if not _same_model(model, self.model_):
             raise ConfigError(f"{where}: model is not the model the detector was fitted on; fit it on this model first")
@@ -436,7 +438,7 @@ class Detector(Defense, abc.ABC):
             with torch.no_grad():
                 s_adv, out = self._scores_and_logits(x_adv, False)
             fooled = out.argmax(dim=1) != y
-            flagged = s_adv > self.threshold
+            flagged = s_adv > threshold
             succ = fooled & correct
             evaded = succ & ~flagged
             sizes = N.norm(x_adv - x, norm if norm in ("linf", "l2", "l1") else "l2")[evaded]
@@ -455,8 +457,8 @@ class Detector(Defense, abc.ABC):
                     auroc=roc_auc(clean_scores[correct], s_adv[succ]),
                     median_norm=float(sizes.median()) if sizes.numel() else float("nan"),
                     union_undetected_success_rate=None if plain_evaded is None else _rate(evaded | plain_evaded, correct),
-                    threshold=float(self.threshold),  # type: ignore[arg-type]
-                    target_fpr=float(self.target_fpr),  # type: ignore[arg-type]
+                    threshold=float(threshold),
+                    target_fpr=float(target_fpr),
                     seconds=round(t, 3),
                     queries=q,
                 )
@@ -515,6 +517,7 @@ class Detector(Defense, abc.ABC):
         """Targeted runs on the detector-aware model, one target rank at a time, each on the
         correctly classified points not yet fooled-and-undetected; keeps per point an undetected
         success if found, else a (detected) success, else the first run's output."""
+        assert self.threshold is not None
         x_best = x.clone()
         state = torch.zeros(x.shape[0], dtype=torch.int64, device=x.device)  # 0 none, 1 detected success, 2 undetected
         queries = 0
@@ -528,7 +531,7 @@ class Detector(Defense, abc.ABC):
             with torch.no_grad():
                 s, out = self._scores_and_logits(xa, False)
             fooled = out.argmax(dim=1) != y[todo]
-            new = torch.where(fooled & ~(s > self.threshold), 2, torch.where(fooled, 1, 0))  # type: ignore[operator]
+            new = torch.where(fooled & ~(s > self.threshold), 2, torch.where(fooled, 1, 0))
             better = torch.ones_like(fooled) if r == 0 else new > state[todo]
             x_best[todo[better]] = xa[better]
             state[todo[better]] = new[better]
@@ -555,7 +558,7 @@ def _same_stat(u: Tensor | None, v: Tensor | None) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-class DetectorAwareModel(Model):
+class DetectorAwareModel(WrappedModel):
     """The classifier and a fitted detector as one model with an extra "detected" class
     (Carlini & Wagner 2017, "Adversarial Examples Are Not Easily Detected", §3).
 
@@ -579,11 +582,11 @@ class DetectorAwareModel(Model):
     Under a gradient request the detector is seen through its adaptive (BPDA) view, so
     non-differentiable squeezers pass gradients straight through; predictions use the real
     detector.  Scores are logits (probabilities of the inner model are turned into log-probabilities).
-    One query per sample and call; ``attack_mode`` enters the inner model's.
+    One query per sample and call; capabilities, input spec, device and ``attack_mode`` are the
+    inner model's (:class:`~gauntlet.models.WrappedModel`).
     """
 
     def __init__(self, model: Model, detector: Detector, *, scale: float = DEFAULT_ADAPTIVE_SCALE) -> None:
-        super().__init__()
         if not isinstance(detector, Detector):
             raise ConfigError(f"DetectorAwareModel: detector must be a fitted gauntlet Detector, got {type(detector).__name__}")
         detector._check_fitted("DetectorAwareModel")
@@ -595,24 +598,12 @@ class DetectorAwareModel(Model):
             raise ConfigError(f"DetectorAwareModel: scale must be a finite number > 0, got {scale!r}")
         if model.num_classes is None:
             raise ConfigError("DetectorAwareModel: the model's num_classes is unknown; pass num_classes= to its adapter")
+        super().__init__(model)
         self.model = model
         self.detector = detector
         self.scale = float(scale)
-        self.capabilities = model.capabilities
-        self.input_spec: InputSpec = model.input_spec
         self.output = "logits"
         self._num_classes = int(model.num_classes) + 1
-        self.randomized = model.randomized
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @contextlib.contextmanager
-    def attack_mode(self) -> Iterator[None]:
-        """The inner model's attack mode."""
-        with self.model.attack_mode():
-            yield
 
     def _forward(self, x: Tensor) -> Tensor:
         d = self.detector

@@ -8,8 +8,7 @@ An :class:`Ensemble` defense combines its members' outputs (:meth:`Ensemble.comb
 from __future__ import annotations
 
 import abc
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -18,7 +17,8 @@ from torch import Tensor
 
 from gauntlet.defenses.base import Defense
 from gauntlet.errors import ConfigError, DataError
-from gauntlet.models.base import InputSpec, Model
+from gauntlet.models.base import InputSpec, Model, Output
+from gauntlet.models.wrapped import WrappedModel
 
 
 def log_probabilities(out: Tensor, output: str) -> Tensor:
@@ -52,7 +52,7 @@ class Ensemble(Defense, abc.ABC):
             caps.add("gradients")
         return frozenset(caps)
 
-    def output_for(self, members: Sequence[Model]) -> str:
+    def output_for(self, members: Sequence[Model]) -> Output:
         return "logits"
 
     def wrap(self, models: Sequence[Model]) -> EnsembleModel:
@@ -64,12 +64,13 @@ class Ensemble(Defense, abc.ABC):
         return EnsembleModel(self, models)
 
 
-class EnsembleModel(Model):
+class EnsembleModel(WrappedModel):
     """Several models combined by an :class:`Ensemble` defense, attacked as one model.
 
     ``scores`` calls every member on the same batch (with grad when the caller asked for it) and
     combines; ``predict`` takes the argmax of the combined scores.  ``attack_mode`` enters every
-    member's.  ``randomized`` is true when any member is.
+    member's, the device is theirs (:class:`~gauntlet.models.WrappedModel`).  ``randomized`` is
+    true when any member is.
 
     **Counting.** One query to the ensemble is one query to the deployed system: the ensemble's
     ``queries`` grows by ``N`` per call, or by the costliest member's query increase when a member
@@ -79,9 +80,8 @@ class EnsembleModel(Model):
     """
 
     def __init__(self, ensemble: Ensemble, models: Sequence[Model]) -> None:
-        super().__init__()
         where = f"{getattr(ensemble, 'name', type(ensemble).__name__)}.wrap"
-        if isinstance(models, Model) or isinstance(models, (str, bytes)) or not isinstance(models, Sequence):
+        if isinstance(models, (Model, str, bytes)) or not isinstance(models, Sequence):
             raise ConfigError(f"{where}: models must be a list of gauntlet Models, got {type(models).__name__}")
         models = list(models)
         if len(models) < 2:
@@ -118,25 +118,12 @@ class EnsembleModel(Model):
                 )
         ensemble.check_members(models)
 
+        super().__init__(*models)
         self.ensemble = ensemble
-        self.members: tuple[Model, ...] = tuple(models)
+        self.members: tuple[Model, ...] = self.inner_models
         self.capabilities = ensemble.capabilities_for(self.members)
-        self.output = ensemble.output_for(self.members)  # type: ignore[assignment]
+        self.output = ensemble.output_for(self.members)
         self.input_spec = InputSpec(shapes[0][1] if shapes else None, first.input_spec.dtype, first.bounds)
-        self._num_classes = first.num_classes
-        self.randomized = any(m.randomized for m in self.members)
-
-    @property
-    def device(self) -> torch.device:
-        return self.members[0].device
-
-    @contextlib.contextmanager
-    def attack_mode(self) -> Iterator[None]:
-        """Every member's attack mode at once (each restored on exit)."""
-        with contextlib.ExitStack() as stack:
-            for m in self.members:
-                stack.enter_context(m.attack_mode())
-            yield
 
     def _check(self, x: object) -> Tensor:
         if not isinstance(x, Tensor):

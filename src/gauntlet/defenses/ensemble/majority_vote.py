@@ -10,7 +10,7 @@ from torch import Tensor
 
 from gauntlet.defenses.ensemble._base import Ensemble, log_probabilities
 from gauntlet.defenses.registry import register
-from gauntlet.models.base import Model
+from gauntlet.models.base import Model, Output
 
 
 @register
@@ -34,7 +34,7 @@ class MajorityVote(Ensemble):
     def __init__(self) -> None:
         self._validate()
 
-    def output_for(self, members: Sequence[Model]) -> str:
+    def output_for(self, members: Sequence[Model]) -> Output:
         return "probabilities"
 
     def combine(self, outs: Sequence[Tensor], members: Sequence[Model], grad: bool) -> Tensor:

@@ -28,18 +28,18 @@ the real transform with one random draw, which is what the deployed defense does
 from __future__ import annotations
 
 import abc
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gauntlet._validation import parse_bounds
 from gauntlet.defenses.base import Defense
 from gauntlet.errors import CapabilityError, ConfigError, DataError
-from gauntlet.models.base import InputSpec, Model
+from gauntlet.models.base import Model
+from gauntlet.models.wrapped import WrappedModel
 
 Bounds = tuple[float, float]
 
@@ -50,16 +50,8 @@ DEFAULT_EOT_SAMPLES = 10
 # ------------------------------------------------------------------------------------------------
 # shared checks and helpers (used by the defense modules and by the feature-squeezing detector)
 def check_bounds(bounds: object, where: str) -> Bounds:
-    """``bounds`` as a float pair ``(low, high)`` with ``low < high``, else :class:`ConfigError`."""
-    try:
-        if isinstance(bounds, (str, bytes)) or len(bounds) != 2:  # type: ignore[arg-type]
-            raise TypeError
-        lo, hi = float(bounds[0]), float(bounds[1])  # type: ignore[index]
-    except (TypeError, ValueError, IndexError):
-        raise ConfigError(f"{where}: bounds must be a pair (low, high), got {bounds!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
-        raise ConfigError(f"{where}: bounds must be finite with low < high, got {bounds!r}")
-    return lo, hi
+    """``bounds`` as a finite float pair ``(low, high)`` with ``low < high``, else :class:`ConfigError`."""
+    return parse_bounds(where, bounds)
 
 
 def check_int_param(value: object, name: str, low: int, high: int | None, where: str) -> int:
@@ -196,11 +188,12 @@ class Preprocessor(Defense, abc.ABC):
         return PreprocessedModel(self, model, adaptive=adaptive, eot_samples=eot_samples, seed=seed)
 
 
-class PreprocessedModel(Model):
+class PreprocessedModel(WrappedModel):
     """A model behind a preprocessing defense: ``f(transform(x))``.
 
-    It has the inner model's capabilities, input spec, output kind and number of classes, and
-    ``randomized`` equal to the transform's.  ``attack_mode`` enters the inner model's.
+    It has the inner model's (``model``) capabilities, input spec, output kind, number of classes,
+    device and attack mode (:class:`~gauntlet.models.WrappedModel`), and ``randomized`` equal to
+    the transform's.
 
     **Counting.** Every forward pass the wrapper makes goes through the inner model's counted
     ``scores``/``predict``, and the wrapper adds the inner model's query increase to its own
@@ -219,7 +212,6 @@ class PreprocessedModel(Model):
         eot_samples: int | None = None,
         seed: int = 0,
     ) -> None:
-        super().__init__()
         where = f"{getattr(preprocessor, 'name', type(preprocessor).__name__)}.wrap"
         if not isinstance(preprocessor, Preprocessor):
             raise ConfigError(
@@ -249,6 +241,7 @@ class PreprocessedModel(Model):
             raise ConfigError(f"{where}: seed must be an int >= 0, got {seed!r}")
         preprocessor.check_model(model)
 
+        super().__init__(model)
         self.preprocessor = preprocessor
         self.model = model
         self.adaptive = adaptive
@@ -258,9 +251,6 @@ class PreprocessedModel(Model):
         self.seed = seed
         self.generator = torch.Generator(device=model.device).manual_seed(seed)
         self.randomized = preprocessor.randomized
-        self.capabilities = model.capabilities
-        self.input_spec: InputSpec = model.input_spec
-        self.output = model.output
 
     # -- description -----------------------------------------------------------------------------
     @property
@@ -272,21 +262,11 @@ class PreprocessedModel(Model):
         return self.model.num_classes
 
     @_num_classes.setter
-    def _num_classes(self, value: int | None) -> None:  # set by Model.infer_num_classes only
+    def _num_classes(self, value: int | None) -> None:  # the inner model's count is the one kept
         pass
 
     def infer_num_classes(self, x: Tensor) -> int:
         return self.model.infer_num_classes(x)
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @contextlib.contextmanager
-    def attack_mode(self) -> Iterator[None]:
-        """The inner model's attack mode."""
-        with self.model.attack_mode():
-            yield
 
     def reseed(self, seed: int | None = None) -> None:
         """Restart the wrapper's random stream from ``seed`` (default: the seed given at wrap time)."""
