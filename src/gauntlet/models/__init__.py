@@ -2,9 +2,22 @@
 
 from gauntlet.models.base import InputSpec, Model
 from gauntlet.models.callable_model import CallableModel
-from gauntlet.models.loading import detect_format, load
+from gauntlet.models.loading import build_arch, detect_format, load, resolve_arch
 from gauntlet.models.onnx_model import OnnxModel
 from gauntlet.models.sklearn_model import SklearnModel
 from gauntlet.models.torch_model import TorchModel
+from gauntlet.models.wrapped import WrappedModel
 
-__all__ = ["CallableModel", "InputSpec", "Model", "OnnxModel", "SklearnModel", "TorchModel", "detect_format", "load"]
+__all__ = [
+    "CallableModel",
+    "InputSpec",
+    "Model",
+    "OnnxModel",
+    "SklearnModel",
+    "TorchModel",
+    "WrappedModel",
+    "build_arch",
+    "detect_format",
+    "load",
+    "resolve_arch",
+]

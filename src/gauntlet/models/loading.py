@@ -42,7 +42,7 @@ from gauntlet.models.sklearn_model import SklearnModel
 from gauntlet.models.torch_model import TorchModel
 from gauntlet.models.zoo import ARCHITECTURES
 
-__all__ = ["load", "detect_format"]
+__all__ = ["build_arch", "detect_format", "load", "resolve_arch"]
 
 _TORCH_LEGACY_MAGIC = b"\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19"  # LONG1 opcode + torch's magic number
 _PICKLE_EXTS = {".pkl", ".pickle", ".joblib", ".sav", ".dill"}
@@ -149,7 +149,15 @@ def _check_path(path: Any) -> Path:
 
 # ------------------------------------------------------------------------------------------------
 # architectures
-def _resolve_arch(arch: Any) -> tuple[Callable[..., Any], str]:
+def resolve_arch(arch: Any) -> tuple[Callable[..., Any], str]:
+    """The architecture ``arch`` names and a label for it: ``(class or factory, label)``.
+
+    ``arch`` is a name from :data:`gauntlet.models.zoo.ARCHITECTURES` (``"digits_cnn"``, ...),
+    ``"module.path:ClassName"`` (or ``"module.path.ClassName"``; the module is imported), or a
+    class, factory or ``nn.Module`` instance (returned as it is).  Raises
+    :class:`~gauntlet.errors.UnknownNameError` for an unknown zoo name and
+    :class:`~gauntlet.errors.ConfigError` for a path that cannot be imported or is not callable.
+    """
     if isinstance(arch, nn.Module) or (callable(arch) and not isinstance(arch, str)):
         return arch, getattr(arch, "__name__", type(arch).__name__)
     if not isinstance(arch, str) or not arch.strip():
@@ -171,7 +179,7 @@ def _resolve_arch(arch: Any) -> tuple[Callable[..., Any], str]:
         raise ConfigError(f"load: arch {arch!r} must look like 'module.path:ClassName'")
     try:
         obj: Any = importlib.import_module(mod_name)
-    except Exception as exc:  # the module's own import errors, whatever they are
+    except Exception as exc:  # noqa: BLE001 - the module's own import errors, whatever they are
         raise ConfigError(
             f"load: cannot import module {mod_name!r} for arch {arch!r} ({type(exc).__name__}: {_first_line(exc)}); "
             "check the spelling and that it is importable (PYTHONPATH)"
@@ -194,11 +202,21 @@ def _accepts(factory: Callable[..., Any], name: str) -> bool:
         return False
 
 
-def _build_arch(arch: Any, kwargs: Mapping[str, Any], num_classes: int | None) -> tuple[nn.Module, str]:
-    factory, label = _resolve_arch(arch)
-    if num_classes is not None and "num_classes" not in kwargs and not isinstance(factory, nn.Module):
-        if _accepts(factory, "num_classes"):
-            kwargs = {**kwargs, "num_classes": num_classes}
+def build_arch(arch: Any, kwargs: Mapping[str, Any], num_classes: int | None) -> tuple[nn.Module, str]:
+    """A fresh ``nn.Module`` of the architecture ``arch`` (see :func:`resolve_arch`) and its label.
+
+    The class or factory is called with ``kwargs``, plus ``num_classes`` when given, not in
+    ``kwargs`` and accepted by it; the global RNG is left untouched.  Raises
+    :class:`~gauntlet.errors.ConfigError` when it cannot be built or builds no ``nn.Module``.
+    """
+    factory, label = resolve_arch(arch)
+    if (
+        num_classes is not None
+        and "num_classes" not in kwargs
+        and not isinstance(factory, nn.Module)
+        and _accepts(factory, "num_classes")
+    ):
+        kwargs = {**kwargs, "num_classes": num_classes}
     if isinstance(factory, nn.Module):
         if kwargs:
             raise ConfigError(f"load: arch is a module instance; arguments {sorted(kwargs)} cannot be applied to it")
@@ -211,6 +229,10 @@ def _build_arch(arch: Any, kwargs: Mapping[str, Any], num_classes: int | None) -
     if not isinstance(module, nn.Module):
         raise ConfigError(f"load: arch {label!r} built a {type(module).__name__}, not a torch.nn.Module")
     return module, label
+
+
+_resolve_arch = resolve_arch  # the former private names, kept for callers that import them
+_build_arch = build_arch
 
 
 def _fmt_keys(keys: Sequence[str], limit: int = 4) -> str:
@@ -274,7 +296,7 @@ def _torch_load(p: Path, fmt: str, trust: bool) -> Any:
             raise UntrustedFileError(
                 f"{where} holds pickled Python objects beyond plain weights (e.g. a whole nn.Module); {_UNTRUSTED}"
             ) from None
-    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError, ... on damaged files
+    except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, KeyError, ... on damaged files
         kind = "legacy (pre-1.6) torch.save" if fmt == "torch_legacy" else "torch.save"
         raise ModelLoadError(
             f"cannot read {where} as a {kind} file ({type(exc).__name__}: {_first_line(exc)}); "
@@ -282,7 +304,7 @@ def _torch_load(p: Path, fmt: str, trust: bool) -> Any:
         ) from None
     try:  # trust=True: the explicit, opted-in full unpickling path
         return torch.load(p, map_location="cpu", weights_only=False)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure becomes one ModelLoadError line
         raise ModelLoadError(
             f"cannot unpickle {where} ({type(exc).__name__}: {_first_line(exc)}); "
             "import the module that defines the saved classes first, or re-save as a state dict"
@@ -294,10 +316,10 @@ def _pickle_load(p: Path, trust: bool) -> Any:
     if not trust:
         raise UntrustedFileError(f"{where} is a pickle/joblib file; {_UNTRUSTED}")
     try:
-        import joblib
+        import joblib  # type: ignore[import-untyped]  # joblib ships no type information
 
         return joblib.load(p)
-    except Exception as exc:  # unpickling can fail in arbitrary ways
+    except Exception as exc:  # noqa: BLE001 - unpickling can fail in arbitrary ways
         raise ModelLoadError(
             f"cannot unpickle {where} ({type(exc).__name__}: {_first_line(exc)}); "
             "the file is corrupt, or the classes it refers to are not importable here"
@@ -313,7 +335,7 @@ def _safetensors_load(p: Path) -> dict[str, Tensor]:
         ) from None
     try:
         return load_file(str(p), device="cpu")
-    except Exception as exc:  # SafetensorError and friends
+    except Exception as exc:  # noqa: BLE001 - SafetensorError and friends
         raise ModelLoadError(
             f"cannot read {str(p)!r} as safetensors ({_first_line(exc)}); the file is truncated or corrupt, re-save it"
         ) from None
@@ -381,7 +403,7 @@ def load(
                     "ignore", message=r".*torch\.jit\.load.* is deprecated", category=DeprecationWarning
                 )
                 module = torch.jit.load(str(p), map_location="cpu")
-        except Exception as exc:  # torch raises RuntimeError and others on damaged archives
+        except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError and others on damaged archives
             raise ModelLoadError(
                 f"cannot read {where} as a TorchScript archive ({_first_line(exc)}); the file is corrupt, re-save it"
             ) from None
@@ -404,7 +426,7 @@ def load(
                 f"load: {where} holds only weights (a state dict); pass arch= one of "
                 f"{', '.join(sorted(ARCHITECTURES))} or 'module.path:ClassName'"
             )
-        module, label = _build_arch(arch, arch_kwargs, num_classes)
+        module, label = build_arch(arch, arch_kwargs, num_classes)
         _apply_state_dict(module, sd, label, where)
         if input_shape is None and isinstance(arch, str):
             input_shape = _ZOO_INPUT_SHAPES.get(arch)

@@ -5,6 +5,7 @@ architectures of the public pretrained MNIST models (so their state dicts load w
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -95,7 +96,8 @@ def wong_kolter_wide(num_classes: int = 10, hidden: int = 200) -> nn.Sequential:
     )
 
 
-ARCHITECTURES = {
+#: the architectures ``gauntlet.models.load(..., arch=name)`` and ``gauntlet train --arch`` know by name
+ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "digits_cnn": DigitsCNN,
     "smallcnn": SmallCNN,
     "lenet5": LeNet5,
