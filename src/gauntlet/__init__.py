@@ -7,4 +7,4 @@ from gauntlet.threat import ThreatModel
 
 __version__ = "0.1.0"
 
-__all__ = ["AttackResult", "GauntletError", "ThreatModel", "attacks", "data", "defenses", "errors", "models", "norms", "__version__"]
+__all__ = ["AttackResult", "GauntletError", "ThreatModel", "__version__", "attacks", "data", "defenses", "errors", "models", "norms"]

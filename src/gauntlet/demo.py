@@ -6,7 +6,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from gauntlet.audit.spec import AuditSpec
@@ -38,7 +38,7 @@ def digits_model(seed: int = 0, epochs: int = 30) -> torch.nn.Module:
         try:
             net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
             return net.eval()
-        except Exception:  # corrupt cache: retrain
+        except Exception:  # noqa: BLE001 - corrupt cache: retrain
             log.warning("ignoring unreadable cached model %s", path)
     with torch.random.fork_rng():  # seeded layer initialisation without touching the caller's RNG
         torch.manual_seed(seed)
@@ -52,7 +52,7 @@ def digits_model(seed: int = 0, epochs: int = 30) -> torch.nn.Module:
     return net.eval()
 
 
-def demo_spec(seed: int = 0) -> "AuditSpec":
+def demo_spec(seed: int = 0) -> AuditSpec:
     """The audit ``gauntlet demo`` runs: the cached digits CNN, the 450 test digits, the quick preset."""
     from gauntlet.audit.spec import load_spec
 

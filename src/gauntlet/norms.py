@@ -105,7 +105,7 @@ def steepest_ascent(
             blocked = ((x <= bounds[0]) & (g < 0)) | ((x >= bounds[1]) & (g > 0))
             g = g.masked_fill(blocked, 0.0)
         flat = g.flatten(1)
-        k = min(flat.shape[1], max(int(round((1.0 - sparsity) * flat.shape[1])), 10))
+        k = min(flat.shape[1], max(round((1.0 - sparsity) * flat.shape[1]), 10))
         thr = flat.abs().topk(k, dim=1).values[:, -1:]
         d = torch.where(flat.abs() >= thr, flat.sign(), torch.zeros_like(flat))
         d = d / d.abs().sum(dim=1, keepdim=True).clamp_min(1.0)

@@ -26,10 +26,10 @@ from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.base import Model
 from gauntlet.threat import as_eps_tuple
 
-STEPS = [Interval(int, 1, None)]
-POSITIVE = [Interval(float, 0, None, closed="neither")]
-OPTIONAL_POSITIVE = [Interval(float, 0, None, closed="neither"), IsNone()]
-BATCH_SIZE = [Interval(int, 1, None), IsNone()]
+STEPS: list[Constraint] = [Interval(int, 1, None)]
+POSITIVE: list[Constraint] = [Interval(float, 0, None, closed="neither")]
+OPTIONAL_POSITIVE: list[Constraint] = [Interval(float, 0, None, closed="neither"), IsNone()]
+BATCH_SIZE: list[Constraint] = [Interval(int, 1, None), IsNone()]
 
 
 @dataclass
@@ -242,7 +242,7 @@ class Attack(abc.ABC):
         return torch.cat([model.predict(x[s : s + batch_size], count=False) for s in range(0, x.shape[0], batch_size)])
 
     def _check_inputs(self, model: Model, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        from gauntlet.attacks.registry import list_attacks, get_attack_class
+        from gauntlet.attacks.registry import get_attack_class, list_attacks
 
         if not isinstance(model, Model):
             hint = " wrap it: gauntlet.models.TorchModel(module, bounds=(0, 1))" if isinstance(model, torch.nn.Module) else ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -55,4 +54,4 @@ def goal_loss(name: str, logits: Tensor, y: Tensor, target: Tensor | None) -> Te
 
 LOSSES = ("ce", "margin", "dlr")
 
-__all__ = ["cross_entropy", "margin", "dlr", "dlr_targeted", "goal_loss", "LOSSES", "torch"]
+__all__ = ["LOSSES", "cross_entropy", "dlr", "dlr_targeted", "goal_loss", "margin"]

@@ -23,7 +23,7 @@ class Dataset:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
-    def subset(self, n: int | None, seed: int = 0) -> "Dataset":
+    def subset(self, n: int | None, seed: int = 0) -> Dataset:
         """A random subset of ``n`` samples (all when ``n`` is None or ≥ len), reproducible by seed."""
         if n is None or n >= len(self):
             return self

@@ -14,8 +14,8 @@ def load_digits(split: str = "test", test_fraction: float = 0.25, seed: int = 0)
     ``split`` is ``"train"``, ``"test"`` or ``"all"``; the split is a fixed stratified shuffle
     (``seed``), so train and test never overlap.
     """
-    from sklearn.datasets import load_digits as _load
-    from sklearn.model_selection import train_test_split
+    from sklearn.datasets import load_digits as _load  # type: ignore[import-untyped]  # scikit-learn ships no type information
+    from sklearn.model_selection import train_test_split  # type: ignore[import-untyped]  # scikit-learn ships no type information
 
     from gauntlet.errors import ConfigError
 

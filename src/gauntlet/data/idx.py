@@ -12,7 +12,7 @@ import math
 import struct
 import zlib
 from pathlib import Path
-from typing import IO
+from typing import Protocol
 
 import numpy as np
 
@@ -28,7 +28,11 @@ _PREFIX = {"train": ("train",), "test": ("t10k", "test")}
 _SPLITS = ("train", "test", "all")
 
 
-def _read_exact(f: IO[bytes], n: int) -> bytes:
+class _Readable(Protocol):
+    def read(self, size: int, /) -> bytes: ...
+
+
+def _read_exact(f: _Readable, n: int) -> bytes:
     """Up to ``n`` bytes, read in bounded chunks so a lying header cannot force a huge allocation."""
     parts: list[bytes] = []
     left = n

@@ -60,7 +60,9 @@ def _size_arg(size: Any) -> tuple[int, int] | None:
         h, w = pair
     except (TypeError, ValueError):
         h = w = None
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (h, w)):
+    if not (
+        isinstance(h, int) and isinstance(w, int) and not isinstance(h, bool) and not isinstance(w, bool) and h > 0 and w > 0
+    ):
         raise ConfigError(f"load_image_folder: size must be a positive int or (height, width), got {size!r}")
     return h, w
 
@@ -145,7 +147,7 @@ def load_image_folder(
     if not files:
         raise DataError(f"{root}: empty folder: no images in its class subfolders")
 
-    arrays = []
+    arrays: list[np.ndarray] = []
     for p, _ in files:
         a = _read(p, color, hw)
         if arrays and a.shape[:2] != arrays[0].shape[:2]:

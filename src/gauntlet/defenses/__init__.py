@@ -18,5 +18,6 @@ __all__ = [
     "get_defense_class",
     "list_defenses",
     "preprocessing",
+    "register",
     "training",
 ]

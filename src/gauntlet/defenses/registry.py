@@ -31,10 +31,10 @@ def register(cls: D) -> D:
 
 def _load_all() -> None:
     # importing each subpackage registers every defense module in it
-    import gauntlet.defenses.certify  # noqa: F401
-    import gauntlet.defenses.detection  # noqa: F401
-    import gauntlet.defenses.ensemble  # noqa: F401
-    import gauntlet.defenses.preprocessing  # noqa: F401
+    import gauntlet.defenses.certify
+    import gauntlet.defenses.detection
+    import gauntlet.defenses.ensemble
+    import gauntlet.defenses.preprocessing
     import gauntlet.defenses.training  # noqa: F401
 
 

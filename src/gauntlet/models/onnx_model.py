@@ -28,7 +28,7 @@ def _first_line(exc: BaseException) -> str:
 def import_onnxruntime() -> Any:
     """``onnxruntime``, or a :class:`ModelLoadError` saying how to install it."""
     try:
-        import onnxruntime
+        import onnxruntime  # type: ignore[import-untyped]  # onnxruntime ships no type information
     except ImportError:
         raise ModelLoadError(
             "ONNX models need onnxruntime, which is not installed; pip install gauntlet[onnx]"
@@ -98,7 +98,7 @@ class OnnxModel(Model):
         options.log_severity_level = 3
         try:
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
-        except Exception as exc:  # onnxruntime raises its own pybind exception types
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
             raise ModelLoadError(
                 f"OnnxModel: cannot load {str(self.path)!r} as an ONNX model ({_first_line(exc)}); "
                 "the file is corrupt or not ONNX: re-export it (torch.onnx.export)"
@@ -158,7 +158,7 @@ class OnnxModel(Model):
     def _run(self, arr: np.ndarray) -> np.ndarray:
         try:
             return np.asarray(self.session.run([self._out_name], {self._in_name: arr})[0])
-        except Exception as exc:  # onnxruntime's pybind exceptions
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's pybind exceptions
             raise DataError(
                 f"OnnxModel: onnxruntime rejected a batch of shape {arr.shape} ({_first_line(exc)}); "
                 "pass inputs of the shape the model was exported with"

@@ -44,9 +44,9 @@ class SklearnModel(Model):
         num_classes: int | None = None,
     ) -> None:
         super().__init__()
-        from sklearn.base import BaseEstimator
-        from sklearn.exceptions import NotFittedError
-        from sklearn.utils.validation import check_is_fitted
+        from sklearn.base import BaseEstimator  # type: ignore[import-untyped]  # scikit-learn ships no type information
+        from sklearn.exceptions import NotFittedError  # type: ignore[import-untyped]  # scikit-learn ships no type information
+        from sklearn.utils.validation import check_is_fitted  # type: ignore[import-untyped]  # scikit-learn ships no type information
 
         validate_params(
             "SklearnModel", {"num_classes": num_classes}, {"num_classes": [Interval(int, 2, None), IsNone()]}

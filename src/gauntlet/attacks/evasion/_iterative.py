@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import Tensor
 
@@ -55,7 +57,7 @@ def projected_gradient(
     for _ in range(steps):
         xa, xc, ya = x_adv[idx], x[idx], y[idx]
         ta = target[idx] if target is not None else None
-        _, g, logits = loss_and_grad(ctx.model, xa, lambda z: goal_loss(loss, z, ya, ta))
+        _, g, logits = loss_and_grad(ctx.model, xa, partial(goal_loss, loss, y=ya, target=ta))
         fooled = logits.argmax(1) == ta if ta is not None else logits.argmax(1) != ya
         keep = ~fooled
         if not bool(keep.any()):

@@ -76,6 +76,25 @@ def halving(
 class _Active:
     """Per-sample state of the samples still being attacked (all tensors share dim 0)."""
 
+    idx: Tensor  # positions in the batch
+    y: Tensor
+    t: Tensor | None  # targets of a targeted loss
+    box_lo: Tensor | None  # L∞: the ε-box intersected with the bounds
+    box_hi: Tensor | None
+    x0: Tensor | None  # L2: the clean points
+    x: Tensor
+    x_prev: Tensor
+    loss_prev: Tensor
+    grad: Tensor | None  # None only when no step is taken
+    loss_best: Tensor
+    x_best: Tensor
+    grad_best: Tensor | None
+    step: Tensor
+    n_up: Tensor
+    best_at_check: Tensor
+    halved_at_check: Tensor
+    x_best_adv: Tensor | None  # without early stop: the latest adversarial iterate
+
     def __init__(self, **tensors: Tensor | None) -> None:
         self.__dict__.update(tensors)
 
@@ -116,9 +135,11 @@ def apgd_search(
     def project(z: Tensor, s: _Active) -> Tensor:  # in place on the fresh tensor z
         if linf:
             return z.clamp_(min=s.box_lo, max=s.box_hi)
-        d = z.sub_(s.x0)
+        x0 = s.x0
+        assert x0 is not None  # set for L2
+        d = z.sub_(x0)
         factor = (eps / N.norm(d, "l2").clamp_min(1e-12)).clamp_(max=1.0)
-        return d.mul_(factor.view(view)).add_(s.x0).clamp_(lo, hi)
+        return d.mul_(factor.view(view)).add_(x0).clamp_(lo, hi)
 
     def evaluate(s: _Active, need_grad: bool) -> tuple[Tensor, Tensor | None, Tensor]:
         def fn(z: Tensor) -> Tensor:
@@ -132,7 +153,10 @@ def apgd_search(
 
     def adversarial(logits: Tensor, s: _Active) -> Tensor:
         pred = logits.argmax(dim=1)
-        return pred == s.t if hit_target else pred != s.y
+        if hit_target:
+            assert s.t is not None  # hitting a target needs one
+            return pred == s.t
+        return pred != s.y
 
     x_start = (x + N.random_in_ball(x, norm, eps, ctx.generator)).clamp(lo, hi)
     s = _Active(
@@ -161,6 +185,7 @@ def apgd_search(
         nonlocal fooled
         adv = adversarial(logits, s)
         if not early_stop:
+            assert s.x_best_adv is not None  # kept when not stopping early
             fooled = fooled | adv
             s.x_best_adv = torch.where(adv.view(view), s.x, s.x_best_adv)
             return True
@@ -178,11 +203,13 @@ def apgd_search(
         if not alive:
             break
         # --- the momentum step from x_{i-1} to x_i
+        g = s.grad
+        assert g is not None  # every step but the last computes a gradient
         if linf:
-            z = torch.addcmul(s.x, s.step.view(view), s.grad.sign())
+            z = torch.addcmul(s.x, s.step.view(view), g.sign())
         else:
-            gnorm = N.norm(s.grad, "l2").clamp_min(1e-12)
-            z = torch.addcmul(s.x, (s.step / gnorm).view(view), s.grad)
+            gnorm = N.norm(g, "l2").clamp_min(1e-12)
+            z = torch.addcmul(s.x, (s.step / gnorm).view(view), g)
         z = project(z, s)
         if i > 1:  # x + α(z − x) + (1 − α)(x − x_prev) = lerp(2x − x_prev, z, α)
             z = project(torch.lerp(s.x_prev, s.x, 2.0).lerp_(z, MOMENTUM), s)
@@ -197,8 +224,9 @@ def apgd_search(
         s.loss_best = torch.where(improved, loss_now, s.loss_best)
         s.x_best = torch.where(improved.view(view), s.x, s.x_best)
         if need_grad:
+            assert grad is not None and s.grad_best is not None
             s.grad = grad
-            s.grad_best = torch.where(improved.view(view), grad, s.grad_best)  # type: ignore[arg-type]
+            s.grad_best = torch.where(improved.view(view), grad, s.grad_best)
         alive = book_adversarial(logits)
 
         # --- checkpoint: halve the step size and restart from the best point where needed
@@ -214,6 +242,7 @@ def apgd_search(
             s.n_up = torch.zeros_like(s.n_up)
             s.step = torch.where(halve, 0.5 * s.step, s.step)
             h = halve.view(view)
+            assert s.grad is not None and s.grad_best is not None  # i < steps: this step had a gradient
             s.x = torch.where(h, s.x_best, s.x)
             s.grad = torch.where(h, s.grad_best, s.grad)
 
@@ -221,6 +250,7 @@ def apgd_search(
         if early_stop:
             out[s.idx] = s.x_best
         else:
+            assert s.x_best_adv is not None
             out = torch.where(fooled.view(view), s.x_best_adv, s.x_best)
     return out, fooled
 
@@ -269,7 +299,12 @@ class _APGD(Attack):
             clean = ctx.model.scores(x)
         runs, hit_target = self._targets(ctx, y, clean)
         pred = clean.argmax(dim=1)
-        standing = pred != ctx.target if hit_target else pred == y  # points not yet broken
+        # points not yet broken (success means hitting the target only when the run is targeted)
+        if hit_target:
+            assert ctx.target is not None
+            standing = pred != ctx.target
+        else:
+            standing = pred == y
         out = x.clone()
         for t in runs:
             for _ in range(self.restarts):

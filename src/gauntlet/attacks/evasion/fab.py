@@ -48,7 +48,7 @@ def project_hyperplane_box(w: Tensor, c: Tensor, lower: Tensor, upper: Tensor, n
     cap = torch.where(w > 0, upper, torch.where(w < 0, -lower, torch.zeros_like(w))).clamp_min(0)
     gain = aw * cap  # <w, d> collected when coordinate j is at its cap
     sign = torch.sign(w)
-    n, dim = w.shape
+    dim = w.shape[1]
     if norm == "l1":
         order = aw.argsort(dim=1, descending=True)
         aw_s, gain_s, cap_s = aw.gather(1, order), gain.gather(1, order), cap.gather(1, order)

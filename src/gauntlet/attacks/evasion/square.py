@@ -252,10 +252,10 @@ class Square(Attack):
             p = p_schedule(self.p_init, it, budget)
             if self.norm == "linf":
                 if image:
-                    s = min(max(int(round(math.sqrt(p * h * w))), 1), h, w)
+                    s = min(max(round(math.sqrt(p * h * w)), 1), h, w)
                     sh = sw = s
                 else:
-                    sh, sw = 1, min(max(int(round(p * w)), 1), w)
+                    sh, sw = 1, min(max(round(p * w), 1), w)
                 top = torch.randint(0, h - sh + 1, (k,), generator=gen, device=dev)
                 left = torch.randint(0, w - sw + 1, (k,), generator=gen, device=dev)
                 mask = _window_mask(top, left, sh, sw, h, w)
@@ -285,12 +285,12 @@ class Square(Attack):
         k, c, h, w = x.shape
         dev, dt = x.device, x.dtype
         if h > 1:
-            s = max(int(round(math.sqrt(p * h * w))), 3)
+            s = max(round(math.sqrt(p * h * w)), 3)
             s += 1 - s % 2  # odd
             s = min(s, h, w)
             sh = sw = s
         else:
-            s = max(int(round(p * w)), 3)
+            s = max(round(p * w), 3)
             s += 1 - s % 2
             sh, sw = 1, min(s, w)
         delta = x_best - x

@@ -13,8 +13,8 @@ for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
-from gauntlet.defenses.certify._result import ABSTAIN, Certification, Certifier  # noqa: E402
-from gauntlet.defenses.certify.ibp import (  # noqa: E402
+from gauntlet.defenses.certify._result import ABSTAIN, Certification, Certifier
+from gauntlet.defenses.certify.ibp import (
     IBPCertifier,
     ibp_bounds,
     interval_forward,
@@ -22,7 +22,7 @@ from gauntlet.defenses.certify.ibp import (  # noqa: E402
     verified,
     verified_accuracy,
 )
-from gauntlet.defenses.certify.smoothing import RandomizedSmoothing, RandomizedSmoothingCertifier  # noqa: E402
+from gauntlet.defenses.certify.smoothing import RandomizedSmoothing, RandomizedSmoothingCertifier
 
 __all__ = [
     "ABSTAIN",

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor
 
 from gauntlet.defenses.base import Defense
@@ -107,7 +106,7 @@ class Certification:
             vals = list(eps) if isinstance(eps, (list, tuple)) else [eps]
             return sorted({0.0, *(float(v) for v in vals)})
         top = float(self.radius.max()) if len(self) else 0.0
-        steps = int(math.ceil(top / 0.25)) if top > 0 else 0
+        steps = math.ceil(top / 0.25) if top > 0 else 0
         return [0.25 * i for i in range(steps + 1)]
 
     def curve(self, radii: Sequence[float] | None = None) -> list[tuple[float, float]]:
@@ -159,7 +158,7 @@ class Certifier(Defense, abc.ABC):
         import difflib
 
         known = self._param_names()
-        bad = sorted(unknown)[0]
+        bad = min(unknown)
         close = difflib.get_close_matches(bad, known, n=1, cutoff=0.6)
         hint = f"; did you mean {close[0]!r}?" if close else ""
         raise ConfigError(f"{self.name}: unknown parameter {bad!r}{hint} (parameters: {', '.join(known)})")

@@ -48,7 +48,7 @@ def clopper_pearson_lower(count: np.ndarray, n: int, alpha: float) -> np.ndarray
     Equals ``statsmodels.proportion_confint(k, n, alpha=2 * alpha, method="beta")[0]``, the bound
     Cohen et al.'s reference code uses.
     """
-    from scipy.stats import beta
+    from scipy.stats import beta  # type: ignore[import-untyped]  # stubs are the separate scipy-stubs package
 
     k = np.asarray(count, dtype=np.float64)
     safe = np.where(k > 0, k, 1.0)

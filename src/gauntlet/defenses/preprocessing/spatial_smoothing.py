@@ -11,8 +11,8 @@ from torch import Tensor
 
 from gauntlet._validation import Constraint, Interval
 from gauntlet.defenses.preprocessing._base import Bounds, Preprocessor, check_batch_tensor, pad_symmetric
-from gauntlet.errors import ConfigError
 from gauntlet.defenses.registry import register
+from gauntlet.errors import ConfigError
 
 TRUNCATE = 4.0  # kernel radius in standard deviations (SciPy's default)
 
@@ -35,7 +35,7 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
         raise ConfigError(f"gaussian_blur: sigma must be a finite number > 0, got {sigma!r}")
     x = check_batch_tensor(x, "gaussian_blur", images=True)
-    n, c, h, w = x.shape
+    c = x.shape[1]
     k = gaussian_kernel1d(sigma, x.dtype, x.device)
     r = (k.numel() - 1) // 2
     xp = pad_symmetric(x, r, r, r, r)

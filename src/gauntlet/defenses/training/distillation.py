@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gauntlet._validation import Interval, IsNone
+from gauntlet._validation import Constraint, Interval, IsNone
 from gauntlet.defenses.registry import register
 from gauntlet.defenses.training._base import TrainContext, Trainer, module_mode
 
@@ -63,7 +63,7 @@ class DefensiveDistillation(Trainer):
 
     name: ClassVar[str] = "distillation"
     description: ClassVar[str] = "defensive distillation at temperature T (Papernot et al. 2016; broken by C&W 2017)"
-    _parameter_constraints = {
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "temperature": [Interval(float, 0, None, closed="neither")],
         "teacher_epochs": [Interval(int, 1, None), IsNone()],
     }

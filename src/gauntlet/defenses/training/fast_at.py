@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gauntlet import norms as N
-from gauntlet._validation import Boolean, Interval, IsNone
+from gauntlet._validation import Boolean, Constraint, Interval, IsNone
 from gauntlet.defenses.registry import register
 from gauntlet.defenses.training._base import EPS, NON_NEGATIVE, POSITIVE, TrainContext, Trainer
 
@@ -54,7 +54,7 @@ class FastAdversarialTraining(Trainer):
 
     name: ClassVar[str] = "fast_at"
     description: ClassVar[str] = "FGSM adversarial training from a random start, cyclic lr (Wong et al. 2020)"
-    _parameter_constraints = {
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": EPS,
         "alpha": [Interval(float, 0, None, closed="neither"), IsNone()],
         "clip_start": [Boolean()],

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gauntlet._validation import Constraint
 from gauntlet.defenses.registry import register
 from gauntlet.defenses.training._base import POSITIVE, TrainContext, Trainer
 
@@ -31,7 +32,7 @@ class GaussianAugmentation(Trainer):
 
     name: ClassVar[str] = "gaussian_augmentation"
     description: ClassVar[str] = "training on Gaussian-noise-augmented inputs, for randomized smoothing (Cohen et al. 2019)"
-    _parameter_constraints = {"sigma": POSITIVE}
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"sigma": POSITIVE}
 
     def __init__(self, *, sigma: float = 0.25, **common: Any) -> None:
         super().__init__(**common)

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gauntlet._validation import Interval, IsNone
+from gauntlet._validation import Constraint, Interval, IsNone
 from gauntlet.defenses.certify.ibp import layers, margin_bounds
 from gauntlet.defenses.registry import register
 from gauntlet.defenses.training._base import EPS, NON_NEGATIVE, TrainContext, Trainer
@@ -42,7 +42,7 @@ class IBPTraining(Trainer):
 
     name: ClassVar[str] = "ibp_training"
     description: ClassVar[str] = "verifiably robust training with interval bound propagation (Gowal et al. 2018)"
-    _parameter_constraints = {
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": EPS,
         "ramp_epochs": [Interval(float, 0, None), IsNone()],
         "warmup_epochs": NON_NEGATIVE,

@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gauntlet._validation import Interval
+from gauntlet._validation import Constraint, Interval
 from gauntlet.defenses.registry import register
 from gauntlet.defenses.training._base import TrainContext, Trainer
 
@@ -27,7 +27,9 @@ class LabelSmoothing(Trainer):
 
     name: ClassVar[str] = "label_smoothing"
     description: ClassVar[str] = "cross-entropy on smoothed labels (Szegedy et al. 2016)"
-    _parameter_constraints = {"smoothing": [Interval(float, 0, 1, closed="left")]}
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "smoothing": [Interval(float, 0, 1, closed="left")]
+    }
 
     def __init__(self, *, smoothing: float = 0.1, **common: Any) -> None:
         super().__init__(**common)

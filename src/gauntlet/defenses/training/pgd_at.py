@@ -7,7 +7,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gauntlet._validation import Boolean, Options
+from gauntlet._validation import Boolean, Constraint, Options
 from gauntlet.defenses.registry import register
 from gauntlet.defenses.training._base import EPS, POSITIVE, STEPS, TrainContext, Trainer, perturb
 
@@ -33,7 +33,7 @@ class PGDAdversarialTraining(Trainer):
 
     name: ClassVar[str] = "pgd_at"
     description: ClassVar[str] = "adversarial training on PGD examples (Madry et al. 2018)"
-    _parameter_constraints = {
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": EPS,
         "steps": STEPS,
         "step_size": POSITIVE,

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gauntlet._validation import Interval
+from gauntlet._validation import Constraint, Interval
 from gauntlet.defenses.registry import register
 from gauntlet.defenses.training._base import EPS, POSITIVE, STEPS, TrainContext, Trainer, module_mode, perturb
 
@@ -39,7 +39,12 @@ class TRADES(Trainer):
 
     name: ClassVar[str] = "trades"
     description: ClassVar[str] = "clean CE + beta * KL(f(x) || f(x_adv)) (Zhang et al. 2019)"
-    _parameter_constraints = {"beta": [Interval(float, 0, None)], "eps": EPS, "steps": STEPS, "step_size": POSITIVE}
+    _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
+        "beta": [Interval(float, 0, None)],
+        "eps": EPS,
+        "steps": STEPS,
+        "step_size": POSITIVE,
+    }
 
     def __init__(
         self,
