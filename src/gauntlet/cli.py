@@ -11,9 +11,12 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Attack, harden and audit ML models.")
 
@@ -72,7 +75,7 @@ def studies(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 
 @app.command()
 def defenses(
-    kind: Optional[str] = typer.Option(None, "--kind", help="Only one kind: training, preprocessing, detector, ensemble, certification."),
+    kind: str | None = typer.Option(None, "--kind", help="Only one kind: training, preprocessing, detector, ensemble, certification."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the registered defenses with their kind and a one-line description."""
@@ -100,10 +103,17 @@ class _Bar:
         self.task: Any = None
         self.last: Any = None
 
-    def __enter__(self) -> _Bar:
+    def __enter__(self) -> Self:
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
 
             self.progress = Progress(
                 TextColumn("[bold]{task.description:<28}"),
@@ -159,13 +169,13 @@ def _run(
     out: Path,
     store: str,
     fail_under: list[str],
-    max_regression: Optional[str],
+    max_regression: str | None,
     trust: bool,
     as_json: bool,
     command: str,
     executor: str = "local",
-    ray_address: Optional[str] = None,
-    workers: Optional[int] = None,
+    ray_address: str | None = None,
+    workers: int | None = None,
 ) -> None:
     from gauntlet.audit.executors import make_executor
     from gauntlet.audit.gate import parse_regression, parse_threshold, summary_line
@@ -196,7 +206,7 @@ def _run(
         saved = f" ({ev.done} of {ev.total} units done)" if ev is not None and ev.phase == "units" else ""
         typer.secho(f"interrupted{saved}; run the same command again to resume", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(code=130) from None
-    except Exception as exc:  # never exit 1 (= gate failed) on a crash
+    except Exception as exc:  # noqa: BLE001 - never exit 1 (= gate failed) on a crash: one line, exit 2
         _unexpected(exc, as_json)
     report = run.report
     html = run.paths.get("html")
@@ -233,21 +243,21 @@ def _run(
 @app.command()
 def audit(
     spec: str = typer.Argument(..., help="The audit spec, a YAML file (see docs/audit.md)."),
-    out: Path = typer.Option(Path("gauntlet-report"), "--out", "-o", help="Folder for report.json and report.html."),
+    out: Path = typer.Option(Path("gauntlet-report"), "--out", "-o", help="Folder for report.json and report.html."),  # noqa: B008 - typer declares options as defaults
     store: str = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
-    fail_under: list[str] = typer.Option(
+    fail_under: list[str] = typer.Option(  # noqa: B008 - typer declares options as defaults
         [], "--fail-under", help="Gate threshold attack:norm:eps=min_robust_accuracy, e.g. 'pgd:linf:0.1=0.5' (repeatable)."
     ),
-    max_regression: Optional[str] = typer.Option(
+    max_regression: str | None = typer.Option(
         None, "--max-regression", help="Fail when a robust accuracy fell more than this (e.g. 2pp) since the last audit of the same model name."
     ),
     trust: bool = typer.Option(False, "--trust", help="Allow pickle model files (runs code from the file: trusted files only)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
     executor: str = typer.Option("local", "--executor", help="Where units run: local (this process) or ray (Ray tasks, one thread each)."),
-    ray_address: Optional[str] = typer.Option(
+    ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster to run on (with --executor ray); default: start a local cluster."
     ),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="CPUs of the local Ray cluster (default: all)."),
+    workers: int | None = typer.Option(None, "--workers", min=1, help="CPUs of the local Ray cluster (default: all)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Audit a model against a threat spec: report.json + report.html, history in the store, exit code 0/1/2.
@@ -262,7 +272,7 @@ def audit(
         spec_obj = load_spec(spec)
     except GauntletError as err:
         _fail(err, as_json)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an unexpected crash is one line and exit 2 (GAUNTLET_DEBUG=1 re-raises)
         _unexpected(exc, as_json)
     args = ["gauntlet", "audit", spec, "--out", str(out), "--store", _safe(store)]
     for t in fail_under:
@@ -278,7 +288,7 @@ def audit(
          as_json=as_json, command=shlex.join(args), executor=executor, ray_address=ray_address, workers=workers)
 
 
-def _threads(n: Optional[int]) -> None:
+def _threads(n: int | None) -> None:
     if n is not None:
         import torch
 
@@ -293,8 +303,8 @@ def _safe(url: str) -> str:
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("gauntlet-report"), "--out", "-o", help="Folder for report.json and report.html."),
-    store: Optional[str] = typer.Option(None, "--store", help=STORE_HELP + " Default: OUT/gauntlet.db."),
+    out: Path = typer.Option(Path("gauntlet-report"), "--out", "-o", help="Folder for report.json and report.html."),  # noqa: B008 - typer declares options as defaults
+    store: str | None = typer.Option(None, "--store", help=STORE_HELP + " Default: OUT/gauntlet.db."),
     seed: int = typer.Option(0, help="Seed for training and the attacks."),
     threads: int = typer.Option(
         1, "--threads", min=1, help="CPU threads for torch; the demo's model is tiny, so one thread is fastest."
@@ -334,8 +344,8 @@ def _open(store: str, as_json: bool) -> Any:
 @app.command()
 def history(
     store: str = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
-    model: Optional[str] = typer.Option(None, "--model", help="Only audits of this model name."),
-    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Show at most this many (newest first)."),
+    model: str | None = typer.Option(None, "--model", help="Only audits of this model name."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Show at most this many (newest first)."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the audits in the store, newest first."""
@@ -409,7 +419,7 @@ def compare(
 # ------------------------------------------------------------------------------------------------
 def _parse_train_params(items: list[str]) -> dict[str, Any]:
     """``key=value`` pairs, each value read as a YAML scalar (``0.3`` → float, ``true`` → bool, ``[0, 1]`` → list)."""
-    import yaml
+    import yaml  # type: ignore[import-untyped]  # stubs are the separate types-PyYAML package
 
     from gauntlet.errors import ConfigError
 
@@ -465,13 +475,13 @@ def train(
     data: str = typer.Option("digits", "--data", help="Training data: 'digits' or a path gauntlet.data.load accepts (its train split)."),
     arch: str = typer.Option("digits_cnn", "--arch", help="Architecture: a zoo name (digits_cnn, smallcnn, lenet5, wong_kolter_small, wong_kolter_wide) or 'module.path:Class'."),
     method: str = typer.Option("pgd_at", "--method", "-m", help="Training method: standard, fast_at, pgd_at, trades, distillation, label_smoothing."),
-    param: list[str] = typer.Option([], "--param", "-p", help="A method hyperparameter key=value (YAML scalar), e.g. eps=0.3 (repeatable)."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", min=1, help="Epochs (default: the method's)."),
+    param: list[str] = typer.Option([], "--param", "-p", help="A method hyperparameter key=value (YAML scalar), e.g. eps=0.3 (repeatable)."),  # noqa: B008 - typer declares options as defaults
+    epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (default: the method's)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for the initial weights, shuffling and random starts."),
-    out: Path = typer.Option(Path("model.safetensors"), "--out", "-o", help="Trained weights (.safetensors or .pt); load with gauntlet.models.load(out, arch=...)."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="Checkpoint file written after every epoch; rerunning the same command resumes from it."),
-    eval_eps: Optional[float] = typer.Option(None, "--eval-eps", min=0.0, help="ε of the quick PGD-20 check, in the method's norm (default: the method's eps, none if it has none; 0 skips)."),
-    threads: Optional[int] = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
+    out: Path = typer.Option(Path("model.safetensors"), "--out", "-o", help="Trained weights (.safetensors or .pt); load with gauntlet.models.load(out, arch=...)."),  # noqa: B008 - typer declares options as defaults
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint file written after every epoch; rerunning the same command resumes from it."),  # noqa: B008 - typer declares options as defaults
+    eval_eps: float | None = typer.Option(None, "--eval-eps", min=0.0, help="ε of the quick PGD-20 check, in the method's norm (default: the method's eps, none if it has none; 0 skips)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Train a model robustly (adversarial training, TRADES, distillation, ...) and save its weights.
@@ -489,7 +499,7 @@ def train(
         from gauntlet.defenses.registry import create
         from gauntlet.defenses.training._base import Trainer, accuracy
         from gauntlet.errors import ConfigError
-        from gauntlet.models.loading import _build_arch
+        from gauntlet.models.loading import build_arch
 
         if out.suffix.lower() not in (".safetensors", ".pt", ".pth"):
             raise ConfigError(f"--out {str(out)!r}: use a .safetensors (or .pt) file name")
@@ -504,10 +514,11 @@ def train(
         train_set = load_data(data, split="train")
         test_set = load_data(data, split="test")
         if "bounds" not in params:  # the data's declared range
-            trainer = create(method, **params, bounds=tuple(float(b) for b in train_set.spec.bounds))
+            lo, hi = train_set.spec.bounds
+            trainer = type(trainer)(**params, bounds=(float(lo), float(hi)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            module, arch_label = _build_arch(arch, {}, train_set.num_classes)
+            module, arch_label = build_arch(arch, {}, train_set.num_classes)
         if checkpoint is not None and checkpoint.exists():
             ckpt_note = f"resuming from {checkpoint}"
         result = trainer.fit(
@@ -525,7 +536,7 @@ def train(
             from gauntlet.attacks import create as create_attack
             from gauntlet.models import TorchModel
 
-            model = TorchModel(module, bounds=tuple(trainer.bounds), num_classes=train_set.num_classes)
+            model = TorchModel(module, bounds=trainer.bounds, num_classes=train_set.num_classes)
             pgd = create_attack("pgd", norm=eval_norm, eps=float(eps_eval), steps=20, step_size=2.5 * float(eps_eval) / 20)
             robust = 1.0 - float(pgd.run(model, x_te, y_te, seed=seed).success.float().mean())
     except GauntletError as err:
@@ -534,7 +545,7 @@ def train(
         where = f"; run the same command again to resume from {checkpoint}" if checkpoint is not None else " (no --checkpoint, nothing kept)"
         typer.secho(f"interrupted{where}", fg=typer.colors.YELLOW, err=True)
         raise typer.Exit(code=130) from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - an unexpected crash is one line and exit 2 (GAUNTLET_DEBUG=1 re-raises)
         _unexpected(exc, as_json)
     line = (
         f"{method} on {train_set.name} ({len(train_set)} samples, {result.params['epochs']} epochs, "
@@ -570,7 +581,7 @@ def train(
     typer.echo(line)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     try:
         app(args=argv, standalone_mode=True)
     except KeyboardInterrupt:  # pragma: no cover
