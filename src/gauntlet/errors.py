@@ -21,18 +21,18 @@ traceback) and exits with code 2.
 
 from __future__ import annotations
 
-__all__ = [
-    "GauntletError",
+__all__ = [  # sorted; the tree above gives the hierarchy
+    "BudgetExceeded",
+    "CapabilityError",
     "ConfigError",
+    "DataError",
+    "ExecutorError",
+    "GauntletError",
+    "ModelLoadError",
+    "StoreError",
     "ThreatModelError",
     "UnknownNameError",
-    "CapabilityError",
-    "DataError",
-    "ModelLoadError",
     "UntrustedFileError",
-    "BudgetExceeded",
-    "StoreError",
-    "ExecutorError",
 ]
 
 
