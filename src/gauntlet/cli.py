@@ -160,7 +160,7 @@ def _json_sections(report: dict[str, Any]) -> list[str]:
     """The headline sections ``--json`` repeats (evasion's results and worst case, ...)."""
     from gauntlet.audit.studies import studies
 
-    return [k for s in studies() if s.in_report(report) for k in s.required_sections if k in report and k != "gallery"]
+    return [k for s in studies() if s.in_report(report) for k in s.required() if k in report and k != "gallery"]
 
 
 def _run(

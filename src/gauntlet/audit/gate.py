@@ -29,9 +29,13 @@ _TOL = 1e-9
 def parse_threshold(text: str) -> Any:
     """A ``--fail-under`` text as the gate rule of the first study whose syntax it is in."""
     head = (text or "").split(":", 1)[0].strip()
+
+    def prefix(s: Any) -> str | None:
+        return s.Threshold.prefix if s.Threshold is not None else None
+
     # a study whose syntax starts with its own word first (certify:..., detect:...), then the others
-    for study in sorted(studies(), key=lambda s: s.threshold_prefix != head):
-        if study.threshold_prefix not in (None, head):
+    for study in sorted(studies(), key=lambda s: prefix(s) != head):
+        if prefix(study) not in (None, head):
             continue
         rule = study.parse_threshold(text)
         if rule is not None:

@@ -19,7 +19,7 @@ call).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import PurePath
 from typing import Any
 
@@ -31,8 +31,16 @@ SCHEMA_VERSION = "2.0"
 SCHEMA_VERSIONS = ("1.0", "1.1", "2.0")
 
 __all__ = [  # and REPORT_SCHEMA, built on first use (module __getattr__)
+    "COUNT",
+    "NON_NEGATIVE",
+    "NUM",
+    "NUM_OR_NULL",
     "SCHEMA_VERSION",
     "SCHEMA_VERSIONS",
+    "SHARE",
+    "STRING",
+    "STR_OR_NULL",
+    "array_of",
     "build_report",
     "jsonable",
     "report_schema",
@@ -110,10 +118,25 @@ def build_report(outcome: AuditOutcome, gate: Mapping[str, Any] | None = None) -
 
 
 # ------------------------------------------------------------------------------------------
-# schema
-_STR_OR_NULL = {"type": ["string", "null"]}
-_COUNT = {"type": "integer", "minimum": 0}
-_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+# schema: the vocabulary studies write their sections' pieces in
+NUM: dict[str, Any] = {"type": "number"}
+NUM_OR_NULL: dict[str, Any] = {"type": ["number", "null"]}
+NON_NEGATIVE: dict[str, Any] = {"type": "number", "minimum": 0}
+SHARE: dict[str, Any] = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
+COUNT: dict[str, Any] = {"type": "integer", "minimum": 0}
+STRING: dict[str, Any] = {"type": "string"}
+STR_OR_NULL: dict[str, Any] = {"type": ["string", "null"]}
+
+
+def array_of(required: Sequence[str], properties: Mapping[str, Any], **extra: Any) -> dict[str, Any]:
+    """The schema of a list of objects with ``required`` keys and typed ``properties``."""
+    item = {"type": "object", "required": list(required), "properties": dict(properties)}
+    return {"type": "array", "items": item, **extra}
+
+
+_STR_OR_NULL = STR_OR_NULL
+_COUNT = COUNT
+_SHARE = SHARE
 _CORE_PROPERTIES: dict[str, Any] = {
     "schema_version": {"type": "string", "enum": list(SCHEMA_VERSIONS)},
     "audit_id": {"type": ["integer", "null"]},
@@ -128,20 +151,11 @@ _CORE_PROPERTIES: dict[str, Any] = {
         "properties": {"name": _STR_OR_NULL, "n": _COUNT, "sha256": _STR_OR_NULL},
     },
     "clean_accuracy": _SHARE,
-    "flags": {
-        "type": "array",
-        "items": {
-            "type": "object",
-            "required": ["id", "severity", "title", "explanation", "evidence"],
-            "properties": {
-                "id": {"type": "string"},
-                "severity": {"type": "string", "enum": ["warning", "info"]},
-                "title": {"type": "string"},
-                "explanation": {"type": "string"},
-                "evidence": {"type": "object"},
-            },
-        },
-    },
+    "flags": array_of(
+        ["id", "severity", "title", "explanation", "evidence"],
+        {"id": STRING, "severity": {"type": "string", "enum": ["warning", "info"]}, "title": STRING,
+         "explanation": STRING, "evidence": {"type": "object"}},
+    ),
     "gate": {
         "type": "object",
         "required": ["passed", "violations"],
@@ -164,7 +178,7 @@ def report_schema(version: str = SCHEMA_VERSION) -> dict[str, Any]:
     for study in studies():
         properties.update(study.sections)
         if version != SCHEMA_VERSION and study.in_every_v1_report:
-            required += [s for s in study.required_sections if s not in required]
+            required += [s for s in study.required() if s not in required]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": "gauntlet audit report",
@@ -235,7 +249,7 @@ def validate_report(report: Any) -> None:
     if err is None and isinstance(report, dict):
         for study in studies():
             if study.in_report(report):
-                missing = [s for s in study.required_sections if s not in report]
+                missing = [s for s in study.required() if s not in report]
                 if missing:
                     err = f"report: missing required key {missing[0]!r} (the {study.name} study's sections go together)"
                     break

@@ -14,11 +14,12 @@ import importlib
 import pkgutil
 from typing import TypeVar
 
-from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
+from gauntlet.audit.studies.base import AuditEnv, ChoiceUnit, Metric, Study, StudyOutput, Threshold, work_key, work_seed
 from gauntlet.errors import ConfigError, UnknownNameError
 
 __all__ = [
     "AuditEnv",
+    "ChoiceUnit",
     "Metric",
     "Study",
     "StudyOutput",

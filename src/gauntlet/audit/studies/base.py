@@ -41,6 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AuditEnv",
+    "ChoiceUnit",
+    "ItemsStudy",
     "Metric",
     "Study",
     "StudyOutput",
@@ -87,6 +89,28 @@ class AuditEnv:
             self.base_model = self.model
 
 
+@dataclass(frozen=True)
+class ChoiceUnit:
+    """A unit of work on one resolved item of a study's block (``choice``) over samples
+    ``start:stop``, with its stable ``key`` and the ``seed`` derived from it.  A study subclasses
+    it to name it (``kind``) and estimate its ``cost``."""
+
+    key: str
+    choice: Any = field(hash=False, compare=False)
+    seed: int = 0
+    start: int = 0
+    stop: int = 0
+
+    kind: ClassVar[str] = "unit"
+
+    def describe(self) -> str:
+        return f"{self.kind} {self.choice.name} [{self.start}:{self.stop}]"
+
+    @property
+    def cost(self) -> float:
+        return float(self.stop - self.start)
+
+
 @dataclass
 class StudyOutput:
     """What a study adds to the report: top-level ``sections`` and hygiene ``flags``."""
@@ -127,22 +151,36 @@ class Metric:
         return True
 
 
+def _text(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
 class Threshold(BaseModel):
-    """A gate rule on one metric: a study's threshold model subclasses this and says which metric
-    it names and the bound.  ``minimum`` (the metric must be at least it) or ``maximum`` (at most)."""
+    """A gate rule on one metric.  A study's rule subclasses this with its fields and says, as
+    class attributes, which metric it names (``metric_name``), which fields give the metric's
+    labels (``label_fields``: label → field, in ``--fail-under`` order) and which field is the bound
+    (``bound_field``: ``min_...`` — the metric must be at least it — or ``max_...`` — at most)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def metric(self) -> tuple[str, dict[str, Any]]:  # pragma: no cover - interface
-        raise NotImplementedError
+    metric_name: ClassVar[str] = ""
+    label_fields: ClassVar[dict[str, str]] = {}
+    bound_field: ClassVar[str] = ""
+    #: the first word of the ``--fail-under`` syntax (``certify:...``); ``None``: none
+    prefix: ClassVar[str | None] = None
 
-    def bound(self) -> tuple[str, float]:  # pragma: no cover - interface
+    def metric(self) -> tuple[str, dict[str, Any]]:
+        """The metric's name and labels, as :meth:`Study.metrics` names it."""
+        return self.metric_name, {label: getattr(self, f) for label, f in self.label_fields.items()}
+
+    def bound(self) -> tuple[str, float]:
         """``("min", value)`` or ``("max", value)``."""
-        raise NotImplementedError
+        return ("max" if self.bound_field.startswith("max_") else "min"), float(getattr(self, self.bound_field))
 
-    def describe(self) -> str:  # pragma: no cover - interface
+    def describe(self) -> str:
         """The rule in ``--fail-under`` syntax."""
-        raise NotImplementedError
+        words = ([self.prefix] if self.prefix else []) + [_text(getattr(self, f)) for f in self.label_fields.values()]
+        return ":".join(words) + f"={_text(getattr(self, self.bound_field))}"
 
     @classmethod
     def from_text(cls, text: str, **fields: Any) -> Any:
@@ -163,7 +201,7 @@ class Threshold(BaseModel):
     def what(self) -> str:
         """How messages name the metric the rule is on."""
         name, labels = self.metric()
-        return " ".join([name, *(f"{v:g}" if isinstance(v, float) else str(v) for v in labels.values())])
+        return " ".join([name, *(_text(v) for v in labels.values())])
 
 
 class Study(ABC):
@@ -178,11 +216,10 @@ class Study(ABC):
     Block: ClassVar[type[BaseModel]]
     #: the gate rule shape it accepts in ``thresholds`` (``None``: none)
     Threshold: ClassVar[type[Threshold] | None] = None
-    #: the first word of its ``--fail-under`` syntax (``certify:ibp:0.01=50%``); ``None``: no prefix
-    threshold_prefix: ClassVar[str | None] = None
     #: its report.json sections: name → JSON Schema piece
     sections: ClassVar[dict[str, dict[str, Any]]] = {}
-    #: sections every report with this study must have (it is present when it has any section)
+    #: sections every report with this study must have (it is present when it has any section);
+    #: empty: all of ``sections``
     required_sections: ClassVar[tuple[str, ...]] = ()
     #: report schema versions < 2.0 always had these sections
     in_every_v1_report: ClassVar[bool] = False
@@ -265,5 +302,25 @@ class Study(ABC):
         return {}
 
     @classmethod
+    def required(cls) -> tuple[str, ...]:
+        """The sections a report with this study must have."""
+        return cls.required_sections or tuple(cls.sections)
+
+    @classmethod
     def in_report(cls, report: Mapping[str, Any]) -> bool:
         return any(k in report for k in cls.sections)
+
+
+class ItemsStudy(Study):
+    """A study whose block is one list of items (``certify: [...]``, ``detect: [...]``): it keeps
+    the resolved ``choices``, the spec's ``batch_size`` and ``seed``, and hashes the items as
+    written (``items``)."""
+
+    def __init__(self, choices: list[Any], batch_size: int, seed: int, items: list[dict[str, Any]]) -> None:
+        self.choices = choices
+        self.batch_size = batch_size
+        self.seed = seed
+        self.items = items
+
+    def hash_payload(self) -> dict[str, Any]:
+        return {self.name: self.items}

@@ -13,13 +13,14 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from gauntlet.audit.html import e, eps_text, fmt_value, is_num, num, pct, plot_png
+from gauntlet.audit.report import COUNT, NON_NEGATIVE, SHARE, STRING, array_of
 from gauntlet.audit.spec import (
     AuditSpec,
     Fraction,
@@ -33,7 +34,17 @@ from gauntlet.audit.spec import (
     non_negative,
 )
 from gauntlet.audit.studies import register_study
-from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
+from gauntlet.audit.studies.base import (
+    AuditEnv,
+    ChoiceUnit,
+    ItemsStudy,
+    Metric,
+    Study,
+    StudyOutput,
+    Threshold,
+    work_key,
+    work_seed,
+)
 from gauntlet.errors import ConfigError, GauntletError
 
 __all__ = ["CertifyChoice", "CertifyChunk", "CertifySpec", "CertifyStudy", "CertifyThreshold", "resolve_certify"]
@@ -65,18 +76,14 @@ class CertifyBlock(Strict):
 class CertifyThreshold(Threshold):
     """Gate: certified accuracy of method ``certify`` at ``radius`` must be ≥ the minimum."""
 
+    metric_name = "certified_accuracy"
+    label_fields: ClassVar[dict[str, str]] = {"method": "certify", "radius": "radius"}
+    bound_field = "min_certified_accuracy"
+    prefix = "certify"
+
     certify: Text
     radius: Radius
     min_certified_accuracy: Fraction
-
-    def metric(self) -> tuple[str, dict[str, Any]]:
-        return "certified_accuracy", {"method": self.certify, "radius": self.radius}
-
-    def bound(self) -> tuple[str, float]:
-        return "min", self.min_certified_accuracy
-
-    def describe(self) -> str:
-        return f"certify:{self.certify}:{self.radius:g}={self.min_certified_accuracy:g}"
 
 
 @dataclass(frozen=True)
@@ -114,17 +121,10 @@ def resolve_certify(spec: AuditSpec) -> list[CertifyChoice]:
 
 
 @dataclass(frozen=True)
-class CertifyChunk:
+class CertifyChunk(ChoiceUnit):
     """``certify[index]`` on samples ``start:stop``; saved on its own so a long run resumes mid-way."""
 
-    key: str
-    choice: CertifyChoice = field(hash=False, compare=False)
-    start: int = 0
-    stop: int = 0
-    seed: int = 0
-
-    def describe(self) -> str:
-        return f"certify {self.choice.name} [{self.start}:{self.stop}]"
+    kind = "certify"
 
     @property
     def cost(self) -> float:
@@ -134,30 +134,16 @@ class CertifyChunk:
 
 # ------------------------------------------------------------------------------------------------
 # report
-_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
-_COUNT = {"type": "integer", "minimum": 0}
-_CURVE_POINT = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number", "minimum": 0}}
-_CERTIFICATION = {
-    "type": "array",
-    "items": {
-        "type": "object",
-        "required": ["method", "norm", "params", "n", "curve", "abstain_rate", "seconds"],
-        "properties": {
-            "method": {"type": "string"},
-            "norm": {"type": "string"},
-            "params": {"type": "object"},
-            "model": {"type": "string"},
-            "n": _COUNT,
-            "curve": {"type": "array", "minItems": 1, "items": _CURVE_POINT},
-            "certified_accuracy": _SHARE,
-            "abstain_rate": _SHARE,
-            "average_certified_radius": {"type": "number", "minimum": 0},
-            "max_radius": {"type": "number", "minimum": 0},
-            "seconds": {"type": "number", "minimum": 0},
-            "chunks": _COUNT,
-        },
+_CURVE_POINT = {"type": "array", "minItems": 2, "maxItems": 2, "items": NON_NEGATIVE}
+_CERTIFICATION = array_of(
+    ["method", "norm", "params", "n", "curve", "abstain_rate", "seconds"],
+    {
+        "method": STRING, "norm": STRING, "params": {"type": "object"}, "model": STRING, "n": COUNT,
+        "curve": {"type": "array", "minItems": 1, "items": _CURVE_POINT}, "certified_accuracy": SHARE,
+        "abstain_rate": SHARE, "average_certified_radius": NON_NEGATIVE, "max_radius": NON_NEGATIVE,
+        "seconds": NON_NEGATIVE, "chunks": COUNT,
     },
-}
+)
 
 
 def _cert_plot(cert: list[Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -227,30 +213,21 @@ def _certification_html(report: Mapping[str, Any]) -> str:
 # ------------------------------------------------------------------------------------------------
 # the study
 @register_study
-class CertifyStudy(Study):
+class CertifyStudy(ItemsStudy):
     """Certified accuracy vs radius of certification methods on the undefended model."""
 
     name = "certify"
     title = "certification methods: certified accuracy vs radius on the undefended model"
     Block = CertifyBlock
     Threshold = CertifyThreshold
-    threshold_prefix = "certify"
     sections: ClassVar[dict[str, dict[str, Any]]] = {"certification": _CERTIFICATION}
-    required_sections = ("certification",)
 
-    def __init__(self, choices: list[CertifyChoice], batch_size: int, seed: int, items: list[dict[str, Any]] | None = None) -> None:
-        self.choices = choices
-        self.items = items if items is not None else []
-        self.batch_size = batch_size
-        self.seed = seed
+    choices: list[CertifyChoice]
 
     @classmethod
     def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> CertifyStudy:
         items = [c.model_dump(mode="json") for c in spec.certify]
         return cls(resolve_certify(spec), spec.batch_size, spec.seed, items)
-
-    def hash_payload(self) -> dict[str, Any]:
-        return {"certify": self.items}
 
     def check_threshold(self, th: Any, place: str) -> None:
         mine = [c for c in self.choices if c.name == th.certify]
@@ -297,7 +274,7 @@ class CertifyStudy(Study):
             for start in range(0, n, self.batch_size):
                 stop = min(n, start + self.batch_size)
                 key = work_key(spec_digest, "certify", c.index, start, stop)
-                out.append(CertifyChunk(key, c, start, stop, work_seed(self.seed, key)))
+                out.append(CertifyChunk(key=key, choice=c, seed=work_seed(self.seed, key), start=start, stop=stop))
         return out
 
     def run(self, env: AuditEnv, unit: CertifyChunk) -> dict[str, Any]:

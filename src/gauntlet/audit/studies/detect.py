@@ -15,13 +15,14 @@ import difflib
 import re
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
 import torch
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from gauntlet.audit.html import bar, e, eps_text, fmt_value, num, pct
+from gauntlet.audit.report import COUNT, NON_NEGATIVE, NUM, SHARE, STR_OR_NULL, STRING, array_of
 from gauntlet.audit.spec import (
     AuditSpec,
     Bool,
@@ -36,7 +37,17 @@ from gauntlet.audit.spec import (
     str_list,
 )
 from gauntlet.audit.studies import register_study
-from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
+from gauntlet.audit.studies.base import (
+    AuditEnv,
+    ChoiceUnit,
+    ItemsStudy,
+    Metric,
+    Study,
+    StudyOutput,
+    Threshold,
+    work_key,
+    work_seed,
+)
 from gauntlet.audit.studies.evasion import AttackChoice, accepts_targeted, resolve_attacks
 from gauntlet.errors import ConfigError, GauntletError
 
@@ -70,18 +81,14 @@ class DetectThreshold(Threshold):
     """Gate: the undetected success rate of ``attack`` against ``detector`` (its worst row over ε
     and plain / detector-aware modes) must be ≤ the maximum."""
 
+    metric_name = "undetected_success_rate"
+    label_fields: ClassVar[dict[str, str]] = {"detector": "detector", "attack": "attack"}
+    bound_field = "max_undetected_success_rate"
+    prefix = "detect"
+
     detector: Text
     attack: Text
     max_undetected_success_rate: Fraction
-
-    def metric(self) -> tuple[str, dict[str, Any]]:
-        return "undetected_success_rate", {"detector": self.detector, "attack": self.attack}
-
-    def bound(self) -> tuple[str, float]:
-        return "max", self.max_undetected_success_rate
-
-    def describe(self) -> str:
-        return f"detect:{self.detector}:{self.attack}={self.max_undetected_success_rate:g}"
 
 
 @dataclass(frozen=True)
@@ -189,21 +196,22 @@ def resolve_detect(spec: AuditSpec, attacks: list[AttackChoice] | None = None) -
 
 
 @dataclass(frozen=True)
-class DetectTask:
-    """``detect[index]``: fit and calibrate on samples ``0:calibration``, evaluate on ``calibration:n``."""
+class DetectTask(ChoiceUnit):
+    """``detect[index]``: fit and calibrate on samples ``0:start``, evaluate on ``start:stop``."""
 
-    key: str
-    choice: DetectChoice = field(hash=False, compare=False)
-    calibration: int = 0
-    n: int = 0
-    seed: int = 0
+    kind = "detect"
 
-    def describe(self) -> str:
-        return f"detect {self.choice.name}"
+    @property
+    def calibration(self) -> int:
+        return self.start
+
+    @property
+    def n(self) -> int:
+        return self.stop
 
     @property
     def cost(self) -> float:
-        return float((self.n - self.calibration) * 100 * len(self.choice.attacks) * (2 if self.choice.adaptive else 1))
+        return float((self.stop - self.start) * 100 * len(self.choice.attacks) * (2 if self.choice.adaptive else 1))
 
 
 def _split_calibration(detector: Any, calibration: int) -> int:
@@ -219,59 +227,26 @@ def _split_calibration(detector: Any, calibration: int) -> int:
 
 # ------------------------------------------------------------------------------------------------
 # report
-_NUM = {"type": "number"}
-_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
-_STR_OR_NULL = {"type": ["string", "null"]}
-_COUNT = {"type": "integer", "minimum": 0}
-_DETECTION = {
-    "type": "array",
-    "items": {
-        "type": "object",
-        "required": ["detector", "params", "threshold", "target_fpr", "n", "clean_accuracy", "clean_fpr", "rows", "notes"],
-        "properties": {
-            "detector": {"type": "string"},
-            "params": {"type": "object"},
-            "threshold": _NUM,
-            "target_fpr": {"type": "number", "minimum": 0, "maximum": 1},
-            "n": _COUNT,
-            "clean_accuracy": _SHARE,
-            "clean_fpr": _SHARE,
-            "calibration_samples": _COUNT,
-            "fit_samples": _COUNT,
-            "seconds": {"type": "number", "minimum": 0},
-            "notes": {"type": "array", "items": {"type": "string"}},
-            "rows": {
-                "type": "array",
-                "items": {
-                    "type": "object",
-                    "required": [
-                        "attack", "adaptive", "eps", "norm", "n", "n_correct", "clean_fpr", "success_rate", "tpr",
-                        "undetected_success_rate", "auroc",
-                    ],
-                    "properties": {
-                        "attack": {"type": "string"},
-                        "adaptive": {"type": "boolean"},
-                        "eps": {"type": ["number", "null"], "minimum": 0},
-                        "norm": _STR_OR_NULL,
-                        "n": _COUNT,
-                        "n_correct": _COUNT,
-                        "clean_fpr": _SHARE,
-                        "success_rate": _SHARE,
-                        "tpr": _SHARE,
-                        "undetected_success_rate": _SHARE,
-                        "auroc": _SHARE,
-                        "median_norm": {"type": ["number", "null"], "minimum": 0},
-                        "union_undetected_success_rate": _SHARE,
-                        "threshold": _NUM,
-                        "target_fpr": {"type": "number", "minimum": 0, "maximum": 1},
-                        "seconds": {"type": "number", "minimum": 0},
-                        "queries": _COUNT,
-                    },
-                },
-            },
-        },
+_RATE = {"type": "number", "minimum": 0, "maximum": 1}
+_ROWS = array_of(
+    ["attack", "adaptive", "eps", "norm", "n", "n_correct", "clean_fpr", "success_rate", "tpr", "undetected_success_rate", "auroc"],
+    {
+        "attack": STRING, "adaptive": {"type": "boolean"}, "eps": {"type": ["number", "null"], "minimum": 0},
+        "norm": STR_OR_NULL, "n": COUNT, "n_correct": COUNT, "clean_fpr": SHARE, "success_rate": SHARE, "tpr": SHARE,
+        "undetected_success_rate": SHARE, "auroc": SHARE, "median_norm": {"type": ["number", "null"], "minimum": 0},
+        "union_undetected_success_rate": SHARE, "threshold": NUM, "target_fpr": _RATE, "seconds": NON_NEGATIVE,
+        "queries": COUNT,
     },
-}
+)
+_DETECTION = array_of(
+    ["detector", "params", "threshold", "target_fpr", "n", "clean_accuracy", "clean_fpr", "rows", "notes"],
+    {
+        "detector": STRING, "params": {"type": "object"}, "threshold": NUM, "target_fpr": _RATE, "n": COUNT,
+        "clean_accuracy": SHARE, "clean_fpr": SHARE, "calibration_samples": COUNT, "fit_samples": COUNT,
+        "seconds": NON_NEGATIVE, "notes": {"type": "array", "items": STRING}, "rows": _ROWS,
+    },
+)
+
 
 def _detection_html(report: Mapping[str, Any]) -> str:
     dets = [d for d in report.get("detection") or [] if isinstance(d, Mapping)]
@@ -309,25 +284,20 @@ def _detection_html(report: Mapping[str, Any]) -> str:
     )
     return f"<section id='detection'><h2>Detection</h2>{''.join(parts)}{note}</section>"
 
+
 # ------------------------------------------------------------------------------------------------
 # the study
 @register_study
-class DetectStudy(Study):
+class DetectStudy(ItemsStudy):
     """Detectors fitted on clean data and evaluated against plain and detector-aware attacks."""
 
     name = "detect"
     title = "detectors: TPR, AUROC and undetected success against plain and detector-aware attacks"
     Block = DetectBlock
     Threshold = DetectThreshold
-    threshold_prefix = "detect"
     sections: ClassVar[dict[str, dict[str, Any]]] = {"detection": _DETECTION}
-    required_sections = ("detection",)
 
-    def __init__(self, choices: list[DetectChoice], batch_size: int, seed: int, items: list[dict[str, Any]] | None = None) -> None:
-        self.choices = choices
-        self.items = items if items is not None else []
-        self.batch_size = batch_size
-        self.seed = seed
+    choices: list[DetectChoice]
 
     @classmethod
     def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> DetectStudy:
@@ -339,9 +309,6 @@ class DetectStudy(Study):
             )
         items = [d.model_dump(mode="json") for d in spec.detect]
         return cls(resolve_detect(spec, evasion.attacks), spec.batch_size, spec.seed, items)  # type: ignore[attr-defined]
-
-    def hash_payload(self) -> dict[str, Any]:
-        return {"detect": self.items}
 
     def check_threshold(self, th: Any, place: str) -> None:
         mine = [c for c in self.choices if c.name == th.detector]
@@ -404,7 +371,7 @@ class DetectStudy(Study):
         for c in self.choices:
             cal = c.calibration_for(n)
             key = work_key(spec_digest, "detect", c.index, cal, n)
-            out.append(DetectTask(key, c, cal, n, work_seed(self.seed, key)))
+            out.append(DetectTask(key=key, choice=c, seed=work_seed(self.seed, key), start=cal, stop=n))
         return out
 
     def run(self, env: AuditEnv, unit: DetectTask) -> dict[str, Any]:

@@ -54,6 +54,7 @@ from gauntlet.audit.html import (
     png,
     to_uint8,
 )
+from gauntlet.audit.report import COUNT, NON_NEGATIVE, NUM_OR_NULL, SHARE, STRING, array_of
 from gauntlet.audit.spec import AuditSpec, Bool, Fraction, PositiveFloat, Strict, Text, as_list, param_message
 from gauntlet.audit.studies import register_study
 from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
@@ -189,22 +190,17 @@ def _attacks_list(v: Any) -> Any:
 class ThresholdSpec(Threshold):
     """Gate: robust accuracy of ``attack`` (a label or ``worst_case``) at (norm, ε) must be ≥ the minimum."""
 
+    metric_name = "robust_accuracy"
+    label_fields: ClassVar[dict[str, str]] = {"attack": "attack", "norm": "norm", "eps": "eps"}
+    bound_field = "min_robust_accuracy"
+
     attack: Text
     norm: Norm
     eps: PositiveFloat
     min_robust_accuracy: Fraction
 
-    def describe(self) -> str:
-        return f"{self.attack}:{self.norm}:{self.eps:g}={self.min_robust_accuracy:g}"
-
-    def metric(self) -> tuple[str, dict[str, Any]]:
-        return "robust_accuracy", {"attack": self.attack, "norm": self.norm, "eps": self.eps}
-
     def what(self) -> str:
         return f"{self.attack} {self.norm} ε={self.eps:g}"
-
-    def bound(self) -> tuple[str, float]:
-        return "min", self.min_robust_accuracy
 
 
 
@@ -695,102 +691,44 @@ def defense_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 # ------------------------------------------------------------------------------------------------
 # report schema
-_NUM = {"type": "number"}
-_NUM_OR_NULL = {"type": ["number", "null"]}
-_SHARE = {"type": ["number", "null"], "minimum": 0, "maximum": 1}
-_COUNT = {"type": "integer", "minimum": 0}
 _ROW_COMMON = {
-    "robust_accuracy": _SHARE,
-    "success_rate": _SHARE,
+    "robust_accuracy": SHARE,
+    "success_rate": SHARE,
     "median_perturbation": {"type": ["number", "null"], "minimum": 0},
-    "robust_count": _COUNT,
-    "n": _COUNT,
+    "robust_count": COUNT,
+    "n": COUNT,
 }
-
-_CURVE_POINT = {"type": "array", "minItems": 2, "maxItems": 2, "items": {"type": "number", "minimum": 0}}
 _DEFENSE = {
     "type": "object",
     "required": ["name", "params", "randomized", "eot_samples", "rows"],
     "properties": {
-        "name": {"type": "string"},
+        "name": STRING,
         "params": {"type": "object"},
         "randomized": {"type": "boolean"},
         "eot_samples": {"type": "integer", "minimum": 1},
-        "rows": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["attack", "norm", "eps", "adaptive_robust_accuracy", "naive_robust_accuracy", "gap"],
-                "properties": {
-                    "attack": {"type": "string"},
-                    "norm": {"type": "string"},
-                    "eps": {"type": "number", "minimum": 0},
-                    "adaptive_robust_accuracy": _SHARE,
-                    "naive_robust_accuracy": _SHARE,
-                    "gap": {"type": ["number", "null"], "minimum": -1, "maximum": 1},
-                },
-            },
-        },
+        "rows": array_of(
+            ["attack", "norm", "eps", "adaptive_robust_accuracy", "naive_robust_accuracy", "gap"],
+            {"attack": STRING, "norm": STRING, "eps": NON_NEGATIVE, "adaptive_robust_accuracy": SHARE,
+             "naive_robust_accuracy": SHARE, "gap": {"type": ["number", "null"], "minimum": -1, "maximum": 1}},
+        ),
     },
 }
-
 _SECTIONS = {
-        "results": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": [
-                    "attack", "norm", "eps", "robust_accuracy", "success_rate", "median_perturbation",
-                    "queries", "grad_evals", "seconds",
-                ],
-                "properties": {
-                    "attack": {"type": "string"},
-                    "norm": {"type": "string"},
-                    "eps": {"type": "number", "minimum": 0},
-                    **_ROW_COMMON,
-                    "queries": _COUNT,
-                    "grad_evals": _COUNT,
-                    "seconds": {"type": "number", "minimum": 0},
-                },
-            },
-        },
-        "worst_case": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["norm", "eps", "robust_accuracy"],
-                "properties": {
-                    "norm": {"type": "string"},
-                    "eps": {"type": "number", "minimum": 0},
-                    **_ROW_COMMON,
-                    "attacks": {"type": "array", "items": {"type": "string"}},
-                },
-            },
-        },
-        "cost": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["attack", "queries", "grad_evals", "seconds"],
-                "properties": {
-                    "attack": {"type": "string"},
-                    "units": _COUNT,
-                    "samples": _COUNT,
-                    "queries": _COUNT,
-                    "grad_evals": _COUNT,
-                    "seconds": {"type": "number", "minimum": 0},
-                    "queries_per_sample": _NUM_OR_NULL,
-                },
-            },
-        },
-        "gallery": {
-            "type": "array",
-            "items": {
-                "type": "object",
-                "required": ["x", "x_adv"],
-                "properties": {"x": {"type": "array"}, "x_adv": {"type": "array"}},
-            },
-        },
+    "results": array_of(
+        ["attack", "norm", "eps", "robust_accuracy", "success_rate", "median_perturbation", "queries", "grad_evals", "seconds"],
+        {"attack": STRING, "norm": STRING, "eps": NON_NEGATIVE, **_ROW_COMMON, "queries": COUNT, "grad_evals": COUNT,
+         "seconds": NON_NEGATIVE},
+    ),
+    "worst_case": array_of(
+        ["norm", "eps", "robust_accuracy"],
+        {"norm": STRING, "eps": NON_NEGATIVE, **_ROW_COMMON, "attacks": {"type": "array", "items": STRING}},
+    ),
+    "cost": array_of(
+        ["attack", "queries", "grad_evals", "seconds"],
+        {"attack": STRING, "units": COUNT, "samples": COUNT, "queries": COUNT, "grad_evals": COUNT,
+         "seconds": NON_NEGATIVE, "queries_per_sample": NUM_OR_NULL},
+    ),
+    "gallery": array_of(["x", "x_adv"], {"x": {"type": "array"}, "x_adv": {"type": "array"}}),
 }
 
 
