@@ -108,9 +108,13 @@ def child(n: int, workdir: Path) -> dict[str, Any]:
     rep = run.report
     import statistics
 
+    from gauntlet.audit.store import open_store
+
+    with open_store(f"sqlite:///{db}", create=False) as st:  # every unit's record, as stored
+        units = [rec for study, rec in st.records(run.audit_id).values() if study == "evasion"]
     per_attack: dict[str, list[float]] = {}
-    for u in run.outcome.units:
-        per_attack.setdefault(u.attack, []).append(u.seconds)
+    for u in units:
+        per_attack.setdefault(u["attack"], []).append(u["seconds"])
     unit_total = sum(sum(v) for v in per_attack.values())
     return {
         "n": n,
@@ -120,11 +124,11 @@ def child(n: int, workdir: Path) -> dict[str, Any]:
         "rss_before_mb": base_kb / 1024,
         "peak_growth_mb": (peak_kb - base_kb) / 1024 if reset else None,
         "store_kb": sum(f.stat().st_size for f in workdir.glob("audit.db*")) / 1024,
-        "units": len(run.outcome.units),
+        "units": len(units),
         "unit_seconds_median": {a: statistics.median(v) for a, v in per_attack.items()},
         "units_seconds": unit_total,
         "overhead_seconds": seconds - unit_total,
-        "grad_evals": sum(u.grad_evals for u in run.outcome.units),
+        "grad_evals": sum(u["grad_evals"] for u in units),
         "clean_accuracy": rep["clean_accuracy"],
         "worst_case": {f"{r['norm']} {r['eps']:g}": r["robust_accuracy"] for r in rep["worst_case"]},
     }

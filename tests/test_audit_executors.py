@@ -34,7 +34,10 @@ def model_file(digits_net: torch.nn.Module, tmp_path_factory: pytest.TempPathFac
 @pytest.fixture(scope="module")
 def cluster() -> Any:
     """One local Ray cluster (2 CPUs) for the module; executors use it without owning it."""
+    before = {k: os.environ.get(k) for k in ("PYTHONPATH", "OMP_NUM_THREADS", "RAY_ENABLE_UV_RUN_RUNTIME_ENV")}
     RayExecutor(workers=2).start()
+    # the workers got the driver's import path; the caller's environment is as it was
+    assert {k: os.environ.get(k) for k in before} == before
     yield ray
     ray.shutdown()
 

@@ -145,11 +145,15 @@ class RayExecutor(Executor):
         if ray.is_initialized():  # this process is already connected (one connection per process)
             self._ray = ray
             return
-        # workers of a local cluster inherit this environment: let them import what the driver can
-        # (model architectures given as "module:Class" from the spec's folder) and use one thread
-        os.environ["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        # workers of a local cluster inherit the environment the cluster starts in: let them import
+        # what the driver can (model architectures given as "module:Class" from the spec's folder)
+        # and use one thread; the caller's environment is restored once the cluster runs
+        worker_env = {
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"),
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": os.environ.get("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0"),
+        }
+        saved = {k: os.environ.get(k) for k in worker_env}
         kwargs: dict[str, Any] = {
             "include_dashboard": False,
             "log_to_driver": False,
@@ -161,6 +165,7 @@ class RayExecutor(Executor):
         elif self.workers is not None:
             kwargs["num_cpus"] = self.workers
         try:
+            os.environ.update(worker_env)
             ray.init(**kwargs)
         except Exception as exc:  # noqa: BLE001 - any failure to reach or start a cluster is one line
             where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray cluster"
@@ -168,6 +173,12 @@ class RayExecutor(Executor):
                 f"--executor ray: cannot connect to {where} ({type(exc).__name__}: {_first_line(exc)}); "
                 "check --ray-address, or omit it to start a local cluster"
             ) from None
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self._ray = ray
         self._owns_cluster = True
 

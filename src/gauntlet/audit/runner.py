@@ -519,7 +519,8 @@ def run_audit(
         executor: where units run: ``"local"`` (default), ``"ray"`` or an
             :class:`~gauntlet.audit.executors.Executor` (e.g. ``RayExecutor(address=..., workers=2)``).
             It is started before anything is written, so an unreachable cluster leaves the store
-            untouched.
+            untouched; one given by name is closed at the end, one given as an object is left
+            open for the caller's next audit (close it yourself).
     """
     from gauntlet.audit.gate import evaluate_gate
     from gauntlet.audit.report import build_report
@@ -530,7 +531,9 @@ def run_audit(
     prep = prepare(spec, trust=trust, fail_under=fail_under)
     if out_dir is not None:
         _check_out_dir(Path(out_dir))
-    ex = make_executor(executor or "local") if executor is None or isinstance(executor, str) else executor
+    # an executor given by name is ours to close; a caller's object stays open for its next audit
+    owned = not isinstance(executor, Executor)
+    ex = executor if isinstance(executor, Executor) else make_executor(executor or "local")
     ex.start()
     st = None
     try:
@@ -561,5 +564,6 @@ def run_audit(
     finally:
         if st is not None:
             st.close()
-        ex.close()
+        if owned:
+            ex.close()
 
