@@ -203,7 +203,7 @@ def test_report_without_results_or_gallery_still_renders():
     rep = {"schema_version": "1.0", "model": {"name": None}, "data": {}, "clean_accuracy": None, "results": [],
            "worst_case": [], "cost": [], "flags": [], "gate": {"passed": None, "violations": []}, "gallery": [], "manifest": {}}
     text = render_html(rep)
-    assert "No results to plot." in text and "NOT EVALUATED" in text and "No hygiene flag raised." in text
+    assert "No results to plot." in text and "NO GATE CONFIGURED" in text and "No hygiene flag raised." in text
     assert "id='gallery'" not in text
 
 

@@ -176,6 +176,7 @@ def _run(
     executor: str = "local",
     ray_address: str | None = None,
     workers: int | None = None,
+    baseline: int | None = None,
 ) -> None:
     from gauntlet.audit.executors import make_executor
     from gauntlet.audit.gate import parse_regression, parse_threshold, summary_line
@@ -198,6 +199,7 @@ def _run(
                 progress=bar,
                 command=command,
                 executor=runner,
+                baseline=baseline,
             )
     except GauntletError as err:
         _fail(err, as_json)
@@ -249,7 +251,12 @@ def audit(
         [], "--fail-under", help="Gate threshold attack:norm:eps=min_robust_accuracy, e.g. 'pgd:linf:0.1=0.5' (repeatable)."
     ),
     max_regression: str | None = typer.Option(
-        None, "--max-regression", help="Fail when a robust accuracy fell more than this (e.g. 2pp) since the last audit of the same model name."
+        None, "--max-regression",
+        help="Fail when a metric moved the wrong way by more than this (e.g. 2pp) since the baseline: the last audit "
+        "of the same model name on the same data that did not fail its gate.",
+    ),
+    baseline: int | None = typer.Option(
+        None, "--baseline", min=1, help="Audit id to compare against with --max-regression (any data; gauntlet history lists ids)."
     ),
     trust: bool = typer.Option(False, "--trust", help="Allow pickle model files (runs code from the file: trusted files only)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
@@ -279,13 +286,16 @@ def audit(
         args += ["--fail-under", t]
     if max_regression:
         args += ["--max-regression", max_regression]
+    if baseline is not None:
+        args += ["--baseline", str(baseline)]
     if trust:
         args.append("--trust")
     if executor != "local":
         args += ["--executor", executor] + (["--ray-address", "<given>"] if ray_address else [])
         args += ["--workers", str(workers)] if workers else []
     _run(spec_obj, out=out, store=store, fail_under=fail_under, max_regression=max_regression, trust=trust,
-         as_json=as_json, command=shlex.join(args), executor=executor, ray_address=ray_address, workers=workers)
+         as_json=as_json, command=shlex.join(args), executor=executor, ray_address=ray_address, workers=workers,
+         baseline=baseline)
 
 
 def _threads(n: int | None) -> None:

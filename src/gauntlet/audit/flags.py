@@ -38,6 +38,7 @@ CHECKS: dict[str, str] = {
     "no_full_break_at_large_eps": "Accuracy does not reach ~0 at a very large ε",
     "randomized_without_eot": "A randomized model is attacked without EOT",
     "gradient_masking_gap": "Naive attacks report robustness that adaptive attacks remove",
+    "eps_covers_input_range": "An L∞ budget covers the whole input range",
 }
 
 # thresholds (documented in the explanations)
@@ -420,4 +421,25 @@ def compute_flags(
         f = _check_masking_gap(aggregate(units, [bool(c) for c in clean_correct]).results, model)
         if f:
             flags.append(f)
+    f = _check_eps_range(model, units)
+    if f:
+        flags.append(f)
     return flags
+
+
+def _check_eps_range(model: Model, units: Sequence[UnitRecord]) -> dict[str, Any] | None:
+    """An L∞ ε at or beyond the width of the input range: every input can become any input."""
+    lo, hi = (float(b) for b in model.bounds)
+    width = hi - lo
+    huge = sorted({float(e) for u in units if u.norm == "linf" for e in u.eps if float(e) >= width - 1e-12})
+    if not huge:
+        return None
+    return _flag(
+        "eps_covers_input_range",
+        f"The L∞ budget ε = {', '.join(f'{e:g}' for e in huge)} is at least the width of the model's input range "
+        f"[{lo:g}, {hi:g}] ({width:g}): within it every input can be turned into any other input, so robust "
+        "accuracy there is 0 by construction and says nothing about the model. This usually means ε is on another "
+        f"scale than the inputs (e.g. ε = 8 for images in [0, 1] instead of 8/255); give ε on the scale of "
+        "model.bounds.",
+        {"eps": huge, "bounds": [lo, hi]},
+    )

@@ -133,7 +133,13 @@ def evaluate_gate(
     previous_report: Mapping[str, Any] | None = None,
     max_regression: float | None = None,
 ) -> dict[str, Any]:
-    """``{"passed": bool, "violations": [str, ...]}`` for a report under thresholds and a baseline."""
+    """``{"passed": bool | None, "violations": [str, ...]}`` for a report under thresholds and a baseline.
+
+    ``passed`` is ``None`` — *no gate configured* — when there is no threshold and no
+    ``max_regression``: nothing was required, so nothing passed (the exit code is 0 all the same).
+    """
+    if not thresholds and max_regression is None:
+        return {"passed": None, "violations": []}
     violations: list[str] = []
     metrics = metrics_of(report)
     for th in thresholds:
@@ -188,4 +194,6 @@ def summary_line(report: Mapping[str, Any], where: str | None = None) -> str:
         first = v[0] if v else "gate failed"
         more = f" (+{len(v) - 1} more)" if len(v) > 1 else ""
         return f"FAIL {name}: {first}{more}; {', '.join(parts)}{tail}"
+    if gate.get("passed") is None:
+        return f"NO GATE {name}: no threshold or --max-regression configured; {', '.join(parts)}{tail}"
     return f"PASS {name}: {', '.join(parts)}{tail}"

@@ -207,7 +207,7 @@ def _gate_badge(gate: Mapping[str, Any]) -> str:
         return "<span class='badge b-ok'>PASSED</span>"
     if passed is False:
         return "<span class='badge b-bad'>FAILED</span>"
-    return "<span class='badge b-none'>NOT EVALUATED</span>"
+    return "<span class='badge b-none'>NO GATE CONFIGURED</span>"
 
 
 def _cards(report: Mapping[str, Any]) -> str:
@@ -232,7 +232,7 @@ def _gate(report: Mapping[str, Any]) -> str:
     gate = report.get("gate") or {}
     viol = gate.get("violations") or []
     body = "".join(f"<li>{e(v)}</li>" for v in viol)
-    text = {True: "Every threshold is met.", False: "Some thresholds are not met:", None: "No thresholds were evaluated for this report."}
+    text = {True: "Every threshold is met.", False: "Some thresholds are not met:", None: "No gate is configured: no threshold and no --max-regression, so nothing was required of this model."}
     return (
         f"<section id='gate'><h2>Gate {_gate_badge(gate)}</h2><div>{e(text.get(gate.get('passed'), ''))}</div>"
         + (f"<ul class='violations'>{body}</ul>" if body else "")

@@ -28,6 +28,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -132,11 +133,12 @@ class AuditRun:
 
     @property
     def passed(self) -> bool:
-        return bool(self.report.get("gate", {}).get("passed", True))
+        """The gate did not fail (it passed, or no gate was configured)."""
+        return self.report.get("gate", {}).get("passed") is not False
 
     @property
     def exit_code(self) -> int:
-        """0 when the gate passed, 1 when it failed."""
+        """1 when the gate failed; 0 when it passed or no gate was configured."""
         return 0 if self.passed else 1
 
 
@@ -232,6 +234,9 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
     )
     for study in studies:
         study.check(env)
+    _check_finite(model, x, spec.batch_size)
+    _reseed(model, spec.seed)
+    env.clean_pred = _clean_pred(model, x, spec.batch_size)  # once per audit, shared by every unit
     digest = spec_hash(spec)
     tasks: list[Task] = []
     for study in studies:
@@ -312,6 +317,25 @@ def _reseed(model: Any, seed: int) -> None:
         reseed(seed)
 
 
+def _check_finite(model: Any, x: Tensor, batch: int) -> None:
+    """Refuse a model whose scores on the clean data hold NaN or ±inf (its accuracy and every
+    attack's result would be meaningless); label-only models are not checked."""
+    if not model.has("scores"):
+        return
+    bad: list[int] = []
+    with torch.no_grad():
+        for s in range(0, x.shape[0], batch):
+            out = model.scores(x[s : s + batch], count=False)
+            rows = (~torch.isfinite(out.reshape(out.shape[0], -1))).any(dim=1)
+            bad.extend(int(i) + s for i in torch.nonzero(rows).flatten().tolist())
+    if bad:
+        raise DataError(
+            f"model: its scores are NaN or infinite on {len(bad)} of the {x.shape[0]} clean samples (first: sample "
+            f"{bad[0]}); check the weights (NaN after training?), model.mean/std and that the data lies in "
+            "model.bounds"
+        )
+
+
 def _clean_pred(model: Any, x: Tensor, batch: int) -> Tensor:
     """The model's labels on the clean data, computed once per audit and shared by every unit."""
     return torch.cat([model.predict(x[s : s + batch], count=False) for s in range(0, x.shape[0], batch)])
@@ -358,8 +382,9 @@ def execute(
     reused = sum(1 for t in prep.tasks if t.key in done)
     try:
         emit(ProgressEvent("units", reused, total, reused, "resumed" if reused else "starting"))
-        _reseed(env.model, spec.seed)
-        env.clean_pred = _clean_pred(env.model, env.x, spec.batch_size)
+        if env.clean_pred is None:
+            _reseed(env.model, spec.seed)
+            env.clean_pred = _clean_pred(env.model, env.x, spec.batch_size)
         # the cheapest units first (a stable sort: plan order among equals)
         pending = sorted((t for t in prep.tasks if t.key not in done), key=lambda t: t.cost)
         count = reused
@@ -486,8 +511,41 @@ def _check_out_dir(out: Path) -> None:
     probe = out
     while not probe.exists():
         probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {str(out)!r}: {str(probe)!r} is not writable; pass a writable folder")
+    if not probe.is_dir():
+        raise ConfigError(f"--out {str(out)!r}: {str(probe)!r} is not a folder; pass a writable folder")
+    # try it (os.access says yes to root on a read-only file system): a file made and removed at once
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".gauntlet-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {str(out)!r}: {str(probe)!r} is not writable ({exc.strerror or type(exc).__name__}); pass a writable folder"
+        ) from None
+
+
+def _baseline(st: Store | None, prep: Prepared, baseline: int | None) -> tuple[int, dict[str, Any]] | None:
+    """The report ``--max-regression`` compares against, found before any unit runs."""
+    if baseline is not None:
+        if isinstance(baseline, bool) or not isinstance(baseline, int) or baseline < 1:
+            raise ConfigError(f"--baseline must be an audit id >= 1 (gauntlet history lists them), got {baseline!r}")
+        if st is None:
+            raise ConfigError("--baseline needs a store to read the baseline audit from; pass --store")
+        return baseline, st.get_report(baseline)
+    if st is None:
+        return None
+    name, data = prep.model_info["name"], prep.data_info["sha256"]
+    same = st.previous_report(name, data_sha256=data, passed=True)
+    if same is not None:
+        return same
+    other = st.previous_report(name, passed=True)
+    if other is not None:
+        raise ConfigError(
+            f"--max-regression: no earlier audit of {name!r} that passed its gate used this data; the last one, "
+            f"#{other[0]}, audited other data ({(other[1].get('data') or {}).get('name')}), so a difference would "
+            f"not be a regression; pass --baseline {other[0]} to compare against it anyway"
+        )
+    return None
 
 
 def run_audit(
@@ -502,6 +560,7 @@ def run_audit(
     command: str | None = None,
     resume: bool = True,
     executor: Executor | str | None = None,
+    baseline: int | None = None,
 ) -> AuditRun:
     """Run an audit end to end: check, run or resume the units, build the report, apply the gate,
     write ``report.json``/``report.html`` into ``out_dir`` and record the audit in ``store``.
@@ -511,8 +570,11 @@ def run_audit(
         out_dir: where the reports go (nothing written when ``None``).
         store: SQLAlchemy URL of the results store, or ``None`` for no store (no resume, no history).
         fail_under: extra gate thresholds (CLI ``--fail-under``), on top of ``spec.thresholds``.
-        max_regression: largest allowed drop in robust accuracy (a fraction, 0.02 = 2 pp) against
-            the last finished audit of the same model name in the store.
+        max_regression: largest allowed drop of a metric (a fraction, 0.02 = 2 pp) against the
+            baseline: the last audit of the same model name in the store that did not fail its
+            gate, on the same data.  When the only such audits used other data, the audit is
+            refused (``ConfigError``) before anything runs, unless ``baseline`` names one.
+        baseline: the audit id to compare against (CLI ``--baseline``), any data.
         trust: override ``spec.model.trust`` (CLI ``--trust``).
         progress: called with a :class:`ProgressEvent` after every unit and phase.
         command: the command line, recorded in the manifest and the store.
@@ -538,25 +600,28 @@ def run_audit(
     st = None
     try:
         st = open_store(store) if store is not None else None
+        previous = _baseline(st, prep, baseline) if max_regression is not None or baseline is not None else None
         outcome, audit_id, resumed, reused = execute(
             prep, st, executor=ex, command=command, progress=progress, resume=resume
         )
         emit = progress or (lambda event: None)
         emit(ProgressEvent("report", len(prep.tasks), len(prep.tasks), reused, "writing the report"))
         report = build_report(outcome)
-        previous = None
-        if max_regression is not None and st is not None:
-            previous = st.previous_report(prep.model_info["name"], before=audit_id)
         gate = evaluate_gate(
             report,
             list(spec.thresholds) + list(fail_under),
             previous[1] if previous else None,
             max_regression,
         )
-        if max_regression is not None:
+        if max_regression is not None or baseline is not None:
             gate["baseline_audit_id"] = previous[0] if previous else None
         report["gate"] = gate
-        paths = write_reports(report, out_dir) if out_dir is not None else {}
+        try:
+            paths = write_reports(report, out_dir) if out_dir is not None else {}
+        except GauntletError:
+            if st is not None and audit_id is not None:  # not left "running": the rerun resumes it
+                st.fail_audit(audit_id)
+            raise
         if st is not None and audit_id is not None:
             st.finish_audit(audit_id, report)
         emit(ProgressEvent("done", len(prep.tasks), len(prep.tasks), reused, "done"))

@@ -365,8 +365,15 @@ class Store:
             raise StoreError(f"audit {audit_id} is not finished (status {row[0]}); rerun its command to complete it")
         return json.loads(row[1])
 
-    def previous_report(self, model_name: str, before: int | None = None) -> tuple[int, dict[str, Any]] | None:
-        """The last finished audit of a model name (older than audit ``before``), or ``None``."""
+    def previous_report(
+        self, model_name: str, before: int | None = None, *, data_sha256: str | None = None, passed: bool = False
+    ) -> tuple[int, dict[str, Any]] | None:
+        """The last finished audit of a model name (older than audit ``before``), or ``None``.
+
+        ``data_sha256``: only audits of that data; ``passed``: only audits whose gate did not fail
+        (it passed, or none was configured) — the baseline of ``--max-regression``, so that rerunning
+        a failed gate cannot pass it.
+        """
         from sqlalchemy import select
 
         _, models, audits, _ = _tables()
@@ -378,10 +385,16 @@ class Store:
         )
         if before is not None:
             q = q.where(audits.c.id < before)
+        if data_sha256 is not None:
+            q = q.where(audits.c.data_sha256 == data_sha256)
         with self._tx("read the previous audit") as conn:
-            row = conn.execute(q).first()
-        return (int(row[0]), json.loads(row[1])) if row else None
-
+            rows = conn.execute(q).all()
+        for audit_id, text in rows:
+            report = json.loads(text)
+            if passed and (report.get("gate") or {}).get("passed") is False:
+                continue
+            return int(audit_id), report
+        return None
 
 def _headline(report: dict[str, Any]) -> list[str]:
     """The studies' one-line phrases for a stored report (``worst case linf ε=0.1 51.1%``)."""

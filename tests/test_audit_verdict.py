@@ -1,0 +1,131 @@
+"""The gate's verdict: no gate configured is its own state, the regression baseline is the last audit
+that did not fail its gate on the same data, and bad models, budgets and folders are never accepted
+silently (each found before anything is stored)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+import gauntlet.audit.runner as runner_mod
+from gauntlet.audit import load_spec, run_audit
+from gauntlet.audit.gate import summary_line
+from gauntlet.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def model_file(digits_net: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "digits.pt"
+    torch.save(digits_net.state_dict(), path)
+    return path
+
+
+def spec(model_file: Path, **over: Any) -> dict[str, Any]:
+    s: dict[str, Any] = {
+        "model": {"path": str(model_file), "name": "digits-cnn", "arch": "digits_cnn"},
+        "data": {"name": "digits", "n": 40, "seed": 0},
+        "threats": [{"norm": "linf", "eps": 0.1}],
+        "attacks": [{"name": "fgsm", "label": "a"}],
+        "batch_size": 40,
+    }
+    s.update(over)
+    return s
+
+
+def audits(db: Path) -> list[tuple[int, str]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT id, status FROM audits ORDER BY id").fetchall()
+    finally:
+        con.close()
+
+
+def test_an_audit_without_thresholds_or_max_regression_has_no_gate_and_exits_0(model_file: Path) -> None:
+    run = run_audit(load_spec(spec(model_file)), store=None)
+    assert run.report["gate"] == {"passed": None, "violations": []}
+    assert run.exit_code == 0 and run.passed
+    assert summary_line(run.report).startswith("NO GATE digits-cnn: no threshold or --max-regression configured")
+
+
+def test_rerunning_a_failed_regression_gate_fails_again(model_file: Path, tmp_path: Path) -> None:
+    store = f"sqlite:///{tmp_path / 'g.db'}"
+    first = run_audit(load_spec(spec(model_file)), store=store, max_regression=0.0)
+    assert first.report["gate"]["passed"] is True and first.report["gate"]["baseline_audit_id"] is None
+    # the same label, a stronger attack: robust accuracy of "a" falls
+    weaker = spec(model_file, attacks=[{"name": "pgd", "steps": 10, "label": "a"}])
+    second = run_audit(load_spec(weaker), store=store, max_regression=0.0)
+    assert second.exit_code == 1 and second.report["gate"]["baseline_audit_id"] == first.audit_id
+    third = run_audit(load_spec(weaker), store=store, max_regression=0.0)
+    # the failed second audit is no baseline: the rerun is compared with the first and fails too
+    assert third.audit_id == second.audit_id + 1
+    assert third.exit_code == 1 and third.report["gate"]["baseline_audit_id"] == first.audit_id
+    assert third.report["gate"]["violations"][0].startswith("a linf ε=0.1: robust accuracy fell")
+
+
+def test_a_baseline_on_other_data_is_refused_before_anything_runs_unless_named(model_file: Path, tmp_path: Path) -> None:
+    db = tmp_path / "g.db"
+    first = run_audit(load_spec(spec(model_file)), store=f"sqlite:///{db}")
+    other = load_spec(spec(model_file, data={"name": "digits", "n": 40, "seed": 1}))
+    with pytest.raises(ConfigError, match=rf"^--max-regression: no earlier audit of 'digits-cnn' that passed its gate "
+                                          rf"used this data; the last one, #{first.audit_id}, audited other data") as info:
+        run_audit(other, store=f"sqlite:///{db}", max_regression=0.02)
+    assert f"pass --baseline {first.audit_id}" in str(info.value) and "\n" not in str(info.value)
+    assert audits(db) == [(first.audit_id, "done")]  # nothing was written
+    named = run_audit(other, store=f"sqlite:///{db}", max_regression=1.0, baseline=first.audit_id)
+    assert named.report["gate"]["baseline_audit_id"] == first.audit_id and named.exit_code == 0
+    with pytest.raises(ConfigError, match=r"^--baseline must be an audit id >= 1"):
+        run_audit(other, store=f"sqlite:///{db}", baseline=0)
+
+
+def test_a_model_with_nan_scores_on_clean_data_is_refused_and_nothing_is_written(
+    digits_net: torch.nn.Module, tmp_path: Path
+) -> None:
+    state = {k: v.clone() for k, v in digits_net.state_dict().items()}
+    last_bias = [k for k in state if k.endswith("bias")][-1]
+    state[last_bias][3] = float("nan")  # class 3's logit is NaN for every input
+    path = tmp_path / "nan.pt"
+    torch.save(state, path)
+    db = tmp_path / "g.db"
+    with pytest.raises(DataError, match=r"^model: its scores are NaN or infinite on 40 of the 40 clean samples \(first: sample 0\)"):
+        run_audit(load_spec(spec(path)), out_dir=tmp_path / "out", store=f"sqlite:///{db}")
+    assert not db.exists() and not (tmp_path / "out").exists()
+
+
+def test_an_linf_budget_covering_the_input_range_raises_a_flag(model_file: Path) -> None:
+    rep = run_audit(load_spec(spec(model_file, threats=[{"norm": "linf", "eps": [0.1, 1.0, 8.0]}])), store=None).report
+    flag = next(f for f in rep["flags"] if f["id"] == "eps_covers_input_range")
+    assert flag["severity"] == "warning" and flag["evidence"] == {"eps": [1.0, 8.0], "bounds": [0.0, 1.0]}
+    assert "8/255" in flag["explanation"]
+    fine = run_audit(load_spec(spec(model_file)), store=None).report
+    assert "eps_covers_input_range" not in [f["id"] for f in fine["flags"]]
+
+
+def test_an_unwritable_out_folder_is_found_before_the_first_unit_and_no_audit_is_left_running(
+    model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    db = tmp_path / "g.db"
+
+    def refuse(*a: Any, **k: Any) -> Any:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(runner_mod.tempfile, "mkstemp", refuse)  # a read-only folder, even for root
+    with pytest.raises(ConfigError, match=r"is not writable \(Permission denied\); pass a writable folder$"):
+        run_audit(load_spec(spec(model_file)), out_dir=tmp_path / "out", store=f"sqlite:///{db}")
+    assert not db.exists()
+    monkeypatch.undo()
+
+    # a report that cannot be written at the end leaves the audit failed (resumable), not running
+    def broken(report: Any, out_dir: Any) -> Any:
+        raise ConfigError("--out: cannot write the report (disk full); pass a writable folder")
+
+    monkeypatch.setattr(runner_mod, "write_reports", broken)
+    with pytest.raises(ConfigError, match="disk full"):
+        run_audit(load_spec(spec(model_file)), out_dir=tmp_path / "out", store=f"sqlite:///{db}")
+    assert [s for _, s in audits(db)] == ["failed"]
+    monkeypatch.undo()
+    again = run_audit(load_spec(spec(model_file)), out_dir=tmp_path / "out", store=f"sqlite:///{db}")
+    assert again.resumed and again.reused_units == 1 and [s for _, s in audits(db)] == ["done"]
