@@ -110,7 +110,7 @@ def db_count(db: Path) -> int:
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
         try:
-            return int(con.execute("SELECT count(*) FROM records").fetchone()[0])
+            return int(con.execute("SELECT count(*) FROM records WHERE study != 'core'").fetchone()[0])
         finally:
             con.close()
     except sqlite3.Error:  # no table yet, or busy
@@ -120,7 +120,7 @@ def db_count(db: Path) -> int:
 def db_state(db: Path) -> dict[str, Any]:
     con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)
     try:
-        rows, distinct = con.execute("SELECT count(*), count(DISTINCT audit_id || ':' || key) FROM records").fetchone()
+        rows, distinct = con.execute("SELECT count(*), count(DISTINCT audit_id || ':' || key) FROM records WHERE study != 'core'").fetchone()
         audits = con.execute("SELECT count(*), group_concat(status) FROM audits").fetchone()
         return {"rows": rows, "distinct": distinct, "audits": audits[0], "status": audits[1]}
     finally:

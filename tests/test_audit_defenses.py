@@ -110,7 +110,7 @@ def extras_rows(db: Path) -> list[tuple[str, int]]:
     con = sqlite3.connect(db)
     try:
         return con.execute(
-            "SELECT study, count(*) FROM records WHERE study != 'evasion' GROUP BY study ORDER BY study"
+            "SELECT study, count(*) FROM records WHERE study NOT IN ('evasion', 'core') GROUP BY study ORDER BY study"
         ).fetchall()
     finally:
         con.close()

@@ -64,7 +64,7 @@ def comparable(report: dict[str, Any]) -> dict[str, Any]:
 def unit_rows(db: Path) -> tuple[int, int]:
     con = sqlite3.connect(db)
     try:
-        return con.execute("SELECT count(*), count(DISTINCT audit_id || '/' || key) FROM records").fetchone()
+        return con.execute("SELECT count(*), count(DISTINCT audit_id || '/' || key) FROM records WHERE study != 'core'").fetchone()
     finally:
         con.close()
 
@@ -194,7 +194,7 @@ def _db_count(db: Path) -> int:
     try:
         con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
         try:
-            return int(con.execute("SELECT count(*) FROM records").fetchone()[0])
+            return int(con.execute("SELECT count(*) FROM records WHERE study != 'core'").fetchone()[0])
         finally:
             con.close()
     except sqlite3.Error:

@@ -53,9 +53,11 @@ def test_an_audit_without_thresholds_or_max_regression_has_no_gate_and_exits_0(m
 
 def test_rerunning_a_failed_regression_gate_fails_again(model_file: Path, tmp_path: Path) -> None:
     store = f"sqlite:///{tmp_path / 'g.db'}"
-    first = run_audit(load_spec(spec(model_file)), store=store, max_regression=0.0)
+    # a one-step PGD with a tiny step fools almost nothing: the baseline looks robust
+    barely = [{"name": "pgd", "steps": 1, "step_size": 0.001, "random_start": False, "label": "a"}]
+    first = run_audit(load_spec(spec(model_file, attacks=barely)), store=store, max_regression=0.0)
     assert first.report["gate"]["passed"] is True and first.report["gate"]["baseline_audit_id"] is None
-    # the same label, a stronger attack: robust accuracy of "a" falls
+    # the same label, a real attack: robust accuracy of "a" falls, far beyond noise
     weaker = spec(model_file, attacks=[{"name": "pgd", "steps": 10, "label": "a"}])
     second = run_audit(load_spec(weaker), store=store, max_regression=0.0)
     assert second.exit_code == 1 and second.report["gate"]["baseline_audit_id"] == first.audit_id
@@ -129,3 +131,60 @@ def test_an_unwritable_out_folder_is_found_before_the_first_unit_and_no_audit_is
     monkeypatch.undo()
     again = run_audit(load_spec(spec(model_file)), out_dir=tmp_path / "out", store=f"sqlite:///{db}")
     assert again.resumed and again.reused_units == 1 and [s for _, s in audits(db)] == ["done"]
+
+
+# ------------------------------------------------------------------------------------------------
+# a regression is a drop beyond noise
+def _report(robust: int, n: int = 450, clean: int = 430) -> dict[str, Any]:
+    return {
+        "clean_accuracy": clean / n,
+        "data": {"n": n, "sha256": "d"},
+        "results": [{"attack": "pgd", "norm": "linf", "eps": 0.1, "robust_accuracy": robust / n, "robust_count": robust, "n": n}],
+        "worst_case": [],
+    }
+
+
+def _outcomes(robust_idx: set[int], n: int = 450, clean: int = 430) -> dict[Any, list[bool | None]]:
+    key = ("robust_accuracy", (("attack", "pgd"), ("eps", 0.1), ("norm", "linf")))
+    return {key: [i in robust_idx for i in range(n)], ("clean_accuracy", ()): [i < clean for i in range(n)]}
+
+
+def test_a_seed_only_move_does_not_trip_1pp_and_a_real_5pp_drop_on_450_points_does() -> None:
+    from gauntlet.audit.gate import compare_reports, evaluate_gate
+
+    base = set(range(200))
+    noisy = (base - {0, 1, 2, 3, 4, 5}) | {300}  # 6 lost, 1 gained: -1.1 pp, McNemar p = 8/128
+    real = base - set(range(23))  # 23 lost: -5.1 pp, p = 2^-23
+    a, b_noise, b_real = _report(200), _report(len(noisy)), _report(len(real))
+    (row,) = compare_reports(a, b_noise, 0.01)["rows"]
+    assert row["regression"] is True  # the move alone exceeds 1 pp ...
+    (row,) = compare_reports(a, b_noise, 0.01, alpha=0.05, outcomes_a=_outcomes(base), outcomes_b=_outcomes(noisy))["rows"]
+    assert row["significant"] is False and row["regression"] is False  # ... but it is noise
+    gate = evaluate_gate(b_real, [], a, 0.01, alpha=0.05, outcomes_previous=_outcomes(base), outcomes=_outcomes(real))
+    assert gate["passed"] is False and gate["violations"][0].startswith("pgd linf ε=0.1: robust accuracy fell 5.1 pp")
+    # without per-sample outcomes (other data), the two proportions decide: 5 pp on 450 vs 450 is not beyond noise
+    (row,) = compare_reports(a, b_real, 0.01, alpha=0.05)["rows"]
+    assert row["significant"] is False and row["regression"] is False
+    (row,) = compare_reports(_report(300), _report(200), 0.01, alpha=0.05)["rows"]
+    assert row["significant"] is True and row["regression"] is True
+
+
+def test_wilson_and_mcnemar_match_their_closed_forms() -> None:
+    from gauntlet.audit.stats import mcnemar_drop_p, newcombe_drop_lower, wilson
+
+    lo, hi = wilson(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(1.96 ** 2 / (10 + 1.96 ** 2), abs=1e-3)  # z²/(n + z²) at k = 0
+    lo, hi = wilson(225, 450)
+    assert lo < 0.5 < hi and hi - 0.5 == pytest.approx(0.5 - lo) and hi - lo == pytest.approx(2 * 1.96 * 0.5 / 450 ** 0.5, rel=0.01)
+    assert mcnemar_drop_p([True] * 3 + [False], [False] * 3 + [True]) == pytest.approx(5 / 16)  # P(X >= 3), X ~ Bin(4, 1/2)
+    assert mcnemar_drop_p([True, False], [True, False]) == 1.0
+    assert newcombe_drop_lower(300, 450, 200, 450) > 0 > newcombe_drop_lower(200, 450, 195, 450)
+
+
+def test_alpha_is_validated_with_a_one_line_error() -> None:
+    from gauntlet.audit.gate import parse_alpha
+
+    assert parse_alpha("0.01") == 0.01 and parse_alpha(None) is None
+    for bad in ("0", "0.7", "nan", "five"):
+        with pytest.raises(ConfigError, match=rf"^--alpha '{bad}': "):
+            parse_alpha(bad)

@@ -179,7 +179,8 @@ def test_bad_inputs_exit_2_with_one_line_and_leave_the_store_untouched(
 
 def test_history_and_compare_show_audits_and_mark_regressions(model_file: Path, tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'g.db'}"
-    weak = write_spec(tmp_path, model_file, name="weak.yaml", attacks=[{"name": "pgd", "steps": 1, "random_start": False}], thresholds=[])
+    weak = write_spec(tmp_path, model_file, name="weak.yaml", thresholds=[],
+                      attacks=[{"name": "pgd", "steps": 1, "step_size": 0.001, "random_start": False}])
     strong = write_spec(tmp_path, model_file, name="strong.yaml", attacks=[{"name": "pgd", "steps": 10}], thresholds=[])
     assert invoke("audit", weak, "--out", tmp_path / "a", "--store", db).exit_code == 0
     res = invoke("audit", strong, "--out", tmp_path / "b", "--store", db, "--max-regression", "0pp")

@@ -177,9 +177,10 @@ def _run(
     ray_address: str | None = None,
     workers: int | None = None,
     baseline: int | None = None,
+    alpha: str = "0.05",
 ) -> None:
     from gauntlet.audit.executors import make_executor
-    from gauntlet.audit.gate import parse_regression, parse_threshold, summary_line
+    from gauntlet.audit.gate import parse_alpha, parse_regression, parse_threshold, summary_line
     from gauntlet.audit.runner import run_audit
     from gauntlet.errors import GauntletError
 
@@ -187,6 +188,7 @@ def _run(
     try:
         thresholds = [parse_threshold(t) for t in fail_under]
         regression = parse_regression(max_regression)
+        level = parse_alpha(alpha)
         runner = make_executor(executor, address=ray_address, workers=workers)
         with bar:
             run = run_audit(
@@ -200,6 +202,7 @@ def _run(
                 command=command,
                 executor=runner,
                 baseline=baseline,
+                alpha=level,
             )
     except GauntletError as err:
         _fail(err, as_json)
@@ -258,6 +261,9 @@ def audit(
     baseline: int | None = typer.Option(
         None, "--baseline", min=1, help="Audit id to compare against with --max-regression (any data; gauntlet history lists ids)."
     ),
+    alpha: str = typer.Option(
+        "0.05", "--alpha", help="A drop beyond --max-regression fails only when also significant at this level (paired per sample on the same data)."
+    ),
     trust: bool = typer.Option(False, "--trust", help="Allow pickle model files (runs code from the file: trusted files only)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
     executor: str = typer.Option("local", "--executor", help="Where units run: local (this process) or ray (Ray tasks, one thread each)."),
@@ -288,6 +294,8 @@ def audit(
         args += ["--max-regression", max_regression]
     if baseline is not None:
         args += ["--baseline", str(baseline)]
+    if alpha != "0.05":
+        args += ["--alpha", alpha]
     if trust:
         args.append("--trust")
     if executor != "local":
@@ -295,7 +303,7 @@ def audit(
         args += ["--workers", str(workers)] if workers else []
     _run(spec_obj, out=out, store=store, fail_under=fail_under, max_regression=max_regression, trust=trust,
          as_json=as_json, command=shlex.join(args), executor=executor, ray_address=ray_address, workers=workers,
-         baseline=baseline)
+         baseline=baseline, alpha=alpha)
 
 
 def _threads(n: int | None) -> None:

@@ -21,7 +21,15 @@ from typing import Any
 from gauntlet.audit.studies import Metric, studies
 from gauntlet.errors import ConfigError
 
-__all__ = ["compare_reports", "evaluate_gate", "metrics_of", "parse_regression", "parse_threshold", "summary_line"]
+__all__ = [
+    "compare_reports",
+    "evaluate_gate",
+    "metrics_of",
+    "parse_alpha",
+    "parse_regression",
+    "parse_threshold",
+    "summary_line",
+]
 
 _TOL = 1e-9
 
@@ -67,6 +75,19 @@ def parse_regression(text: str | float | None) -> float | None:
     return value
 
 
+def parse_alpha(value: float | str | None) -> float | None:
+    """``--alpha``: the significance level of a regression, in (0, 0.5]; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    try:
+        alpha = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"--alpha {value!r}: expected a significance level such as 0.05") from None
+    if not (0.0 < alpha <= 0.5) or not math.isfinite(alpha):
+        raise ConfigError(f"--alpha {value!r}: must be in (0, 0.5], e.g. 0.05 (a 5% chance of calling noise a regression)")
+    return alpha
+
+
 def _pct(v: float | None) -> str:
     return "n/a" if v is None else f"{100 * v:.1f}%"
 
@@ -80,13 +101,47 @@ def _find(metrics: Sequence[Metric], name: str, labels: Mapping[str, Any]) -> Me
     return next((m for m in metrics if m.matches(name, labels)), None)
 
 
-def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any], max_regression: float = 0.0) -> dict[str, Any]:
+def _significant(
+    m_a: Metric | None, m_b: Metric | None, key: Any, outcomes_a: Mapping[Any, Any] | None,
+    outcomes_b: Mapping[Any, Any] | None, alpha: float,
+) -> bool | None:
+    """Whether ``b`` is worse than ``a`` beyond noise (see :mod:`gauntlet.audit.stats`)."""
+    from gauntlet.audit.stats import drop_is_significant
+
+    va = (outcomes_a or {}).get(key)
+    vb = (outcomes_b or {}).get(key)
+    before = after = None
+    if va is not None and vb is not None and len(va) == len(vb):
+        pairs = [(x, y) for x, y in zip(va, vb) if x is not None and y is not None]
+        before, after = [bool(x) for x, _ in pairs], [bool(y) for _, y in pairs]
+    counts = None
+    if m_a is not None and m_b is not None and None not in (m_a.count, m_a.n, m_b.count, m_b.n):
+        counts = (int(m_a.count), int(m_a.n), int(m_b.count), int(m_b.n))  # type: ignore[arg-type]
+    if m_a is not None and not m_a.higher_is_better:  # a rise is the regression: swap the roles
+        before, after = (None, None) if before is None else ([not x for x in before], [not y for y in after or []])
+        counts = None if counts is None else (counts[1] - counts[0], counts[1], counts[3] - counts[2], counts[3])
+    return drop_is_significant(before, after, counts, alpha)
+
+
+def compare_reports(
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    max_regression: float = 0.0,
+    *,
+    alpha: float | None = None,
+    outcomes_a: Mapping[Any, Any] | None = None,
+    outcomes_b: Mapping[Any, Any] | None = None,
+) -> dict[str, Any]:
     """Every metric of report ``a`` and ``b`` and their difference.
 
     A row is a regression when ``b`` moved the wrong way (lower, for a metric where higher is
-    better) by more than ``max_regression`` (a fraction; 0.02 = 2 pp); informational metrics
-    never are.  Rows only one report has get ``None`` on the other side.  Each row carries the
-    metric's labels (evasion: ``attack``, ``norm``, ``eps``), ``study``, ``metric`` and ``what``.
+    better) by more than ``max_regression`` (a fraction; 0.02 = 2 pp) — and, with ``alpha``, when
+    that move is also significant at level ``alpha``: paired per sample (exact McNemar) where both
+    audits' per-sample ``outcomes`` are given (same data), else from the two proportions
+    (Newcombe); a row whose significance cannot be judged falls back to the move alone.
+    Informational metrics never are regressions.  Rows only one report has get ``None`` on the
+    other side.  Each row carries the metric's labels (evasion: ``attack``, ``norm``, ``eps``),
+    ``study``, ``metric``, ``what`` and, with ``alpha``, ``significant``.
     """
     ma, mb = metrics_of(a), metrics_of(b)
     keys: list[Metric] = list(ma)
@@ -100,7 +155,8 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any], max_regression: 
         vb = rb.value if rb else None
         delta = (vb - va) if (va is not None and vb is not None) else None
         worse = None if delta is None else (-delta if k.higher_is_better else delta)
-        rows.append({
+        regression = bool(worse is not None and worse > max_regression + _TOL) and k.regression
+        row = {
             **dict(k.labels),
             "study": k.study,
             "metric": k.name,
@@ -108,8 +164,12 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any], max_regression: 
             "a": va,
             "b": vb,
             "delta": delta,
-            "regression": bool(worse is not None and worse > max_regression + _TOL) and k.regression,
-        })
+        }
+        if alpha is not None and worse is not None and worse > 0:
+            row["significant"] = _significant(ra, rb, k.key, outcomes_a, outcomes_b, alpha)
+            regression = regression and row["significant"] is not False
+        row["regression"] = regression
+        rows.append(row)
     ca, cb = a.get("clean_accuracy"), b.get("clean_accuracy")
     clean_delta = (cb - ca) if (ca is not None and cb is not None) else None
     clean: dict[str, Any] = {
@@ -118,6 +178,12 @@ def compare_reports(a: Mapping[str, Any], b: Mapping[str, Any], max_regression: 
         "delta": clean_delta,
         "regression": bool(clean_delta is not None and -clean_delta > max_regression + _TOL),
     }
+    if alpha is not None and clean_delta is not None and clean_delta < 0:
+        na, nb = (a.get("data") or {}).get("n"), (b.get("data") or {}).get("n")
+        clean_a = Metric("core", "clean_accuracy", {}, ca, "clean", "clean accuracy", count=round(ca * na), n=na) if na else None
+        clean_b = Metric("core", "clean_accuracy", {}, cb, "clean", "clean accuracy", count=round(cb * nb), n=nb) if nb else None
+        clean["significant"] = _significant(clean_a, clean_b, ("clean_accuracy", ()), outcomes_a, outcomes_b, alpha)
+        clean["regression"] = clean["regression"] and clean["significant"] is not False
     return {
         "rows": rows,
         "clean_accuracy": clean,
@@ -132,6 +198,10 @@ def evaluate_gate(
     thresholds: Sequence[Any],
     previous_report: Mapping[str, Any] | None = None,
     max_regression: float | None = None,
+    *,
+    alpha: float | None = None,
+    outcomes_previous: Mapping[Any, Any] | None = None,
+    outcomes: Mapping[Any, Any] | None = None,
 ) -> dict[str, Any]:
     """``{"passed": bool | None, "violations": [str, ...]}`` for a report under thresholds and a baseline.
 
@@ -155,7 +225,9 @@ def evaluate_gate(
         elif kind == "max" and (v is None or v > bound + _TOL):
             violations.append(f"{m.what}: {m.title} {_pct(v)} > allowed {_pct(bound)}")
     if previous_report is not None and max_regression is not None:
-        cmp = compare_reports(previous_report, report, max_regression)
+        cmp = compare_reports(
+            previous_report, report, max_regression, alpha=alpha, outcomes_a=outcomes_previous, outcomes_b=outcomes
+        )
         ref = previous_report.get("audit_id")
         vs = f"audit #{ref}" if ref is not None else "the previous audit"
         if cmp["clean_accuracy"]["regression"]:

@@ -41,7 +41,7 @@ from torch import Tensor
 from gauntlet.audit.executors import Executor, LocalExecutor, Task, run_task
 from gauntlet.audit.records import AuditOutcome
 from gauntlet.audit.spec import AuditSpec, DefenseChoice, check_thresholds, resolve_defense, spec_hash
-from gauntlet.audit.store import DEFAULT_STORE_URL, Store, open_store, safe_url
+from gauntlet.audit.store import CORE_STUDY, DEFAULT_STORE_URL, Store, open_store, safe_url
 from gauntlet.audit.studies import AuditEnv
 from gauntlet.errors import ConfigError, DataError, GauntletError, ModelLoadError
 
@@ -336,6 +336,33 @@ def _check_finite(model: Any, x: Tensor, batch: int) -> None:
         )
 
 
+#: the key of the runner's own record of the clean per-sample outcomes
+CLEAN_KEY = "core:clean_correct"
+
+
+def outcomes_of(store: Store, audit_id: int) -> dict[Any, list[bool | None]] | None:
+    """Per-sample outcomes of a stored audit, keyed like :attr:`Metric.key` (``None`` for audits
+    stored before the clean outcomes were kept)."""
+    from gauntlet.audit.studies import get_study
+
+    records = store.records(audit_id)
+    core = records.get(CLEAN_KEY)
+    if core is None:
+        return None
+    clean = [bool(c) for c in core[1]["clean_correct"]]
+    by_study: dict[str, list[dict[str, Any]]] = {}
+    for study, rec in records.values():
+        if study != CORE_STUDY:
+            by_study.setdefault(study, []).append(rec)
+    out: dict[Any, list[bool | None]] = {("clean_accuracy", ()): list(clean)}
+    for name, recs in by_study.items():
+        try:
+            out.update(get_study(name).outcomes(recs, clean))
+        except GauntletError:  # a study no longer installed: its metrics are compared unpaired
+            continue
+    return out
+
+
 def _clean_pred(model: Any, x: Tensor, batch: int) -> Tensor:
     """The model's labels on the clean data, computed once per audit and shared by every unit."""
     return torch.cat([model.predict(x[s : s + batch], count=False) for s in range(0, x.shape[0], batch)])
@@ -378,6 +405,8 @@ def execute(
         if resumed:
             by_key = {t.key: t.study.name for t in prep.tasks}
             done = {k: rec for k, (study, rec) in store.records(audit_id).items() if by_key.get(k) == study}
+        if env.clean_pred is not None:  # per-sample clean outcomes: what a later audit's regression test pairs with
+            store.add_record(audit_id, CLEAN_KEY, CORE_STUDY, {"clean_correct": (env.clean_pred == env.y).tolist()})
     emit = progress or (lambda event: None)
     reused = sum(1 for t in prep.tasks if t.key in done)
     try:
@@ -561,6 +590,7 @@ def run_audit(
     resume: bool = True,
     executor: Executor | str | None = None,
     baseline: int | None = None,
+    alpha: float | None = 0.05,
 ) -> AuditRun:
     """Run an audit end to end: check, run or resume the units, build the report, apply the gate,
     write ``report.json``/``report.html`` into ``out_dir`` and record the audit in ``store``.
@@ -575,6 +605,9 @@ def run_audit(
             gate, on the same data.  When the only such audits used other data, the audit is
             refused (``ConfigError``) before anything runs, unless ``baseline`` names one.
         baseline: the audit id to compare against (CLI ``--baseline``), any data.
+        alpha: a drop beyond ``max_regression`` is a regression only when it is also significant
+            at this level (CLI ``--alpha``): paired per sample with the same data (exact McNemar),
+            else from the two proportions (Newcombe).  ``None``: the drop alone decides.
         trust: override ``spec.model.trust`` (CLI ``--trust``).
         progress: called with a :class:`ProgressEvent` after every unit and phase.
         command: the command line, recorded in the manifest and the store.
@@ -607,11 +640,15 @@ def run_audit(
         emit = progress or (lambda event: None)
         emit(ProgressEvent("report", len(prep.tasks), len(prep.tasks), reused, "writing the report"))
         report = build_report(outcome)
+        paired = previous is not None and st is not None and audit_id is not None and alpha is not None
         gate = evaluate_gate(
             report,
             list(spec.thresholds) + list(fail_under),
             previous[1] if previous else None,
             max_regression,
+            alpha=alpha,
+            outcomes_previous=outcomes_of(st, previous[0]) if paired else None,  # type: ignore[arg-type,index]
+            outcomes=outcomes_of(st, audit_id) if paired else None,  # type: ignore[arg-type]
         )
         if max_regression is not None or baseline is not None:
             gate["baseline_audit_id"] = previous[0] if previous else None

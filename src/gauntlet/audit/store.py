@@ -28,12 +28,14 @@ from typing_extensions import Self
 
 from gauntlet.errors import StoreError
 
-__all__ = ["DEFAULT_STORE_URL", "Store", "open_store", "safe_url"]
+__all__ = ["CORE_STUDY", "DEFAULT_STORE_URL", "Store", "open_store", "safe_url"]
 
 DEFAULT_STORE_URL = "sqlite:///gauntlet.db"
 _DRIVER_PACKAGES = {"psycopg": "psycopg[binary]", "psycopg2": "psycopg2-binary", "pymysql": "pymysql", "MySQLdb": "mysqlclient"}
 
 _TABLES: Any = None
+#: the ``study`` of records the runner keeps for itself (the clean per-sample outcomes), not units
+CORE_STUDY = "core"
 
 
 def _tables() -> Any:
@@ -294,7 +296,8 @@ class Store:
 
         t = _records_table()
         with self._tx("count units") as conn:
-            return int(conn.execute(select(func.count()).select_from(t).where(t.c.audit_id == audit_id)).scalar_one())
+            q = select(func.count()).select_from(t).where(t.c.audit_id == audit_id, t.c.study != CORE_STUDY)
+            return int(conn.execute(q).scalar_one())
 
     # -- history -----------------------------------------------------------------------------------
     def list_audits(self, model: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -304,7 +307,12 @@ class Store:
         _, models, audits, units = _tables()
         records = _records_table()
         legacy = select(units.c.audit_id, func.count().label("n")).group_by(units.c.audit_id).subquery()
-        n_units = select(records.c.audit_id, func.count().label("n")).group_by(records.c.audit_id).subquery()
+        n_units = (
+            select(records.c.audit_id, func.count().label("n"))
+            .where(records.c.study != CORE_STUDY)
+            .group_by(records.c.audit_id)
+            .subquery()
+        )
         q = (
             select(
                 audits.c.id,

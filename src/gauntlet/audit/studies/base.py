@@ -137,6 +137,14 @@ class Metric:
     title: str
     higher_is_better: bool = True
     regression: bool = True
+    #: the samples behind a proportion (``count`` of ``n``), for its uncertainty; ``None``: unknown
+    count: int | None = None
+    n: int | None = None
+
+    @property
+    def key(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
+        """The metric's identity: its name and sorted labels (how per-sample outcomes are keyed)."""
+        return self.name, tuple(sorted(self.labels.items()))
 
     def matches(self, name: str, labels: Mapping[str, Any]) -> bool:
         if name != self.name or set(labels) != set(self.labels):
@@ -265,6 +273,13 @@ class Study(ABC):
     def merge(self, env: AuditEnv | None, records: Sequence[Mapping[str, Any]], clean_correct: Sequence[bool]) -> StudyOutput:
         """The study's report sections from its records (in plan order).  ``env`` is ``None`` when
         only records are available (rebuilding a report), so model-based extras are skipped."""
+
+    @classmethod
+    def outcomes(cls, records: Sequence[Mapping[str, Any]], clean_correct: Sequence[bool]) -> dict[tuple[str, Any], list[bool | None]]:
+        """Per-sample outcomes (True counts towards the metric) of the metrics that are a share of
+        the audited samples, keyed like :attr:`Metric.key`: with them a change between two audits
+        of the same data is tested per sample (McNemar).  Default: none."""
+        return {}
 
     def manifest(self, units: Sequence[Any]) -> dict[str, Any]:
         """What the reproducibility manifest records about the study's plan."""

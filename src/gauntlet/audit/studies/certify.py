@@ -343,9 +343,11 @@ class CertifyStudy(ItemsStudy):
         out = []
         for c in report.get("certification") or []:
             for r, acc in c.get("curve") or []:
+                n = int(c.get("n") or 0)
                 out.append(Metric(
                     study="certify", name="certified_accuracy", labels={"method": str(c["method"]), "radius": float(r)},
                     value=acc, what=f"certify {c['method']} {c.get('norm')} radius {float(r):g}", title="certified accuracy",
+                    count=round(acc * n) if n else None, n=n or None,
                 ))
         return out
 

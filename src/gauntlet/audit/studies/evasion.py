@@ -536,6 +536,9 @@ class Aggregate:
     results: list[dict[str, Any]] = field(default_factory=list)
     worst_case: list[dict[str, Any]] = field(default_factory=list)
     cost: list[dict[str, Any]] = field(default_factory=list)
+    #: per sample, robust (True), fooled or misclassified (False), not covered (None): keyed
+    #: (attack or "worst_case", norm, ε) like the metrics
+    robust: dict[tuple[str, str, float], list[bool | None]] = field(default_factory=dict)
 
 
 def _check_unit(u: UnitRecord, k: int, n: int) -> None:
@@ -572,6 +575,10 @@ def _summarise(success: list[bool | None], norms: list[float | None], clean_corr
         "robust_count": robust,
         "n": len(covered),
     }
+
+
+def _robust(success: list[bool | None], clean_correct: Sequence[bool]) -> list[bool | None]:
+    return [None if s is None else bool(clean_correct[i]) and not s for i, s in enumerate(success)]
 
 
 def aggregate(units: Sequence[UnitRecord], clean_correct: Sequence[bool]) -> Aggregate:
@@ -628,6 +635,7 @@ def aggregate(units: Sequence[UnitRecord], clean_correct: Sequence[bool]) -> Agg
         row.update(_summarise(cell.success, cell.norms, clean_correct))
         row.update({"queries": cell.queries, "grad_evals": cell.grad_evals, "seconds": cell.seconds})
         out.results.append(row)
+        out.robust[(attack, norm, eps)] = _robust(cell.success, clean_correct)
 
     threats = sorted({(nm, e) for (a, nm, e) in cells if not is_naive(a)}, key=lambda t: (norm_order[t[0]], t[1]))
     for norm, eps in threats:
@@ -653,6 +661,7 @@ def aggregate(units: Sequence[UnitRecord], clean_correct: Sequence[bool]) -> Agg
         row.update(_summarise(success, norms, clean_correct))
         row["attacks"] = attacks
         out.worst_case.append(row)
+        out.robust[("worst_case", norm, eps)] = _robust(success, clean_correct)
 
     for attack in sorted(costs, key=lambda a: attack_order[a]):
         c = costs[attack]
@@ -1085,6 +1094,13 @@ class EvasionStudy(Study):
             }
         return out
 
+    @classmethod
+    def outcomes(cls, records: Sequence[Mapping[str, Any]], clean_correct: Sequence[bool]) -> dict[tuple[str, Any], list[bool | None]]:
+        agg = aggregate([record_of(r) for r in records], [bool(c) for c in clean_correct])
+        return {
+            ("robust_accuracy", (("attack", a), ("eps", e), ("norm", nm))): v for (a, nm, e), v in agg.robust.items()
+        }
+
     def manifest(self, units: Sequence[Any]) -> dict[str, Any]:
         return {
             "units": len(units),
@@ -1164,6 +1180,8 @@ def _metric(attack: str, row: Mapping[str, Any], regression: bool = True) -> Met
         name="robust_accuracy",
         labels={"attack": attack, "norm": str(row["norm"]), "eps": eps},
         value=row.get("robust_accuracy"),
+        count=row.get("robust_count"),
+        n=row.get("n"),
         what=f"{attack} {row['norm']} ε={eps:g}",
         title="robust accuracy",
         regression=regression,
