@@ -196,3 +196,18 @@ def test_schema_lists_every_key_the_issue_requires():
     assert set(row) >= {"attack", "norm", "eps", "robust_accuracy", "success_rate", "median_perturbation", "queries", "seconds"}
     assert REPORT_SCHEMA["properties"]["model"]["required"] == ["name", "version", "sha256"]
     assert REPORT_SCHEMA["properties"]["data"]["required"] == ["name", "n", "sha256"]
+
+
+def test_every_robust_accuracy_carries_its_wilson_interval():
+    from gauntlet.audit.stats import wilson
+
+    rep = build_report(outcome())
+    for row in rep["results"] + rep["worst_case"]:
+        lo, hi = row["robust_accuracy_ci"]
+        assert lo <= row["robust_accuracy"] <= hi
+        assert (lo, hi) == pytest.approx(wilson(row["robust_count"], row["n"]))
+    validate_report(rep)
+    broken = copy.deepcopy(rep)
+    broken["results"][0]["robust_accuracy_ci"] = [0.1, 1.5]
+    with pytest.raises(DataError, match=r"^report.results\[0\].robust_accuracy_ci\[1\]: must be <= 1"):
+        validate_report(broken)

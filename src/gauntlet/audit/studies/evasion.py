@@ -56,6 +56,7 @@ from gauntlet.audit.html import (
 )
 from gauntlet.audit.report import COUNT, NON_NEGATIVE, NUM_OR_NULL, SHARE, STRING, array_of
 from gauntlet.audit.spec import AuditSpec, Bool, Fraction, PositiveFloat, Strict, Text, as_list, param_message
+from gauntlet.audit.stats import wilson
 from gauntlet.audit.studies import register_study
 from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
 from gauntlet.errors import ConfigError, DataError, GauntletError
@@ -574,6 +575,8 @@ def _summarise(success: list[bool | None], norms: list[float | None], clean_corr
         "median_perturbation": _median(fooled_norms),
         "robust_count": robust,
         "n": len(covered),
+        # Wilson 95% interval of the robust accuracy (the samples are a draw of the data distribution)
+        "robust_accuracy_ci": list(wilson(robust, len(covered))) if covered else None,
     }
 
 
@@ -706,6 +709,7 @@ _ROW_COMMON = {
     "median_perturbation": {"type": ["number", "null"], "minimum": 0},
     "robust_count": COUNT,
     "n": COUNT,
+    "robust_accuracy_ci": {"type": ["array", "null"], "minItems": 2, "maxItems": 2, "items": SHARE},
 }
 _DEFENSE = {
     "type": "object",
@@ -799,6 +803,13 @@ def _plots_section(report: Mapping[str, Any]) -> str:
     return f"<section id='curves'><h2>Robust accuracy vs ε</h2><div class='plots'>{figs}</div></section>"
 
 
+def _ci(row: Mapping[str, Any]) -> str:
+    ci = row.get("robust_accuracy_ci")
+    if not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(is_num(v) for v in ci)):
+        return ""
+    return f" <span class='sub'>({100 * ci[0]:.0f}–{100 * ci[1]:.0f})</span>"
+
+
 def _results(report: Mapping[str, Any]) -> str:
     results = report.get("results") or []
     worst = report.get("worst_case") or []
@@ -813,18 +824,18 @@ def _results(report: Mapping[str, Any]) -> str:
         for r in (r for r in results if str(r.get("norm")) == norm):
             rows.append(
                 f"<tr class='result'><td>{e(r.get('attack'))}</td><td class='num'>{eps_text(r.get('eps'))}</td>"
-                f"<td class='num'>{bar(r.get('robust_accuracy'))}</td><td class='num'>{pct(r.get('success_rate'))}</td>"
+                f"<td class='num'>{bar(r.get('robust_accuracy'))}{_ci(r)}</td><td class='num'>{pct(r.get('success_rate'))}</td>"
                 f"<td class='num'>{num(r.get('median_perturbation'))}</td><td class='num'>{num(r.get('queries'))}</td>"
                 f"<td class='num'>{num(r.get('grad_evals'))}</td><td class='num'>{num(r.get('seconds'), '{:.2f}')}</td></tr>"
             )
         for r in (r for r in worst if str(r.get("norm")) == norm):
             rows.append(
                 f"<tr class='worst'><td>worst case</td><td class='num'>{eps_text(r.get('eps'))}</td>"
-                f"<td class='num'>{bar(r.get('robust_accuracy'))}</td><td class='num'>{pct(r.get('success_rate'))}</td>"
+                f"<td class='num'>{bar(r.get('robust_accuracy'))}{_ci(r)}</td><td class='num'>{pct(r.get('success_rate'))}</td>"
                 f"<td class='num'>{num(r.get('median_perturbation'))}</td><td class='num'>—</td><td class='num'>—</td><td class='num'>—</td></tr>"
             )
     note = (
-        "<p class='note'>Robust accuracy: share of samples classified correctly and not fooled. Success rate: share of the "
+        "<p class='note'>Robust accuracy: share of samples classified correctly and not fooled (its Wilson 95% interval in brackets). Success rate: share of the "
         "correctly classified samples the attack fooled. Median perturbation: over the successful attacks, in the threat's "
         "norm. Worst case: a sample counts as robust only if no attack fooled it. A unit's cost is shared equally among "
         "the ε values it ran.</p>"
