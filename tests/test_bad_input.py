@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -236,3 +238,43 @@ def test_normalisation_lives_inside_the_adapter(digits_net, digits_batch) -> Non
     with torch.no_grad():
         assert torch.allclose(m.scores(x), digits_net((x - 0.5) / 0.25))
     assert m.queries == x.shape[0]
+
+
+# ------------------------------------------------------------------------------------------------
+# inputs that require grad
+_NO_WARNING_SCRIPT = """
+import warnings, torch, gauntlet as gt
+from gauntlet.models.zoo import DigitsCNN
+warnings.simplefilter("error")
+torch.manual_seed(0)
+model = gt.models.TorchModel(DigitsCNN().eval(), num_classes=10, input_shape=(1, 8, 8))
+ds = gt.data.load("digits", n=4)
+x = ds.x.clone().requires_grad_(True)
+for name in gt.attacks.list_attacks():
+    cls = gt.attacks.get_attack_class(name)
+    params = {} if cls.minimal else {"eps": 0.1}
+    params.update({"steps": 2} if "steps" in cls._param_names() else {})
+    res = gt.attacks.create(name, **params).run(model, x, ds.y)
+    assert not res.x_adv.requires_grad and x.grad is None, name
+print("ok")
+"""
+
+
+def test_inputs_that_require_grad_are_attacked_without_a_warning() -> None:
+    # torch warns once per process ("Converting a tensor with requires_grad=True to a scalar ..."),
+    # so a fresh interpreter runs every attack with every warning turned into an error
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _NO_WARNING_SCRIPT], check=False, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_inputs_that_require_grad_pass_the_batch_check_without_a_warning(digits_model, digits_batch) -> None:
+    x, y = digits_batch
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = gt.attacks.create("pgd", eps=0.1, steps=2).run(digits_model, x.clone().requires_grad_(True), y)
+    assert not res.x_adv.requires_grad

@@ -48,12 +48,13 @@ def check_input_batch(
         raise DataError(f"{where}: {what} has per-sample shape {tuple(x.shape[1:])} but the model expects {tuple(shape)}")
     if device is not None and x.device != device:
         raise DataError(f"{where}: {what} is on {x.device} but {owner} is on {device}; move one of them")
-    if not bool(torch.isfinite(x).all()):
-        bad = int((~torch.isfinite(x)).flatten(1).any(dim=1).sum())
+    v = x.detach()  # values only: reading a scalar from a tensor that requires grad warns
+    if not bool(torch.isfinite(v).all()):
+        bad = int((~torch.isfinite(v)).flatten(1).any(dim=1).sum())
         raise DataError(f"{where}: {what} contains NaN or inf in {bad} sample(s); clean or drop them")
     if bounds is not None:
         lo, hi = float(bounds[0]), float(bounds[1])
-        xmin, xmax = float(x.min()), float(x.max())
+        xmin, xmax = float(v.min()), float(v.max())
         if xmin < lo or xmax > hi:
             raise DataError(
                 f"{where}: {what} has values in [{xmin:.4g}, {xmax:.4g}] outside {bounds_name} [{lo:g}, {hi:g}]; "
