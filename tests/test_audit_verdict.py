@@ -188,3 +188,44 @@ def test_alpha_is_validated_with_a_one_line_error() -> None:
     for bad in ("0", "0.7", "nan", "five"):
         with pytest.raises(ConfigError, match=rf"^--alpha '{bad}': "):
             parse_alpha(bad)
+
+
+# ------------------------------------------------------------------------------------------------
+# a masked evaluation cannot pass quietly
+def _flagged(fid: str = "zero_gradients") -> dict[str, Any]:
+    rep = _report(400)
+    rep["flags"] = [{"id": fid, "severity": "warning", "title": "Zero or vanishing input gradients", "explanation": "e", "evidence": {}}]
+    return rep
+
+
+def test_an_unreliability_flag_fails_a_gated_audit_unless_the_spec_accepts_it() -> None:
+    from gauntlet.audit.gate import evaluate_gate
+    from gauntlet.audit.studies.evasion import ThresholdSpec
+
+    th = [ThresholdSpec(attack="pgd", norm="linf", eps=0.1, min_robust_accuracy=0.5)]
+    gate = evaluate_gate(_flagged(), th)
+    assert gate["passed"] is False
+    assert gate["violations"] == [
+        "hygiene flag zero_gradients: Zero or vanishing input gradients; the numbers are not reliable until the "
+        "evaluation is fixed, or accept it in the spec (accept_flags: [{flag: zero_gradients, reason: ...}])"
+    ]
+    assert evaluate_gate(_flagged(), th, accepted_flags={"zero_gradients": "a known quantized model"})["passed"] is True
+    assert evaluate_gate(_flagged(), [])["passed"] is None  # no gate: the flag is reported, nothing is required
+    assert evaluate_gate(_flagged("non_monotonic_eps"), th)["passed"] is True  # informative, not blocking
+
+
+def test_accept_flags_names_a_known_check_and_is_shown_in_the_report(model_file: Path) -> None:
+    with pytest.raises(ConfigError, match=r"^accept_flags\[0\]\.flag: no hygiene check is named 'zero_gradient'; did you mean 'zero_gradients'\?"):
+        load_spec(spec(model_file, accept_flags=[{"flag": "zero_gradient", "reason": "x"}]))
+    with pytest.raises(ConfigError, match=r"^accept_flags\[0\]: missing required field 'reason'"):
+        load_spec(spec(model_file, accept_flags=[{"flag": "zero_gradients"}]))
+    huge = spec(model_file, threats=[{"norm": "linf", "eps": [0.1, 1.0]}],
+                accept_flags=[{"flag": "eps_covers_input_range", "reason": "a sanity point at the full range"}])
+    rep = run_audit(load_spec(huge), store=None).report
+    flag = next(f for f in rep["flags"] if f["id"] == "eps_covers_input_range")
+    assert flag["accepted"] == "a sanity point at the full range"
+    from gauntlet.audit.html import render_html
+    from gauntlet.audit.report import validate_report
+
+    validate_report(rep)
+    assert "Accepted by the spec:</b> a sanity point at the full range" in render_html(rep)

@@ -202,15 +202,28 @@ def evaluate_gate(
     alpha: float | None = None,
     outcomes_previous: Mapping[Any, Any] | None = None,
     outcomes: Mapping[Any, Any] | None = None,
+    accepted_flags: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """``{"passed": bool | None, "violations": [str, ...]}`` for a report under thresholds and a baseline.
 
     ``passed`` is ``None`` — *no gate configured* — when there is no threshold and no
     ``max_regression``: nothing was required, so nothing passed (the exit code is 0 all the same).
+    In a gated audit every raised hygiene flag a study counts as *blocking* (its numbers are not
+    reliable: zero or shattered gradients, a black box beating the white box, ...) is a violation
+    unless ``accepted_flags`` (flag id → reason, the spec's ``accept_flags``) accepts it.
     """
     if not thresholds and max_regression is None:
         return {"passed": None, "violations": []}
     violations: list[str] = []
+    blocking = {fid for s in studies() if s.in_report(report) for fid in s.blocking_flags}
+    accepted = dict(accepted_flags or {})
+    for f in report.get("flags") or []:
+        fid = str(f.get("id"))
+        if f.get("severity") == "warning" and fid in blocking and fid not in accepted:
+            violations.append(
+                f"hygiene flag {fid}: {f.get('title')}; the numbers are not reliable until the evaluation is fixed, "
+                f"or accept it in the spec (accept_flags: [{{flag: {fid}, reason: ...}}])"
+            )
     metrics = metrics_of(report)
     for th in thresholds:
         name, labels = th.metric()

@@ -285,7 +285,9 @@ def _flags(report: Mapping[str, Any]) -> str:
         items.append(
             f"<div class='{cls}' data-flag='{e(f.get('id'))}'><h3><span class='badge {sev}'>{e(f.get('severity'))}</span> "
             f"{e(f.get('title'))} <span class='mono sub'>{e(f.get('id'))}</span></h3>"
-            f"<p>{e(f.get('explanation'))}</p>{_evidence(f.get('evidence'))}</div>"
+            f"<p>{e(f.get('explanation'))}</p>{_evidence(f.get('evidence'))}"
+            + (f"<p class='note'><b>Accepted by the spec:</b> {e(f.get('accepted'))}</p>" if f.get("accepted") else "")
+            + "</div>"
         )
     if not any(f.get("severity") == "warning" for f in flags):
         titles = [t for study in _studies_in(report) for t in study.hygiene_checks().values()]

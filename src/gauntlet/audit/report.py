@@ -154,7 +154,7 @@ _CORE_PROPERTIES: dict[str, Any] = {
     "flags": array_of(
         ["id", "severity", "title", "explanation", "evidence"],
         {"id": STRING, "severity": {"type": "string", "enum": ["warning", "info"]}, "title": STRING,
-         "explanation": STRING, "evidence": {"type": "object"}},
+         "explanation": STRING, "evidence": {"type": "object"}, "accepted": STRING},
     ),
     "gate": {
         "type": "object",

@@ -649,7 +649,12 @@ def run_audit(
             alpha=alpha,
             outcomes_previous=outcomes_of(st, previous[0]) if paired else None,  # type: ignore[arg-type,index]
             outcomes=outcomes_of(st, audit_id) if paired else None,  # type: ignore[arg-type]
+            accepted_flags={a.flag: a.reason for a in spec.accept_flags},
         )
+        for f in report["flags"]:  # the team's acknowledgement, shown beside the flag
+            reason = next((a.reason for a in spec.accept_flags if a.flag == f.get("id")), None)
+            if reason is not None:
+                f["accepted"] = reason
         if max_regression is not None or baseline is not None:
             gate["baseline_audit_id"] = previous[0] if previous else None
         report["gate"] = gate

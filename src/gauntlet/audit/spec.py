@@ -54,6 +54,7 @@ from gauntlet.errors import ConfigError, GauntletError
 
 __all__ = [
     "CORE_KEYS",
+    "AcceptedFlag",
     "AuditSpec",
     "DataSpec",
     "DefenseChoice",
@@ -70,7 +71,7 @@ __all__ = [
 ]
 
 #: the keys of the spec that belong to no study
-CORE_KEYS = ("model", "data", "thresholds", "batch_size", "seed")
+CORE_KEYS = ("model", "data", "thresholds", "accept_flags", "batch_size", "seed")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -218,6 +219,14 @@ class DataSpec(Strict):
         return self
 
 
+class AcceptedFlag(Strict):
+    """``accept_flags`` item: a hygiene flag the team has looked at and accepts, with the reason
+    (shown in the report); an accepted flag no longer fails a gated audit."""
+
+    flag: Text
+    reason: Text
+
+
 class AuditSpec(Strict):
     """A validated audit spec (build it with :func:`load_spec`).
 
@@ -229,6 +238,7 @@ class AuditSpec(Strict):
     model: ModelSpec
     data: DataSpec
     thresholds: list[Any] = Field(default_factory=list)
+    accept_flags: list[AcceptedFlag] = Field(default_factory=list)
     batch_size: Annotated[int, Field(strict=True, ge=1)] = 250
     seed: Annotated[int, Field(strict=True, ge=0)] = 0
 
@@ -533,10 +543,23 @@ def load_spec(source: str | os.PathLike[str] | Mapping[str, Any], *, base_dir: s
         resolve_defense(spec)
         spec._studies = resolve_studies(spec)
         check_thresholds(spec, spec.thresholds, lambda i, th: f"thresholds[{i}]")
+        _check_accepted_flags(spec)
     except ConfigError as exc:
         msg = str(exc)
         raise ConfigError(f"{msg}{where(_loc_of(msg))}") from None
     return spec
+
+
+def _check_accepted_flags(spec: AuditSpec) -> None:
+    known = {fid for s in spec.studies for fid in s.hygiene_checks()}
+    for i, item in enumerate(spec.accept_flags):
+        if item.flag not in known:
+            close = difflib.get_close_matches(item.flag, sorted(known), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"accept_flags[{i}].flag: no hygiene check is named {item.flag!r}; {hint}the checks are "
+                + ", ".join(sorted(known))
+            )
 
 
 def _top_keys() -> list[str]:

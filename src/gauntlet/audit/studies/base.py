@@ -311,6 +311,10 @@ class Study(ABC):
         """Short phrases for the one-line verdict (``worst case linf ε=0.1 51.1%``)."""
         return []
 
+    #: hygiene flags that say the study's numbers are unreliable: raised in a gated audit, each
+    #: fails the gate unless the spec accepts it (``accept_flags``)
+    blocking_flags: ClassVar[frozenset[str]] = frozenset()
+
     @classmethod
     def hygiene_checks(cls) -> dict[str, str]:
         """id → title of the hygiene checks the study runs (listed when none raised a flag)."""

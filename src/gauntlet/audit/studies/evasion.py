@@ -975,6 +975,10 @@ class EvasionStudy(Study):
     sections: ClassVar[dict[str, dict[str, Any]]] = {**_SECTIONS, "defense": _DEFENSE}
     required_sections = ("results", "worst_case", "cost", "gallery")
     in_every_v1_report = True
+    blocking_flags: ClassVar[frozenset[str]] = frozenset({
+        "zero_gradients", "nondeterministic_outputs", "probabilities_not_logits", "black_box_beats_white_box",
+        "no_full_break_at_large_eps", "randomized_without_eot",
+    })
     item_type_hints: ClassVar[dict[str, str]] = {"attacks": "must be an attack name or a mapping such as {name: pgd, steps: 20} or {preset: quick}"}
 
     def __init__(self, spec: AuditSpec, attacks: list[AttackChoice]) -> None:
