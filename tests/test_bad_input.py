@@ -241,6 +241,22 @@ def test_normalisation_lives_inside_the_adapter(digits_net, digits_batch) -> Non
 
 
 # ------------------------------------------------------------------------------------------------
+# eps given as a string
+
+
+def test_eps_given_as_a_string_is_named_as_the_string() -> None:
+    with pytest.raises(ThreatModelError) as e:
+        gt.attacks.create("pgd", eps="0.1")
+    assert one_line(e) == "pgd: parameter 'eps' must be a number > 0 or a list of them, got the string '0.1'"
+    with pytest.raises(ThreatModelError) as e:
+        gt.attacks.create("pgd", eps=[0.05, "0.1"])
+    assert one_line(e) == "pgd: eps[1] must be a finite number > 0, got the string '0.1'"
+    with pytest.raises(ConfigError) as e:
+        gt.attacks.create("pgd", eps=0.1, steps="3")
+    assert one_line(e) == "pgd: parameter 'steps' must be an int >= 1, got the string '3'"
+
+
+# ------------------------------------------------------------------------------------------------
 # inputs that require grad
 _NO_WARNING_SCRIPT = """
 import warnings, torch, gauntlet as gt

@@ -152,7 +152,9 @@ def validate_params(
         if any(c.is_satisfied_by(value) for c in allowed):
             continue
         wanted = " or ".join(c.describe() for c in allowed)
-        raise error(f"{owner}: parameter {key!r} must be {wanted}, got {value!r}")
+        numeric = all(isinstance(c, (Interval, IsNone, Boolean)) for c in allowed)
+        got = f"the string {value!r}" if numeric and isinstance(value, str) else repr(value)
+        raise error(f"{owner}: parameter {key!r} must be {wanted}, got {got}")
 
 
 # ------------------------------------------------------------------------------------------------

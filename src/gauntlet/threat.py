@@ -16,6 +16,10 @@ Knowledge = Literal["white", "score", "label"]
 
 def as_eps_tuple(eps: float | Sequence[float], owner: str = "ThreatModel") -> tuple[float, ...]:
     """Normalise ``eps`` (one value or several) to a tuple of positive floats."""
+    if isinstance(eps, (str, bytes)):  # not a list of characters: say what was given
+        raise ThreatModelError(
+            f"{owner}: parameter 'eps' must be a number > 0 or a list of them, got the string {eps!r}"
+        )
     values = [eps] if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps
     try:
         values = list(values)  # type: ignore[arg-type]
@@ -27,7 +31,8 @@ def as_eps_tuple(eps: float | Sequence[float], owner: str = "ThreatModel") -> tu
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(float(v)) or float(v) <= 0:
             where = "eps" if len(values) == 1 and not isinstance(eps, (list, tuple)) else f"eps[{i}]"
-            raise ThreatModelError(f"{owner}: {where} must be a finite number > 0, got {v!r}")
+            got = f"the string {v!r}" if isinstance(v, (str, bytes)) else repr(v)
+            raise ThreatModelError(f"{owner}: {where} must be a finite number > 0, got {got}")
         out.append(float(v))
     return tuple(out)
 
