@@ -284,5 +284,5 @@ def test_bad_hyperparameters_are_rejected(name, params, match) -> None:
 
 
 def test_apgd_t_has_no_targeted_option() -> None:
-    with pytest.raises(TypeError):
+    with pytest.raises(ConfigError, match=r"^apgd_t: unknown parameter 'targeted'; apgd_t takes norm, eps, "):
         gt.attacks.create("apgd_t", eps=0.1, targeted=True)

@@ -241,7 +241,36 @@ def test_normalisation_lives_inside_the_adapter(digits_net, digits_batch) -> Non
 
 
 # ------------------------------------------------------------------------------------------------
-# eps given as a string
+# unknown hyperparameters and eps given as a string
+def test_an_unknown_attack_parameter_is_a_config_error_with_a_suggestion() -> None:
+    with pytest.raises(ConfigError) as e:
+        gt.attacks.create("pgd", stepz=3)
+    assert one_line(e) == (
+        "pgd: unknown parameter 'stepz'; did you mean 'steps'? pgd takes norm, eps, steps, step_size, restarts, "
+        "random_start, loss, early_stop, targeted, batch_size"
+    )
+
+
+@pytest.mark.parametrize("name", gt.attacks.list_attacks())
+def test_every_attack_refuses_an_unknown_parameter_with_its_list(name) -> None:
+    with pytest.raises(ConfigError) as e:
+        gt.attacks.create(name, eps=0.1, zzz=1)
+    known = gt.attacks.get_attack_class(name)._param_names()
+    assert one_line(e) == f"{name}: unknown parameter 'zzz'; {name} takes {', '.join(known)}"
+
+
+@pytest.mark.parametrize("name", gt.defenses.list_defenses())
+def test_every_defense_refuses_an_unknown_parameter_with_its_list(name) -> None:
+    with pytest.raises(ConfigError) as e:
+        gt.defenses.create(name, zzz=1)
+    known = ", ".join(gt.defenses.get_defense_class(name)._param_names()) or "no parameters"
+    assert one_line(e) == f"{name}: unknown parameter 'zzz'; {name} takes {known}"
+
+
+def test_several_unknown_parameters_are_named_together() -> None:
+    with pytest.raises(ConfigError) as e:
+        gt.defenses.create("median_filter", sizee=3, zzz=1)
+    assert one_line(e) == "median_filter: unknown parameters 'sizee', 'zzz'; did you mean 'size'? median_filter takes size"
 
 
 def test_eps_given_as_a_string_is_named_as_the_string() -> None:

@@ -7,6 +7,7 @@ and :func:`validate_params` checks a dict of values against them, raising
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -155,6 +156,22 @@ def validate_params(
         numeric = all(isinstance(c, (Interval, IsNone, Boolean)) for c in allowed)
         got = f"the string {value!r}" if numeric and isinstance(value, str) else repr(value)
         raise error(f"{owner}: parameter {key!r} must be {wanted}, got {got}")
+
+
+def check_param_names(owner: str, given: Iterable[str], accepted: Sequence[str]) -> None:
+    """Raise :class:`ConfigError` naming the keyword arguments in ``given`` that are not in
+    ``accepted``, with the closest accepted name(s) and the full list:
+    ``"pgd: unknown parameter 'stepz'; did you mean 'steps'? pgd takes norm, eps, steps, ..."``."""
+    known = list(accepted)
+    unknown = sorted(k for k in given if k not in known)
+    if not unknown:
+        return
+    close = [m for k in unknown for m in difflib.get_close_matches(k, known, n=1, cutoff=0.6)]
+    close = list(dict.fromkeys(close))
+    what = "parameter" if len(unknown) == 1 else "parameters"
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ";"
+    takes = f"{owner} takes {', '.join(known)}" if known else f"{owner} takes no parameters"
+    raise ConfigError(f"{owner}: unknown {what} {', '.join(repr(k) for k in unknown)}{hint} {takes}")
 
 
 # ------------------------------------------------------------------------------------------------

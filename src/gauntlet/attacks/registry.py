@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gauntlet._validation import check_param_names
 from gauntlet.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:
@@ -40,8 +41,14 @@ def get_attack_class(name: str) -> type[Attack]:
 
 
 def create(name: str, **params: Any) -> Attack:
-    """Build a registered attack from its name and keyword hyperparameters."""
-    return get_attack_class(name)(**params)
+    """Build a registered attack from its name and keyword hyperparameters.
+
+    A keyword the attack does not take is a :class:`~gauntlet.errors.ConfigError` that names the
+    closest parameter and lists them all (not Python's bare ``TypeError``).
+    """
+    klass = get_attack_class(name)
+    check_param_names(name, params, klass._param_names())
+    return klass(**params)
 
 
 def list_attacks() -> list[str]:

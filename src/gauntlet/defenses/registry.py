@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from gauntlet._validation import check_param_names
 from gauntlet.errors import ConfigError, UnknownNameError
 
 if TYPE_CHECKING:
@@ -48,8 +49,14 @@ def get_defense_class(name: str) -> type[Defense]:
 
 
 def create(name: str, **params: Any) -> Defense:
-    """Build a registered defense from its name and keyword hyperparameters."""
-    return get_defense_class(name)(**params)
+    """Build a registered defense from its name and keyword hyperparameters.
+
+    A keyword the defense does not take is a :class:`~gauntlet.errors.ConfigError` that names the
+    closest parameter and lists them all (not Python's bare ``TypeError``).
+    """
+    klass = get_defense_class(name)
+    check_param_names(name, params, klass._param_names())
+    return klass(**params)
 
 
 def list_defenses(kind: str | None = None) -> list[str]:

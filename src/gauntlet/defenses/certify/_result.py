@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from gauntlet._validation import check_param_names
 from gauntlet.defenses.base import Defense
 from gauntlet.errors import ConfigError, DataError
 
@@ -153,15 +154,7 @@ class Certifier(Defense, abc.ABC):
 
     def _reject_unknown(self, unknown: dict[str, Any]) -> None:
         """Raise a one-line :class:`ConfigError` for unknown keyword arguments (with a suggestion)."""
-        if not unknown:
-            return
-        import difflib
-
-        known = self._param_names()
-        bad = min(unknown)
-        close = difflib.get_close_matches(bad, known, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(f"{self.name}: unknown parameter {bad!r}{hint} (parameters: {', '.join(known)})")
+        check_param_names(self.name, unknown, self._param_names())
 
     @abc.abstractmethod
     def certify(self, model: Any, x: Tensor, y: Tensor | None = None, *, seed: int = 0) -> Certification:

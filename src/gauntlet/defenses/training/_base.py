@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from gauntlet import norms as N
 from gauntlet._batch import check_input_batch
-from gauntlet._validation import BOUNDS, Constraint, Interval, Options, validate_params
+from gauntlet._validation import BOUNDS, Constraint, Interval, Options, check_param_names, validate_params
 from gauntlet.defenses.base import Defense
 from gauntlet.errors import ConfigError, DataError, GauntletError, ModelLoadError
 
@@ -330,16 +330,7 @@ class Trainer(Defense):
         bounds: tuple[float, float] = (0.0, 1.0),
         **unknown: Any,
     ) -> None:
-        if unknown:
-            import difflib
-
-            known = self._param_names()
-            bad = min(unknown)
-            close = difflib.get_close_matches(bad, known, n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"{self.name or type(self).__name__}: unknown parameter {bad!r}{hint} (parameters: {', '.join(known)})"
-            )
+        check_param_names(self.name or type(self).__name__, unknown, self._param_names())
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr
