@@ -241,6 +241,37 @@ def test_normalisation_lives_inside_the_adapter(digits_net, digits_batch) -> Non
 
 
 # ------------------------------------------------------------------------------------------------
+# a subset larger than the data
+def test_a_subset_larger_than_the_split_is_refused_with_both_counts() -> None:
+    with pytest.raises(ConfigError) as e:
+        gt.data.load("digits", split="test", n=500)
+    assert one_line(e) == "load: n=500 but the test split of digits has 450 samples; use n <= 450 or omit n"
+    with pytest.raises(ConfigError, match=r"^load: n=1348 but the train split of digits has 1347 samples"):
+        gt.data.load("digits", split="train", n=1348)
+    with pytest.raises(ConfigError, match=r"^load: n=1798 but digits has 1797 samples; use n <= 1797 or omit n$"):
+        gt.data.load("digits", split="all", n=1798)
+    assert len(gt.data.load("digits", split="test", n=450)) == 450  # all of it is fine
+
+
+def test_a_subset_larger_than_a_file_names_the_path(tmp_path) -> None:
+    path = tmp_path / "small.npz"
+    np.savez(path, x=np.zeros((4, 1, 2, 2), dtype=np.float32), y=np.arange(4) % 2)
+    with pytest.raises(ConfigError) as e:
+        gt.data.load(path, n=5)
+    assert one_line(e) == f"load: n=5 but {path} (split='test') has 4 samples; use n <= 4 or omit n"
+
+
+def test_dataset_subset_refuses_more_than_it_holds() -> None:
+    ds = gt.data.load("digits")
+    with pytest.raises(ConfigError) as e:
+        ds.subset(451)
+    assert one_line(e) == "Dataset.subset: n=451 but digits-test has 450 samples; use n <= 450 or omit n"
+    with pytest.raises(ConfigError, match="n must be a positive int or None, got 0"):
+        ds.subset(0)
+    assert ds.subset(450) is ds and ds.subset(None) is ds
+
+
+# ------------------------------------------------------------------------------------------------
 # unknown hyperparameters and eps given as a string
 def test_an_unknown_attack_parameter_is_a_config_error_with_a_suggestion() -> None:
     with pytest.raises(ConfigError) as e:

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from gauntlet.errors import ConfigError
 from gauntlet.models.base import InputSpec
+
+
+def too_many(n: int, what: str, available: int) -> str:
+    """The one message for a subset larger than its data: ``n`` samples asked of ``what``."""
+    return f"n={n} but {what} has {available} samples; use n <= {available} or omit n"
 
 
 @dataclass(frozen=True)
@@ -24,8 +30,15 @@ class Dataset:
         return int(self.x.shape[0])
 
     def subset(self, n: int | None, seed: int = 0) -> Dataset:
-        """A random subset of ``n`` samples (all when ``n`` is None or ≥ len), reproducible by seed."""
-        if n is None or n >= len(self):
+        """A random subset of ``n`` samples (all when ``n`` is None or ``len``), reproducible by seed.
+
+        ``n`` larger than the dataset is a :class:`~gauntlet.errors.ConfigError`, never a silent cap.
+        """
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+            raise ConfigError(f"Dataset.subset: n must be a positive int or None, got {n!r}")
+        if n is not None and n > len(self):
+            raise ConfigError(f"Dataset.subset: {too_many(n, self.name, len(self))}")
+        if n is None or n == len(self):
             return self
         g = torch.Generator().manual_seed(seed)
         idx = torch.randperm(len(self), generator=g)[:n].sort().values

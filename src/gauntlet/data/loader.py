@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gauntlet.data.arrays import as_dataset, load_npy, load_npz
-from gauntlet.data.base import Dataset
+from gauntlet.data.base import Dataset, too_many
 from gauntlet.data.cifar import find_cifar_dir, load_cifar10
 from gauntlet.data.digits import load_digits
 from gauntlet.data.idx import find_idx_dir, load_idx, read_idx
@@ -88,6 +88,7 @@ def load(name_or_path: str | Path, *, split: str = "test", n: int | None = None,
         split: ``"train"``, ``"test"`` or ``"all"`` where the format has splits; single-split
             files ignore it.
         n: keep a random subset of ``n`` samples (all when None); ``seed`` makes it reproducible.
+            More than the split holds is a :class:`~gauntlet.errors.ConfigError` naming both counts.
         **opts: format options, e.g. ``bounds=`` / ``num_classes=`` / ``channels_last=`` for
             arrays, ``color=`` / ``size=`` / ``classes=`` for image folders, ``labels=`` for .npy.
 
@@ -124,6 +125,14 @@ def load(name_or_path: str | Path, *, split: str = "test", n: int | None = None,
     if unknown:
         hint = f"accepted: {', '.join(accepted)}" if accepted else "it takes none"
         raise ConfigError(f"load: option {', '.join(unknown)} does not apply to {kind}; {hint}")
-    if "split" in inspect.signature(fn).parameters:
+    has_split = "split" in inspect.signature(fn).parameters
+    if has_split:
         opts["split"] = split
-    return fn(path, **opts).subset(n, seed)
+    ds = fn(path, **opts)
+    if n is not None and n > len(ds):
+        if not has_split or split == "all":
+            what = key if path is None else str(path)
+        else:  # a path's format may have no splits and ignore split=, so only name what was asked
+            what = f"the {split} split of {key}" if path is None else f"{path} (split={split!r})"
+        raise ConfigError(f"load: {too_many(n, what, len(ds))}")
+    return ds.subset(n, seed)
