@@ -241,6 +241,81 @@ def test_normalisation_lives_inside_the_adapter(digits_net, digits_batch) -> Non
 
 
 # ------------------------------------------------------------------------------------------------
+# a declared num_classes that the model's output contradicts
+class CountingNet(nn.Module):
+    """A DigitsCNN with ``k`` logits that counts its forward passes (and samples)."""
+
+    def __init__(self, k: int) -> None:
+        super().__init__()
+        self.net = gt.models.zoo.DigitsCNN(num_classes=k)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.net(x)
+
+
+def test_num_classes_that_contradicts_the_output_is_refused_at_construction_when_the_shape_is_known() -> None:
+    net = CountingNet(10)
+    with pytest.raises(ConfigError) as e:
+        gt.models.TorchModel(net, bounds=(0, 1), num_classes=5, input_shape=(1, 8, 8))
+    assert one_line(e) == (
+        "TorchModel: num_classes=5 but the model outputs 10 scores per input; pass num_classes=10 or check the model"
+    )
+    assert net.calls == 1  # one probe forward pass
+
+
+def test_the_construction_probe_counts_no_query_and_leaves_module_and_rng_as_they_were() -> None:
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.Dropout(0.5), nn.Linear(16, 10))
+    net.train()
+    stats = net[2].running_mean.clone()
+    state = torch.random.get_rng_state()
+    m = gt.models.TorchModel(net, num_classes=10, input_shape=(1, 8, 8))
+    assert m.queries == 0 and m.grad_evals == 0
+    assert net.training and all(p.requires_grad for p in net.parameters())
+    assert torch.equal(net[2].running_mean, stats) and torch.equal(torch.random.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("query", ["scores", "predict"])
+def test_num_classes_that_contradicts_the_output_is_refused_on_the_first_query_without_a_shape(query) -> None:
+    net = CountingNet(10)
+    m = gt.models.TorchModel(net, bounds=(0, 1), num_classes=5)  # no input_shape: nothing to probe with
+    assert net.calls == 0
+    with pytest.raises(ConfigError) as e:
+        getattr(m, query)(torch.rand(3, 1, 8, 8))
+    assert one_line(e) == (
+        "TorchModel: num_classes=5 but the model outputs 10 scores per input; pass num_classes=10 or check the model"
+    )
+
+
+def test_the_output_width_is_checked_once_not_on_every_query(monkeypatch: pytest.MonkeyPatch) -> None:
+    m = gt.models.TorchModel(CountingNet(10), num_classes=10)
+    checks = []
+    original = Model._check_outputs
+    monkeypatch.setattr(Model, "_check_outputs", lambda self, out: (checks.append(1), original(self, out)))
+    x = torch.rand(2, 1, 8, 8)
+    for _ in range(3):
+        m.scores(x)
+        m.predict(x)
+    assert len(checks) == 1
+
+
+def test_a_model_that_fails_on_its_declared_input_shape_is_refused_at_construction() -> None:
+    with pytest.raises(ConfigError) as e:
+        gt.models.TorchModel(gt.models.zoo.DigitsCNN(), num_classes=10, input_shape=(1, 28, 28))
+    msg = one_line(e)
+    assert msg.startswith("TorchModel: the model fails on one input of per-sample shape (1, 28, 28) (RuntimeError: ")
+    assert msg.endswith("); check input_shape or the model")
+
+
+def test_an_attack_on_a_model_with_the_wrong_num_classes_names_the_mismatch(digits_batch) -> None:
+    x, y = digits_batch
+    m = gt.models.TorchModel(CountingNet(10), num_classes=12)
+    with pytest.raises(ConfigError, match=r"num_classes=12 but the model outputs 10 scores per input"):
+        gt.attacks.create("fgsm", eps=0.1).run(m, x, y)
+
+
+# ------------------------------------------------------------------------------------------------
 # a subset larger than the data
 def test_a_subset_larger_than_the_split_is_refused_with_both_counts() -> None:
     with pytest.raises(ConfigError) as e:

@@ -400,6 +400,61 @@ def test_bad_arguments(net, tmp_path) -> None:
         load(123)
 
 
+@pytest.fixture(scope="module")
+def net12() -> DigitsCNN:
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        return DigitsCNN(num_classes=12).eval()
+
+
+_TWELVE = "TorchModel: num_classes=10 but the model outputs 12 scores per input; pass num_classes=12 or check the model"
+
+
+def test_num_classes_that_contradicts_the_loaded_net_is_refused_at_load_when_the_shape_is_known(net12, tmp_path) -> None:
+    path = tmp_path / "w12.pt"
+    torch.save(net12.state_dict(), path)
+    # a factory that takes no num_classes: the weights fit, only the declared count is wrong
+    with pytest.raises(ConfigError) as e:
+        load(path, arch=lambda: DigitsCNN(num_classes=12), num_classes=10, input_shape=(1, 8, 8))
+    assert one_line(e) == _TWELVE
+    ts = tmp_path / "ts12.pt"
+    torch.jit.script(net12).save(str(ts))
+    with pytest.raises(ConfigError) as e:
+        load(ts, num_classes=10, input_shape=(1, 8, 8))
+    assert one_line(e) == _TWELVE
+
+
+def test_num_classes_that_contradicts_the_loaded_net_is_refused_on_the_first_query_without_a_shape(net12, x, tmp_path) -> None:
+    ts = tmp_path / "ts12.pt"
+    torch.jit.script(net12).save(str(ts))
+    m = load(ts, num_classes=10)  # TorchScript carries no input shape: checked on the first query
+    with pytest.raises(ConfigError) as e:
+        m.predict(x)
+    assert one_line(e) == _TWELVE
+    assert load(ts, num_classes=12).predict(x).shape == (6,)
+
+
+def test_onnx_with_a_dynamic_output_width_checks_num_classes(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    path = tmp_path / "flat.onnx"  # every dimension dynamic: the output width is known only by running it
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            nn.Flatten(), (torch.rand(1, 1, 8, 8),), str(path), dynamo=False, input_names=["x"],
+            dynamic_axes={"x": {0: "n", 1: "c", 2: "h", 3: "w"}},
+        )
+    wrong = "OnnxModel: num_classes=10 but the model outputs 64 scores per input; pass num_classes=64 or check the model"
+    with pytest.raises(ConfigError) as e:
+        OnnxModel(path, num_classes=10, input_shape=(1, 8, 8))  # one run at construction
+    assert one_line(e) == wrong
+    m = OnnxModel(path, num_classes=10)  # no shape to run it with: the first query checks
+    with pytest.raises(ConfigError) as e:
+        m.scores(torch.rand(2, 1, 8, 8))
+    assert one_line(e) == wrong
+    assert OnnxModel(path, num_classes=64, input_shape=(1, 8, 8)).num_classes == 64
+
+
 def test_mean_std_refused_for_sklearn(fitted_sklearn, tmp_path) -> None:
     import joblib
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor
 
 from gauntlet._validation import parse_bounds
-from gauntlet.errors import CapabilityError, DataError
+from gauntlet.errors import CapabilityError, ConfigError, DataError, GauntletError
 
 Capability = Literal["gradients", "scores", "labels"]
 Output = Literal["logits", "probabilities", "labels"]
@@ -53,6 +54,9 @@ class Model(abc.ABC):
     #: a gradient attack on it needs expectation over transformation (EOT), and audits flag
     #: runs that attack it without.
     randomized: bool = False
+    #: set once the scores' width has been checked against ``num_classes`` (at construction
+    #: where the input shape is known, else on the first query), so the check costs one flag test
+    _outputs_checked: bool = False
 
     def __init__(self) -> None:
         self.queries = 0
@@ -91,7 +95,10 @@ class Model(abc.ABC):
             )
         if count:
             self.queries += int(x.shape[0])
-        return self._forward(x)
+        out = self._forward(x)
+        if not self._outputs_checked:
+            self._check_outputs(out)
+        return out
 
     __call__ = scores
 
@@ -101,7 +108,45 @@ class Model(abc.ABC):
             self.queries += int(x.shape[0])
         with torch.no_grad():
             out = self._forward(x)
+        if not self._outputs_checked:
+            self._check_outputs(out)
         return out.argmax(dim=1) if out.dim() == 2 else out.to(torch.int64)
+
+    def _check_outputs(self, out: object) -> None:
+        """Scores ``(N, C)`` must have ``C == num_classes`` when it is declared (checked once)."""
+        k = self._num_classes
+        if k is not None and isinstance(out, Tensor) and out.dim() == 2 and int(out.shape[1]) != k:
+            c = int(out.shape[1])
+            raise ConfigError(
+                f"{type(self).__name__}: num_classes={k} but the model outputs {c} scores per input; "
+                f"pass num_classes={c} or check the model"
+            )
+        self._outputs_checked = True
+
+    def _probe_outputs(self) -> None:
+        """At construction: when both the per-sample shape and ``num_classes`` are declared, one
+        uncounted forward pass of a mid-range input (in attack mode, without gradients, leaving the
+        global RNG as it was) checks the scores' width; otherwise the first query checks it."""
+        shape = self.input_spec.shape
+        if shape is None or self._num_classes is None or "scores" not in self.capabilities:
+            return
+        lo, hi = self.bounds
+        fill = (lo + hi) / 2 if math.isfinite(lo) and math.isfinite(hi) else min(max(0.0, lo), hi)
+        device = self.device
+        x = torch.full((1, *shape), fill, dtype=self.input_spec.dtype, device=device)
+        cuda = [device.index or 0] if device.type == "cuda" else []
+        try:
+            with torch.random.fork_rng(devices=cuda), torch.no_grad(), self.attack_mode():
+                out = self._forward(x)
+        except GauntletError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever the network raises on a wrong shape
+            line = (str(exc).strip().splitlines() or [""])[0][:200]
+            raise ConfigError(
+                f"{type(self).__name__}: the model fails on one input of per-sample shape {shape} "
+                f"({type(exc).__name__}: {line}); check input_shape or the model"
+            ) from None
+        self._check_outputs(out)
 
     # -- attack support ----------------------------------------------------------------------
     @contextlib.contextmanager
@@ -119,6 +164,7 @@ class Model(abc.ABC):
                     f"{type(self).__name__}: cannot infer num_classes from a labels-only model; pass num_classes="
                 )
             self._num_classes = int(out.shape[1])
+            self._outputs_checked = True
         return self._num_classes
 
     def __repr__(self) -> str:

@@ -48,7 +48,8 @@ class OnnxModel(Model):
     Args:
         path: the ``.onnx`` file.
         bounds: the valid input range.
-        num_classes: number of classes; read from the graph's output when static.
+        num_classes: number of classes; read from the graph's output when static, else checked
+            against the output with one run when the input shape is known, or on the first query.
         output: ``"logits"`` (default), ``"probabilities"`` or ``"labels"``.
         providers: onnxruntime execution providers; default ``["CPUExecutionProvider"]``.
         input_shape: per-sample shape, for graphs whose non-batch dimensions are dynamic.
@@ -154,6 +155,8 @@ class OnnxModel(Model):
         self.capabilities = frozenset({"labels"} if output == "labels" else {"scores", "labels"})
         self.input_spec = InputSpec(shape, torch.float32, lo_hi)
         self._num_classes = num_classes
+        if static_c is None:  # a dynamic output width: check num_classes with one run (or the first query)
+            self._probe_outputs()
 
     def _run(self, arr: np.ndarray) -> np.ndarray:
         try:

@@ -31,10 +31,14 @@ class TorchModel(Model):
         module: the network; it receives ``(x - mean) / std`` and must return logits
             (or probabilities, with ``output="probabilities"``).
         bounds: the valid input range, e.g. ``(0.0, 1.0)`` for images scaled to [0, 1].
-        num_classes: number of classes; inferred from one forward pass when omitted.
+        num_classes: number of classes; inferred from one forward pass when omitted.  When given,
+            the width of the module's output is checked against it: at construction with one
+            forward pass when ``input_shape`` is given, else on the first query
+            (:class:`~gauntlet.errors.ConfigError` on a mismatch).
         mean, std: optional per-channel normalisation applied *inside* the adapter, so that
             attacks work in input space and ε means what the user thinks it means.
-        input_shape: per-sample input shape, checked on every attack call when given.
+        input_shape: per-sample input shape, checked on every attack call when given; with
+            ``num_classes`` the module must run on one input of this shape at construction.
         output: ``"logits"`` (default) or ``"probabilities"``.
     """
 
@@ -73,6 +77,7 @@ class TorchModel(Model):
         self._num_classes = num_classes
         self.mean = _stat(mean, "mean")
         self.std = _stat(std, "std")
+        self._probe_outputs()
 
     @property
     def device(self) -> torch.device:
