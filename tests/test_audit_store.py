@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import sqlite3
 from pathlib import Path
 
@@ -131,3 +132,31 @@ def test_an_unfinished_audit_whose_units_sit_in_the_legacy_table_is_not_resumed(
         assert resumed is False and a2 > a1  # its unit would never be read back: start afresh
         assert begin(st) == (a2, True)
         assert [r["units"]["done"] for r in st.list_audits()] == [0, 1]
+
+
+def test_two_identical_audits_running_at_once_get_two_rows_and_a_dead_owners_audit_is_resumed(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+
+    def hand_lease(audit_id: int, owner: str) -> None:
+        con = sqlite3.connect(tmp_path / "g.db")
+        con.execute("UPDATE leases SET owner = ? WHERE audit_id = ?", (owner, audit_id))
+        con.commit()
+        con.close()
+
+    with open_store(url) as st:
+        first, resumed = begin(st)
+        assert resumed is False
+        assert begin(st) == (first, True)  # this process's own unfinished audit (e.g. after Ctrl-C)
+        hand_lease(first, f"{socket.gethostname()}:1")  # a live process (pid 1) is running it
+        second, resumed = begin(st)  # the identical audit started meanwhile: a row of its own
+        assert resumed is False and second > first
+        hand_lease(second, f"{socket.gethostname()}:{2**22 + 4321}")  # above pid_max: its owner was killed
+        assert begin(st) == (second, True)  # taken over: the same command resumes it
+        st.release(second)
+        assert begin(st) == (second, True)  # released: free for anyone, the newest unfinished one
+        st.fail_audit(second)
+        st.fail_audit(first)
+    con = sqlite3.connect(tmp_path / "g.db")
+    assert con.execute("SELECT count(*) FROM leases").fetchone()[0] == 0
+    assert [r[0] for r in con.execute("SELECT status FROM audits ORDER BY id")] == ["failed", "failed"]
+    con.close()

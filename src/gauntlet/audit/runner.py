@@ -440,9 +440,9 @@ def execute(
             sections.update(out.sections)
             flags.extend(out.flags)
     except BaseException as exc:
-        if store is not None and audit_id is not None and not isinstance(exc, KeyboardInterrupt):
-            try:
-                store.fail_audit(audit_id)
+        if store is not None and audit_id is not None:
+            try:  # interrupted: still unfinished, and free for any process to resume
+                store.release(audit_id) if isinstance(exc, KeyboardInterrupt) else store.fail_audit(audit_id)
             except GauntletError:  # pragma: no cover - the original error matters more
                 pass
         raise

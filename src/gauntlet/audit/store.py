@@ -114,6 +114,13 @@ def _tables() -> Any:
             Column("created_at", String(32), nullable=False),
             UniqueConstraint("audit_id", "key", name="uq_extras_audit_key"),
         )
+        Table(  # which process is working on an unfinished audit (at most one: no two merge into one)
+            "leases",
+            md,
+            Column("audit_id", Integer, ForeignKey("audits.id"), primary_key=True),
+            Column("owner", String(255), nullable=False),  # host:pid
+            Column("since", String(32), nullable=False),
+        )
         Table(
             "records",
             md,
@@ -131,6 +138,30 @@ def _tables() -> Any:
 
 def _records_table() -> Any:
     return _tables()[0].tables["records"]
+
+
+def _owner() -> str:
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _alive(owner: str) -> bool:
+    """Whether the process that holds a lease still runs.  On this host: its pid exists; on
+    another host we cannot tell, so the lease is held (a dead remote owner's audit is not resumed
+    from here — start it with the same command on that host, or a new audit starts)."""
+    import socket
+
+    host, _, pid = owner.rpartition(":")
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, ValueError):
+        return True
+    return True
 
 
 def _now() -> str:
@@ -155,9 +186,11 @@ def _first_line(exc: BaseException) -> str:
 class Store:
     """A results store at an SQLAlchemy URL; open it with :func:`open_store`."""
 
-    def __init__(self, url: str, engine: Any) -> None:
+    def __init__(self, url: str, engine: Any, owner: str | None = None) -> None:
         self.url = url
         self.engine = engine
+        #: ``host:pid`` of this process: whose lease an audit this store starts or resumes holds
+        self.owner = owner or _owner()
 
     # -- plumbing ------------------------------------------------------------------------------
     @contextmanager
@@ -195,10 +228,19 @@ class Store:
         resume: bool = True,
     ) -> tuple[int, bool]:
         """The audit to write into: the newest unfinished audit with the same model, data and spec
-        (resumed), or a new one.  Returns ``(audit_id, resumed)``."""
-        from sqlalchemy import insert, select
+        that no running process holds (resumed), or a new one.  Returns ``(audit_id, resumed)``.
+
+        The caller holds the audit's lease until :meth:`finish_audit` / :meth:`fail_audit` /
+        :meth:`release`: a second identical audit started meanwhile (another process) gets an audit
+        of its own instead of writing into this one.  A lease whose process died (``kill -9``) is
+        taken over, which is how the same command resumes.
+        """
+        from sqlalchemy import delete, insert, select
+        from sqlalchemy.exc import IntegrityError
 
         _, models, audits, units = _tables()
+        leases = _tables()[0].tables["leases"]
+        me = self.owner
         version = model_version or ""
         with self._tx("start the audit") as conn:
             row = conn.execute(
@@ -223,10 +265,28 @@ class Store:
                         audits.c.id.not_in(select(_tables()[0].tables["extras"].c.audit_id)),
                     )
                     .order_by(audits.c.id.desc())
-                ).first()
-                if row:
-                    conn.execute(audits.update().where(audits.c.id == row[0]).values(status="running", command=command))
-                    return int(row[0]), True
+                ).all()
+                for (candidate,) in row:
+                    held = conn.execute(select(leases.c.owner).where(leases.c.audit_id == candidate)).first()
+                    if held is not None and held[0] != me and _alive(held[0]):
+                        continue  # another process is running it: not ours to write into
+                    if held is not None:
+                        taken = conn.execute(
+                            leases.update()
+                            .where(leases.c.audit_id == candidate, leases.c.owner == held[0])
+                            .values(owner=me, since=_now())
+                        ).rowcount
+                    else:
+                        try:
+                            with conn.begin_nested():
+                                conn.execute(insert(leases).values(audit_id=candidate, owner=me, since=_now()))
+                            taken = 1
+                        except IntegrityError:  # another process took it this very moment
+                            taken = 0
+                    if taken != 1:
+                        continue
+                    conn.execute(audits.update().where(audits.c.id == candidate).values(status="running", command=command))
+                    return int(candidate), True
             audit_id = conn.execute(
                 insert(audits).values(
                     model_id=model_id,
@@ -240,21 +300,39 @@ class Store:
                     command=command,
                 )
             ).inserted_primary_key[0]
+            conn.execute(delete(leases).where(leases.c.audit_id == audit_id))
+            conn.execute(insert(leases).values(audit_id=audit_id, owner=me, since=_now()))
             return int(audit_id), False
 
+    def release(self, audit_id: int) -> None:
+        """Give up the lease on an audit (it stays unfinished and resumable)."""
+        from sqlalchemy import delete
+
+        leases = _tables()[0].tables["leases"]
+        with self._tx("release the audit") as conn:
+            conn.execute(delete(leases).where(leases.c.audit_id == audit_id, leases.c.owner == self.owner))
+
     def finish_audit(self, audit_id: int, report: dict[str, Any]) -> None:
+        from sqlalchemy import delete
+
         _, _, audits, _ = _tables()
+        leases = _tables()[0].tables["leases"]
         with self._tx("save the report") as conn:
             conn.execute(
                 audits.update()
                 .where(audits.c.id == audit_id)
                 .values(status="done", finished_at=_now(), report_json=json.dumps(report, allow_nan=True))
             )
+            conn.execute(delete(leases).where(leases.c.audit_id == audit_id))
 
     def fail_audit(self, audit_id: int) -> None:
+        from sqlalchemy import delete
+
         _, _, audits, _ = _tables()
+        leases = _tables()[0].tables["leases"]
         with self._tx("mark the audit failed") as conn:
             conn.execute(audits.update().where(audits.c.id == audit_id).values(status="failed"))
+            conn.execute(delete(leases).where(leases.c.audit_id == audit_id))
 
     # -- finished units ----------------------------------------------------------------------------
     def add_record(self, audit_id: int, key: str, study: str, payload: dict[str, Any]) -> bool:
