@@ -180,10 +180,11 @@ def test_pgd_on_the_whole_ensemble_breaks_it_and_beats_transfer_from_one_member(
 
 def test_wrap_names_the_first_mismatching_member(digits_net: nn.Module, members: list[gt.models.TorchModel]) -> None:
     la = create("logit_average")
+    nine = nn.Sequential(digits_net, nn.Linear(10, 9))  # a 9-class model (its num_classes must match its output)
     with pytest.raises(ConfigError, match="model 1 has 9 classes but model 0 has 10"):
-        la.wrap([members[0], _tm(digits_net, num_classes=9)])
+        la.wrap([members[0], _tm(nine, num_classes=9)])
     with pytest.raises(ConfigError, match=r"model 1 has bounds \(0.0, 255.0\) but model 0 has \(0.0, 1.0\)"):
-        la.wrap([members[0], _tm(digits_net, bounds=(0.0, 255.0)), _tm(digits_net, num_classes=9)])
+        la.wrap([members[0], _tm(digits_net, bounds=(0.0, 255.0)), _tm(nine, num_classes=9)])
     with pytest.raises(ConfigError, match=r"model 2 has input shape \(1, 4, 16\) but model 0 has \(1, 8, 8\)"):
         la.wrap([members[0], _tm(digits_net, input_shape=None), _tm(digits_net, input_shape=(1, 4, 16))])
     with pytest.raises(ConfigError, match="model 1 does not declare num_classes"):

@@ -456,7 +456,8 @@ def test_wrap_rejects_bad_models_and_options(digits_net: nn.Module, digits_model
     flat = gt.models.TorchModel(nn.Linear(64, 10), num_classes=10, input_shape=(64,))
     with pytest.raises(ConfigError, match=r"median_filter: needs image inputs \(C, H, W\) but the model's input shape is \(64,\)"):
         d.wrap(flat)
-    rgb_only = gt.models.TorchModel(nn.Flatten(), num_classes=10, input_shape=(2, 8, 8))
+    two_channels = nn.Sequential(nn.Flatten(), nn.Linear(2 * 8 * 8, 10))
+    rgb_only = gt.models.TorchModel(two_channels, num_classes=10, input_shape=(2, 8, 8))
     with pytest.raises(ConfigError, match="jpeg_compression: needs 1 or 3 channels"):
         create("jpeg_compression").wrap(rgb_only)
     with pytest.raises(ConfigError, match="eot_samples must be an int >= 1 or None, got 0"):
