@@ -15,7 +15,7 @@ from gauntlet.errors import ConfigError
 
 BASE: dict[str, Any] = {
     "model": {"path": "model.pt", "name": "digits-cnn", "version": "3"},
-    "data": {"name": "digits", "n": 500, "seed": 0},
+    "data": {"name": "digits", "n": 200, "seed": 0},
     "threats": [{"norm": "linf", "eps": [0.05, 0.1, 0.2]}],
     "attacks": ["fgsm", {"name": "pgd", "steps": 20}],
     "thresholds": [{"attack": "pgd", "norm": "linf", "eps": 0.1, "min_robust_accuracy": 0.5}],
@@ -23,7 +23,7 @@ BASE: dict[str, Any] = {
 
 ISSUE_YAML = """\
 model: {path: model.pt, name: digits-cnn, version: "3"}     # TorchScript here
-data: {name: digits, n: 500, seed: 0}
+data: {name: digits, n: 200, seed: 0}
 threats:
   - {norm: linf, eps: [0.05, 0.1, 0.2]}
 attacks: [fgsm, {name: pgd, steps: 20}]

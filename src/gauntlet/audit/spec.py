@@ -13,7 +13,7 @@ top-level key belongs to a registered study (``threats``/``attacks``: evasion, `
 The shape users write::
 
     model: {path: model.pt, name: digits-cnn, version: "3"}
-    data: {name: digits, n: 500, seed: 0}          # or {path: test.npz}
+    data: {name: digits, n: 200, seed: 0}          # or {path: test.npz}
     threats:
       - {norm: linf, eps: [0.05, 0.1, 0.2]}
     attacks: [fgsm, {name: pgd, steps: 20}]        # or {preset: standard}
