@@ -41,7 +41,6 @@ joins nor disturbs a Ray cluster someone else runs on the machine.  Results go t
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -81,16 +80,10 @@ def spec_for(shared: Path, n: int, batch_size: int, pgd_steps: int) -> dict[str,
 
 
 def comparable(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without what legitimately differs between runs (as in tests/test_audit_executors.py)."""
+    """The report without timings, the manifest and the audit id (``gauntlet.audit.report.comparable``)."""
+    from gauntlet.audit.report import comparable as strip
 
-    def strip(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k not in ("seconds", "manifest", "audit_id")}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return strip(copy.deepcopy(report))
+    return strip(report)  # type: ignore[no-any-return]
 
 
 def unit_seconds(report: dict[str, Any]) -> float:

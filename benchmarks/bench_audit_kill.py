@@ -42,7 +42,6 @@ Results go to ``benchmarks/results/audit_kill.json``; data and the model are rea
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import platform
@@ -90,16 +89,10 @@ def spec_for(shared: Path, n: int, batch_size: int) -> dict[str, Any]:
 
 
 def comparable(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without what legitimately differs between runs (as in tests/test_audit_executors.py)."""
+    """The report without timings, the manifest and the audit id (``gauntlet.audit.report.comparable``)."""
+    from gauntlet.audit.report import comparable as strip
 
-    def strip(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k not in ("seconds", "manifest", "audit_id")}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return strip(copy.deepcopy(report))
+    return strip(report)  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------------------------------

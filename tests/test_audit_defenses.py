@@ -23,7 +23,7 @@ import gauntlet.audit.executors as executors_mod
 import gauntlet.audit.runner as runner_mod
 from gauntlet.audit import load_spec, prepare, run_audit, spec_hash
 from gauntlet.audit.html import render_html
-from gauntlet.audit.report import validate_report
+from gauntlet.audit.report import comparable, validate_report
 from gauntlet.audit.store import open_store
 from gauntlet.data import load_digits
 from gauntlet.errors import CapabilityError, ConfigError, DataError
@@ -91,19 +91,6 @@ def defended(path: Path, defense: dict[str, Any], **over: Any) -> dict[str, Any]
     spec = make_spec(path, **over)
     spec["model"] = {**spec["model"], "defense": defense}
     return spec
-
-
-def comparable(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without timings and the manifest (what legitimately differs between runs)."""
-
-    def strip(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k not in ("seconds", "manifest", "audit_id")}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return strip(copy.deepcopy(report))
 
 
 def extras_rows(db: Path) -> list[tuple[str, int]]:

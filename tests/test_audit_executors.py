@@ -3,7 +3,6 @@ that keeps failing, and refuses a missing Ray or an unreachable cluster before a
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import sqlite3
@@ -18,6 +17,7 @@ from typer.testing import CliRunner
 
 from gauntlet.audit import load_spec, run_audit
 from gauntlet.audit.executors import LocalExecutor, RayExecutor, Task, make_executor
+from gauntlet.audit.report import comparable
 from gauntlet.cli import app
 from gauntlet.errors import ConfigError, ExecutorError
 
@@ -52,17 +52,6 @@ def spec_32_units(model_file: Path) -> dict[str, Any]:
         "batch_size": 12,
         "seed": 0,
     }
-
-
-def comparable(report: dict[str, Any]) -> dict[str, Any]:
-    def strip(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k not in ("seconds", "manifest", "audit_id")}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return strip(copy.deepcopy(report))
 
 
 def test_a_ray_audit_on_two_workers_equals_the_local_audit_and_stores_every_unit_once(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import random
@@ -21,7 +20,7 @@ import yaml
 import gauntlet.audit.executors as executors_mod
 import gauntlet.audit.runner as runner_mod
 from gauntlet.audit import load_spec, run_audit
-from gauntlet.audit.report import validate_report
+from gauntlet.audit.report import comparable, validate_report
 from gauntlet.errors import DataError, ModelLoadError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,19 +45,6 @@ def make_spec(model_file: Path, **over: Any) -> dict[str, Any]:
     }
     spec.update(over)
     return spec
-
-
-def comparable(report: dict[str, Any]) -> dict[str, Any]:
-    """The report without what legitimately differs between runs: timings and the manifest."""
-
-    def strip(v: Any) -> Any:
-        if isinstance(v, dict):
-            return {k: strip(x) for k, x in v.items() if k not in ("seconds", "manifest")}
-        if isinstance(v, list):
-            return [strip(x) for x in v]
-        return v
-
-    return strip(copy.deepcopy(report))
 
 
 def unit_rows(db: Path) -> tuple[int, int]:

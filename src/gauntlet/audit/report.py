@@ -42,6 +42,7 @@ __all__ = [  # and REPORT_SCHEMA, built on first use (module __getattr__)
     "STR_OR_NULL",
     "array_of",
     "build_report",
+    "comparable",
     "jsonable",
     "report_schema",
     "validate_report",
@@ -82,6 +83,20 @@ def _spec_dict(spec: Any) -> Any:
     if hasattr(spec, "model_dump"):
         return jsonable(spec.model_dump(mode="json"))
     return jsonable(spec)
+
+
+#: what legitimately differs between two runs of one audit: timings, the manifest, the store's id
+VOLATILE_KEYS = ("seconds", "manifest", "audit_id")
+
+
+def comparable(report: Any, ignore: Sequence[str] = VOLATILE_KEYS) -> Any:
+    """A copy of ``report`` without the keys in ``ignore`` at any depth: two runs of one audit (resumed,
+    on Ray, on another day) give equal ``comparable`` reports."""
+    if isinstance(report, Mapping):
+        return {k: comparable(v, ignore) for k, v in report.items() if k not in ignore}
+    if isinstance(report, list):
+        return [comparable(v, ignore) for v in report]
+    return report
 
 
 def build_report(outcome: AuditOutcome, gate: Mapping[str, Any] | None = None) -> dict[str, Any]:
