@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,7 +18,10 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+import gauntlet as gt
 from gauntlet.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
 
 runner = CliRunner()
 
@@ -228,3 +234,14 @@ def test_demo_audits_the_cached_digits_model_and_prints_the_report_path(
     assert (out / "report.html").stat().st_size > 10_000 and (out / "gauntlet.db").exists()
     res = invoke("demo", "--out", out, "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["report_html"] == str(out / "report.html")
+
+
+def test_version_short_help_and_a_light_import() -> None:
+    res = invoke("--version")
+    assert res.exit_code == 0 and res.stdout.strip() == f"gauntlet {gt.__version__}"
+    res = invoke("-h")
+    assert res.exit_code == 0 and "Usage:" in res.stdout and "audit" in res.stdout
+    # import gauntlet (and so gauntlet --help) does not load PyTorch until a subpackage is used
+    code = "import sys, gauntlet; print('torch' in sys.modules); gauntlet.models; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert out.stdout.split() == ["False", "True"]

@@ -18,7 +18,29 @@ import typer
 if TYPE_CHECKING:
     from typing_extensions import Self
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Attack, harden and audit ML models.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Attack, harden and audit ML models.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from gauntlet import __version__
+
+        typer.echo(f"gauntlet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Attack, harden and audit ML models."""
 
 DEFAULT_STORE = "sqlite:///gauntlet.db"
 STORE_HELP = "Results store: an SQLAlchemy URL (sqlite:///path.db, postgresql://user@host/db)."
