@@ -229,3 +229,15 @@ def test_accept_flags_names_a_known_check_and_is_shown_in_the_report(model_file:
 
     validate_report(rep)
     assert "Accepted by the spec:</b> a sanity point at the full range" in render_html(rep)
+
+
+def test_the_report_says_which_attacks_ran_and_flags_an_evaluation_without_an_ensemble(model_file: Path) -> None:
+    from gauntlet.audit.html import render_html
+
+    rep = run_audit(load_spec(spec(model_file)), store=None).report
+    assert rep["evaluation_strength"] == {"attacks": [{"label": "a", "name": "fgsm"}], "ensemble": False}
+    flag = next(f for f in rep["flags"] if f["id"] == "no_ensemble")
+    assert flag["severity"] == "warning" and "upper bound" in flag["explanation"]
+    assert "no AutoAttack-grade ensemble ran: these robust accuracies are upper bounds" in render_html(rep)
+    strong = load_spec(spec(model_file, attacks=["fgsm", {"preset": "standard"}])).study("evasion")
+    assert strong.strength()["ensemble"] is True  # the standard preset is the AutoAttack ensemble: no flag

@@ -39,6 +39,7 @@ CHECKS: dict[str, str] = {
     "randomized_without_eot": "A randomized model is attacked without EOT",
     "gradient_masking_gap": "Naive attacks report robustness that adaptive attacks remove",
     "eps_covers_input_range": "An L∞ budget covers the whole input range",
+    "no_ensemble": "No AutoAttack-grade ensemble ran: the robust accuracy is an upper bound",
 }
 
 # thresholds (documented in the explanations)

@@ -375,6 +375,9 @@ class Unit:
         return float(self.size * _attack_cost(self.attack_name, self.params))
 
 
+#: attacks that count as an AutoAttack-grade ensemble for the evaluation-strength line
+_ENSEMBLES = frozenset({"autoattack"})
+
 #: relative cost per sample of attacks whose work is not ``steps × restarts``
 _FIXED_COST = {"fgsm": 1.0, "deepfool": 50.0, "autoattack": 5000.0, "square": 5000.0, "fab": 1000.0, "cw_l2": 10000.0}
 
@@ -742,6 +745,11 @@ _SECTIONS = {
          "seconds": NON_NEGATIVE, "queries_per_sample": NUM_OR_NULL},
     ),
     "gallery": array_of(["x", "x_adv"], {"x": {"type": "array"}, "x_adv": {"type": "array"}}),
+    "evaluation_strength": {
+        "type": "object",
+        "required": ["attacks", "ensemble"],
+        "properties": {"attacks": {"type": "array"}, "ensemble": {"type": "boolean"}},
+    },
 }
 
 
@@ -840,7 +848,23 @@ def _results(report: Mapping[str, Any]) -> str:
         "norm. Worst case: a sample counts as robust only if no attack fooled it. A unit's cost is shared equally among "
         "the ε values it ran.</p>"
     )
-    return f"<section id='results'><h2>Results</h2><table class='results'>{head}{''.join(rows)}</table>{note}</section>"
+    return (
+        f"<section id='results'><h2>Results</h2>{_strength_html(report)}<table class='results'>{head}{''.join(rows)}</table>"
+        f"{note}</section>"
+    )
+
+
+def _strength_html(report: Mapping[str, Any]) -> str:
+    s = report.get("evaluation_strength")
+    if not isinstance(s, Mapping):
+        return ""
+    ran = ", ".join(e(a.get("label")) for a in s.get("attacks") or [] if isinstance(a, Mapping))
+    if s.get("ensemble"):
+        return f"<p class='sub' id='strength'>Evaluation strength: {ran} — includes an AutoAttack-grade ensemble.</p>"
+    return (
+        f"<p class='sub' id='strength'>Evaluation strength: {ran} — <b>no AutoAttack-grade ensemble ran: these robust "
+        "accuracies are upper bounds</b>.</p>"
+    )
 
 
 def _gallery_html(report: Mapping[str, Any]) -> str:
@@ -1091,11 +1115,14 @@ class EvasionStudy(Study):
         units = [record_of(r) for r in records]
         clean = [bool(c) for c in clean_correct]
         out = StudyOutput(sections=sections_of(units, clean))
+        out.sections["evaluation_strength"] = self.strength()
+        if not out.sections["evaluation_strength"]["ensemble"]:
+            out.flags.append(self._no_ensemble_flag())
         if env is not None:
             from gauntlet.audit.flags import compute_flags
 
             _reseed(env.model, self.seed)
-            out.flags = compute_flags(env.model, env.x, env.y, units, clean, seed=self.seed)
+            out.flags = compute_flags(env.model, env.x, env.y, units, clean, seed=self.seed) + out.flags
             _reseed(env.model, self.seed)
             out.sections["gallery"] = _gallery(self, env, [u for u in units if not is_naive(u.attack)], clean)
         if self.defended and env is not None and env.defense_info is not None:
@@ -1114,6 +1141,31 @@ class EvasionStudy(Study):
         agg = aggregate([record_of(r) for r in records], [bool(c) for c in clean_correct])
         return {
             ("robust_accuracy", (("attack", a), ("eps", e), ("norm", nm))): v for (a, nm, e), v in agg.robust.items()
+        }
+
+    def strength(self) -> dict[str, Any]:
+        """Which attacks ran, and whether an AutoAttack-grade (parameter-free, worst-case) ensemble
+        was among them."""
+        return {
+            "attacks": [{"label": a.label, "name": a.name} for a in self.attacks],
+            "ensemble": any(a.name in _ENSEMBLES for a in self.attacks),
+        }
+
+    def _no_ensemble_flag(self) -> dict[str, Any]:
+        from gauntlet.audit.flags import CHECKS
+
+        ran = ", ".join(a.label for a in self.attacks)
+        return {
+            "id": "no_ensemble",
+            "severity": "warning",
+            "title": CHECKS["no_ensemble"],
+            "explanation": (
+                f"Only {ran} ran. Single attacks with fixed settings under-estimate the attacker: the robust accuracy "
+                "they leave is an upper bound on the model's, often far above it on defended or masked models. For a "
+                "number to ship on, add the AutoAttack ensemble ({preset: standard} or 'autoattack'), whose "
+                "parameter-free attacks run on every point still standing."
+            ),
+            "evidence": {"attacks": [a.label for a in self.attacks]},
         }
 
     def manifest(self, units: Sequence[Any]) -> dict[str, Any]:
