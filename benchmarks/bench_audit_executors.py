@@ -41,7 +41,6 @@ joins nor disturbs a Ray cluster someone else runs on the machine.  Results go t
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import shutil
@@ -53,18 +52,18 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _common  # noqa: E402
+
 MODEL = "models/advertorch_lenet5_mnist_clntrained.pt"
 MODES = ("local", "ray-1", "ray-2")
 
 
 def shared_dir() -> Path:
-    p = Path(os.environ.get("GAUNTLET_SHARED", ROOT.parent / "shared"))
+    """The shared folder (``_common.shared_dir``), checked for the LeNet5 and MNIST this benchmark needs."""
+    p = _common.shared_dir()
     if not (p / MODEL).is_file() or not (p / "data" / "mnist").is_dir():
-        raise SystemExit(
-            f"bench_audit_executors: {p / MODEL} or {p / 'data' / 'mnist'} not found; "
-            "this benchmark needs the shared LeNet5 and MNIST: set GAUNTLET_SHARED=/path/to/shared"
-        )
+        raise SystemExit(f"bench_audit_executors: {p / MODEL} or {p / 'data' / 'mnist'} not found; set GAUNTLET_SHARED=/path/to/shared")
     return p
 
 
@@ -269,12 +268,10 @@ def main() -> None:
     )
     print(f"EQUAL: all {2 * args.repeats} Ray reports == the local report (comparable(): timings and manifest stripped)")
 
-    RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": "audit_executors",
         "what": "gauntlet audit wall time, local executor vs Ray with 1 and 2 workers (LeNet5, MNIST, FGSM + PGD)",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "ray": __import__("ray").__version__, "torch_threads": 1},
+        "machine": {**_common.environment(), "platform": platform.platform(), "ray": __import__("ray").__version__},
         "spec": spec_for(Path("../shared"), args.n, args.batch_size, args.pgd_steps),
         "units": units,
         "repeats": args.repeats,
@@ -286,8 +283,7 @@ def main() -> None:
         "reports_equal": all(x["equal_to_local"] for x in rows),
         "command": " ".join([".venv/bin/python", "benchmarks/bench_audit_executors.py", *sys.argv[1:]]),
     }
-    path = RESULTS / "audit_executors.json"
-    path.write_text(json.dumps(doc, indent=2))
+    path = _common.write_json("audit_executors.json", doc)
     print(f"results in {path}")
 
 

@@ -61,19 +61,19 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _common  # noqa: E402
+
 MODEL = "models/advertorch_lenet5_mnist_clntrained.pt"
 MARKER = "GAUNTLET_KILL_BENCH"
 LINGER_LIMIT_S = 150.0  # a leftover still alive this long after its kill is killed by pid
 
 
 def shared_dir() -> Path:
-    p = Path(os.environ.get("GAUNTLET_SHARED", ROOT.parent / "shared"))
+    """The shared folder (``_common.shared_dir``), checked for the LeNet5 and MNIST this benchmark needs."""
+    p = _common.shared_dir()
     if not (p / MODEL).is_file() or not (p / "data" / "mnist").is_dir():
-        raise SystemExit(
-            f"bench_audit_kill: {p / MODEL} or {p / 'data' / 'mnist'} not found; "
-            "this benchmark needs the shared LeNet5 and MNIST: set GAUNTLET_SHARED=/path/to/shared"
-        )
+        raise SystemExit(f"bench_audit_kill: {p / MODEL} or {p / 'data' / 'mnist'} not found; set GAUNTLET_SHARED=/path/to/shared")
     return p
 
 
@@ -478,11 +478,10 @@ def main() -> None:
         ph["kills_landed"] >= args.kills and ph["duplicates"] == 0 and ph["lost"] == 0 and ph["all_rounds_ok"]
         for ph in phases.values()
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     doc = {
         "benchmark": "audit_kill",
         "what": "kill -9 at random moments of one gauntlet audit (CLI subprocesses), local executor and Ray with 2 workers",
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": {**_common.environment(), "platform": platform.platform()},
         "spec": spec_for(Path("../shared"), args.n, args.batch_size),
         "seed": seed,
         "kill_rule": "after the process committed >= 1 new unit (polled every 5 ms), sleep uniform(0, 0.3) s, SIGKILL",
@@ -494,8 +493,7 @@ def main() -> None:
         "total_seconds": round(total, 1),
         "command": " ".join([".venv/bin/python", "benchmarks/bench_audit_kill.py", *sys.argv[1:]]),
     }
-    path = RESULTS / "audit_kill.json"
-    path.write_text(json.dumps(doc, indent=2))
+    path = _common.write_json("audit_kill.json", doc)
     print(f"{'OK' if ok else 'FAILED'}: seed {seed}, total {total:.0f} s; results in {path}")
     if not ok:
         raise SystemExit(1)
