@@ -164,14 +164,13 @@ class _Bar:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    from gauntlet.audit.studies import studies
+    from gauntlet.audit.studies import studies_in
 
     typer.echo(f"{report['model'].get('name')}: clean accuracy {_pct(report.get('clean_accuracy')).strip()} "
                f"on {report['data'].get('n')} samples of {report['data'].get('name')}")
-    for study in studies():
-        if study.in_report(report):
-            for line in study.text(report):
-                typer.echo(line)
+    for study in studies_in(report):
+        for line in study.text(report):
+            typer.echo(line)
     for f in report.get("flags", []):
         typer.echo(f"flag [{f.get('severity')}] {f.get('id')}: {f.get('title')}")
     for v in (report.get("gate") or {}).get("violations", []):
@@ -180,9 +179,9 @@ def _print_report(report: dict[str, Any]) -> None:
 
 def _json_sections(report: dict[str, Any]) -> list[str]:
     """The headline sections ``--json`` repeats (evasion's results and worst case, ...)."""
-    from gauntlet.audit.studies import studies
+    from gauntlet.audit.studies import studies_in
 
-    return [k for s in studies() if s.in_report(report) for k in s.required() if k in report and k != "gallery"]
+    return [k for s in studies_in(report) for k in s.required() if k in report and k != "gallery"]
 
 
 def _run(

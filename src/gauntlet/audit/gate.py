@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gauntlet.audit.studies import Metric, studies
+from gauntlet.audit.studies import Metric, studies, studies_in
 from gauntlet.errors import ConfigError
 
 __all__ = [
@@ -94,7 +94,7 @@ def _pct(v: float | None) -> str:
 
 def metrics_of(report: Mapping[str, Any]) -> list[Metric]:
     """Every study's metrics in a report, in run order."""
-    return [m for s in studies() if s.in_report(report) for m in s.metrics(report)]
+    return [m for s in studies_in(report) for m in s.metrics(report)]
 
 
 def _find(metrics: Sequence[Metric], name: str, labels: Mapping[str, Any]) -> Metric | None:
@@ -215,7 +215,7 @@ def evaluate_gate(
     if not thresholds and max_regression is None:
         return {"passed": None, "violations": []}
     violations: list[str] = []
-    blocking = {fid for s in studies() if s.in_report(report) for fid in s.blocking_flags}
+    blocking = {fid for s in studies_in(report) for fid in s.blocking_flags}
     accepted = dict(accepted_flags or {})
     for f in report.get("flags") or []:
         fid = str(f.get("id"))
@@ -267,9 +267,8 @@ def summary_line(report: Mapping[str, Any], where: str | None = None) -> str:
     model = report.get("model") or {}
     name = str(model.get("name") or "model") + (f" v{model['version']}" if model.get("version") else "")
     parts = [f"clean {_pct(report.get('clean_accuracy'))}"]
-    for s in studies():
-        if s.in_report(report):
-            parts.extend(s.summary(report))
+    for s in studies_in(report):
+        parts.extend(s.summary(report))
     flags = [f for f in report.get("flags") or [] if f.get("severity") == "warning"]
     if flags:
         parts.append(f"{len(flags)} hygiene flag{'s' if len(flags) != 1 else ''}")

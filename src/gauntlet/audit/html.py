@@ -211,13 +211,15 @@ def _gate_badge(gate: Mapping[str, Any]) -> str:
 
 
 def _cards(report: Mapping[str, Any]) -> str:
+    from gauntlet.audit.studies import studies_in
+
     flags = report.get("flags") or []
     warnings = sum(1 for f in flags if f.get("severity") == "warning")
     gate = report.get("gate") or {}
     cards = [
         ("Clean accuracy", pct(report.get("clean_accuracy")), f"{num((report.get('data') or {}).get('n'))} samples"),
     ]
-    for study in _studies_in(report):
+    for study in studies_in(report):
         cards.extend(study.cards(report))
     cards.append(("Gate", _gate_badge(gate), f"{len(gate.get('violations') or [])} violation(s)"))
     badge = f"<span class='badge {'b-warn' if warnings else 'b-ok'}'>{warnings}</span>"
@@ -269,14 +271,9 @@ def fmt_value(v: Any) -> str:
     return "—" if v is None else str(v)
 
 
-def _studies_in(report: Mapping[str, Any]) -> list[Any]:
-    """The registered studies that have sections in the report, in run order."""
-    from gauntlet.audit.studies import studies
-
-    return [s for s in studies() if s.in_report(report)]
-
-
 def _flags(report: Mapping[str, Any]) -> str:
+    from gauntlet.audit.studies import studies_in
+
     flags = report.get("flags") or []
     items = []
     for f in flags:
@@ -290,7 +287,7 @@ def _flags(report: Mapping[str, Any]) -> str:
             + "</div>"
         )
     if not any(f.get("severity") == "warning" for f in flags):
-        titles = [t for study in _studies_in(report) for t in study.hygiene_checks().values()]
+        titles = [t for study in studies_in(report) for t in study.hygiene_checks().values()]
         checks = "".join(f"<li>{e(t)}</li>" for t in titles)
         items.insert(0, f"<div class='ok-panel'><b>No hygiene flag raised.</b> Checked:<ul class='checks'>{checks}</ul></div>")
     return f"<section id='flags'><h2>Evaluation hygiene</h2>{''.join(items)}</section>"
@@ -307,6 +304,8 @@ def _manifest(report: Mapping[str, Any]) -> str:
 
 def render_html(report: Mapping[str, Any]) -> str:
     """The report as one self-contained HTML page (a string; write it with UTF-8)."""
+    from gauntlet.audit.studies import studies_in
+
     model = report.get("model") or {}
     title = f"Gauntlet audit — {model.get('name') or 'model'}"
     from gauntlet import __version__ as version
@@ -314,7 +313,7 @@ def render_html(report: Mapping[str, Any]) -> str:
         _header(report),
         _cards(report),
         _gate(report),
-        *(study.html(report) for study in _studies_in(report)),
+        *(study.html(report) for study in studies_in(report)),
         _flags(report),
         _manifest(report),
     ])

@@ -28,3 +28,5 @@ class AuditOutcome:
     flags: list[dict[str, Any]] = field(default_factory=list)
     manifest: dict[str, Any] = field(default_factory=dict)
     store_audit_id: int | None = None
+    #: each study's unit records in plan order (what its sections were merged from; not in the report)
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)

@@ -256,17 +256,16 @@ def _check(value: Any, schema: Mapping[str, Any], where: str) -> str | None:
 
 def validate_report(report: Any) -> None:
     """Check ``report`` against its version's schema; raise :class:`DataError` naming the first bad place."""
-    from gauntlet.audit.studies import studies
+    from gauntlet.audit.studies import studies_in
 
     version = report.get("schema_version") if isinstance(report, dict) else None
     schema = report_schema(version if version in SCHEMA_VERSIONS else SCHEMA_VERSION)
     err = _check(report, schema, "report")
     if err is None and isinstance(report, dict):
-        for study in studies():
-            if study.in_report(report):
-                missing = [s for s in study.required() if s not in report]
-                if missing:
-                    err = f"report: missing required key {missing[0]!r} (the {study.name} study's sections go together)"
-                    break
+        for study in studies_in(report):
+            missing = [s for s in study.required() if s not in report]
+            if missing:
+                err = f"report: missing required key {missing[0]!r} (the {study.name} study's sections go together)"
+                break
     if err:
         raise DataError(f"{err} (not a valid gauntlet report, schema version {' or '.join(SCHEMA_VERSIONS)})")

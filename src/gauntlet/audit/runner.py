@@ -343,17 +343,22 @@ CLEAN_KEY = "core:clean_correct"
 def outcomes_of(store: Store, audit_id: int) -> dict[Any, list[bool | None]] | None:
     """Per-sample outcomes of a stored audit, keyed like :attr:`Metric.key` (``None`` for audits
     stored before the clean outcomes were kept)."""
-    from gauntlet.audit.studies import get_study
-
     records = store.records(audit_id)
     core = records.get(CLEAN_KEY)
     if core is None:
         return None
-    clean = [bool(c) for c in core[1]["clean_correct"]]
     by_study: dict[str, list[dict[str, Any]]] = {}
     for study, rec in records.values():
         if study != CORE_STUDY:
             by_study.setdefault(study, []).append(rec)
+    return _outcomes(by_study, core[1]["clean_correct"])
+
+
+def _outcomes(by_study: dict[str, list[dict[str, Any]]], clean_correct: Sequence[bool]) -> dict[Any, list[bool | None]]:
+    """Per-sample outcomes from each study's records and the clean outcomes."""
+    from gauntlet.audit.studies import get_study
+
+    clean = [bool(c) for c in clean_correct]
     out: dict[Any, list[bool | None]] = {("clean_accuracy", ()): list(clean)}
     for name, recs in by_study.items():
         try:
@@ -433,9 +438,10 @@ def execute(
         clean = (env.clean_pred == env.y).tolist()
         sections: dict[str, Any] = {}
         flags: list[dict[str, Any]] = []
+        by_study: dict[str, list[dict[str, Any]]] = {}
         for study in prep.studies:
             emit(ProgressEvent("merge", total, total, reused, f"{study.name}: report sections", study.name))
-            records = [done[t.key] for t in prep.tasks if t.study is study]
+            records = by_study[study.name] = [done[t.key] for t in prep.tasks if t.study is study]
             out = study.merge(env, records, clean)
             sections.update(out.sections)
             flags.extend(out.flags)
@@ -456,6 +462,7 @@ def execute(
         flags=flags,
         manifest=manifest,
         store_audit_id=audit_id,
+        records=by_study,
     )
     return outcome, audit_id, resumed, reused
 
@@ -640,15 +647,17 @@ def run_audit(
         emit = progress or (lambda event: None)
         emit(ProgressEvent("report", len(prep.tasks), len(prep.tasks), reused, "writing the report"))
         report = build_report(outcome)
-        paired = previous is not None and st is not None and audit_id is not None and alpha is not None
+        # per-sample outcomes pair the two audits for the significance test: the baseline's from the
+        # store, this audit's from the records in hand
+        before = outcomes_of(st, previous[0]) if previous is not None and st is not None and alpha is not None else None
         gate = evaluate_gate(
             report,
             list(spec.thresholds) + list(fail_under),
             previous[1] if previous else None,
             max_regression,
             alpha=alpha,
-            outcomes_previous=outcomes_of(st, previous[0]) if paired else None,  # type: ignore[arg-type,index]
-            outcomes=outcomes_of(st, audit_id) if paired else None,  # type: ignore[arg-type]
+            outcomes_previous=before,
+            outcomes=_outcomes(outcome.records, outcome.clean_correct) if before is not None else None,
             accepted_flags={a.flag: a.reason for a in spec.accept_flags},
         )
         for f in report["flags"]:  # the team's acknowledgement, shown beside the flag

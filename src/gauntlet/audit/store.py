@@ -484,9 +484,9 @@ class Store:
 
 def _headline(report: dict[str, Any]) -> list[str]:
     """The studies' one-line phrases for a stored report (``worst case linf ε=0.1 51.1%``)."""
-    from gauntlet.audit.studies import studies
+    from gauntlet.audit.studies import studies_in
 
-    return [p for s in studies() if s.in_report(report) for p in s.summary(report)]
+    return [p for s in studies_in(report) for p in s.summary(report)]
 
 
 def _sqlite_file(url: Any) -> Path | None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
-from typing import TypeVar
+from collections.abc import Mapping
+from typing import Any, TypeVar
 
 from gauntlet.audit.studies.base import AuditEnv, ChoiceUnit, Metric, Study, StudyOutput, Threshold, work_key, work_seed
 from gauntlet.errors import ConfigError, UnknownNameError
@@ -28,6 +29,7 @@ __all__ = [
     "list_studies",
     "register_study",
     "studies",
+    "studies_in",
     "study_keys",
     "unregister_study",
     "work_key",
@@ -108,6 +110,11 @@ def studies() -> list[type[Study]]:
     _load_all()
     order = sorted(_ORDER, key=lambda n: (_BUILTIN.index(n) if n in _BUILTIN else len(_BUILTIN), _ORDER.index(n)))
     return [_REGISTRY[n] for n in order]
+
+
+def studies_in(report: Mapping[str, Any]) -> list[type[Study]]:
+    """The registered studies that have sections in ``report``, in run order."""
+    return [s for s in studies() if s.in_report(report)]
 
 
 def list_studies() -> list[str]:
