@@ -33,6 +33,7 @@ __all__ = [  # sorted; the tree above gives the hierarchy
     "ThreatModelError",
     "UnknownNameError",
     "UntrustedFileError",
+    "first_line",
 ]
 
 
@@ -79,3 +80,11 @@ class StoreError(GauntletError, OSError):
 class ExecutorError(GauntletError, RuntimeError):
     """An audit executor cannot start (Ray missing, cluster unreachable) or a unit kept failing;
     the units that finished are kept in the store."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message (its type name when empty), at most 200 characters:
+    how a third-party failure is quoted inside a one-line Gauntlet error."""
+    text = str(exc).strip().splitlines()
+    line = text[0] if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."

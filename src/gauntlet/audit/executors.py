@@ -25,7 +25,7 @@ from typing import Any
 
 from typing_extensions import Self
 
-from gauntlet.errors import ConfigError, ExecutorError, GauntletError
+from gauntlet.errors import ConfigError, ExecutorError, GauntletError, first_line
 
 __all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Task", "make_executor"]
 
@@ -53,9 +53,6 @@ class Task:
 OnDone = Callable[[Task, dict[str, Any]], None]
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 class Executor(ABC):
@@ -170,7 +167,7 @@ class RayExecutor(Executor):
         except Exception as exc:  # noqa: BLE001 - any failure to reach or start a cluster is one line
             where = f"the Ray cluster at {self.address!r}" if self.address else "a local Ray cluster"
             raise ExecutorError(
-                f"--executor ray: cannot connect to {where} ({type(exc).__name__}: {_first_line(exc)}); "
+                f"--executor ray: cannot connect to {where} ({type(exc).__name__}: {first_line(exc)}); "
                 "check --ray-address, or omit it to start a local cluster"
             ) from None
         finally:
@@ -254,7 +251,7 @@ def _unit_error(task: Task, exc: BaseException, retries: int) -> GauntletError:
         )
     inner = cause if isinstance(cause, BaseException) else exc
     return ExecutorError(
-        f"unit {task.describe()!r} ({task.study.name}) failed: {type(inner).__name__}: {_first_line(inner)}; "
+        f"unit {task.describe()!r} ({task.study.name}) failed: {type(inner).__name__}: {first_line(inner)}; "
         "the finished units are saved"
     )
 

@@ -149,23 +149,20 @@ def array_of(required: Sequence[str], properties: Mapping[str, Any], **extra: An
     return {"type": "array", "items": item, **extra}
 
 
-_STR_OR_NULL = STR_OR_NULL
-_COUNT = COUNT
-_SHARE = SHARE
 _CORE_PROPERTIES: dict[str, Any] = {
     "schema_version": {"type": "string", "enum": list(SCHEMA_VERSIONS)},
     "audit_id": {"type": ["integer", "null"]},
     "model": {
         "type": "object",
         "required": ["name", "version", "sha256"],
-        "properties": {"name": _STR_OR_NULL, "version": _STR_OR_NULL, "sha256": _STR_OR_NULL},
+        "properties": {"name": STR_OR_NULL, "version": STR_OR_NULL, "sha256": STR_OR_NULL},
     },
     "data": {
         "type": "object",
         "required": ["name", "n", "sha256"],
-        "properties": {"name": _STR_OR_NULL, "n": _COUNT, "sha256": _STR_OR_NULL},
+        "properties": {"name": STR_OR_NULL, "n": COUNT, "sha256": STR_OR_NULL},
     },
-    "clean_accuracy": _SHARE,
+    "clean_accuracy": SHARE,
     "flags": array_of(
         ["id", "severity", "title", "explanation", "evidence"],
         {"id": STRING, "severity": {"type": "string", "enum": ["warning", "info"]}, "title": STRING,

@@ -43,7 +43,7 @@ from gauntlet.audit.records import AuditOutcome
 from gauntlet.audit.spec import AuditSpec, DefenseChoice, check_thresholds, resolve_defense, spec_hash
 from gauntlet.audit.store import CORE_STUDY, DEFAULT_STORE_URL, Store, open_store, safe_url
 from gauntlet.audit.studies import AuditEnv
-from gauntlet.errors import ConfigError, DataError, GauntletError, ModelLoadError
+from gauntlet.errors import ConfigError, DataError, GauntletError, ModelLoadError, first_line
 
 __all__ = [
     "AuditOutcome",
@@ -142,9 +142,6 @@ class AuditRun:
         return 0 if self.passed else 1
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _prefixed(err: GauntletError, place: str) -> GauntletError:
@@ -207,7 +204,7 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
     except GauntletError as err:
         raise _prefixed(err, "model") from None
     except Exception as exc:  # noqa: BLE001 - a loader's own failure on a strange file is one line
-        raise ModelLoadError(f"model: cannot load {str(path)!r} ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ModelLoadError(f"model: cannot load {str(path)!r} ({type(exc).__name__}: {first_line(exc)})") from None
     base_model = model
     naive_model = None
     defense_info = None
@@ -220,7 +217,7 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
     except GauntletError as err:
         raise _prefixed(err, "data") from None
     except Exception as exc:  # noqa: BLE001 - a reader's own failure on a strange file is one line
-        raise DataError(f"data: cannot load {str(spec.data_source())!r} ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise DataError(f"data: cannot load {str(spec.data_source())!r} ({type(exc).__name__}: {first_line(exc)})") from None
     x, y = ds.x, ds.y.to(torch.int64)
     if x.dtype.is_floating_point and x.dtype != model.input_spec.dtype:
         x = x.to(model.input_spec.dtype)
@@ -296,7 +293,7 @@ def _check_data(model: Any, x: Tensor, y: Tensor) -> None:
     except Exception as exc:  # noqa: BLE001 - the model's own failure on the data is one line
         raise DataError(
             f"data: the model cannot take inputs of shape {tuple(x.shape[1:])} ({type(exc).__name__}: "
-            f"{_first_line(exc)}); check the data and model.input_shape"
+            f"{first_line(exc)}); check the data and model.input_shape"
         ) from None
     if model.has("scores") and (out.dim() != 2 or out.shape[0] != min(2, x.shape[0])):
         raise DataError(f"data: the model returned scores of shape {tuple(out.shape)} for 2 inputs; it must return (N, classes)")

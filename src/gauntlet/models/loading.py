@@ -35,9 +35,9 @@ import torch
 from torch import Tensor, nn
 
 from gauntlet._validation import Boolean, validate_params
-from gauntlet.errors import ConfigError, ModelLoadError, UnknownNameError, UntrustedFileError
+from gauntlet.errors import ConfigError, ModelLoadError, UnknownNameError, UntrustedFileError, first_line
 from gauntlet.models.base import Model
-from gauntlet.models.onnx_model import OnnxModel, _first_line
+from gauntlet.models.onnx_model import OnnxModel
 from gauntlet.models.sklearn_model import SklearnModel
 from gauntlet.models.torch_model import TorchModel
 from gauntlet.models.zoo import ARCHITECTURES
@@ -91,7 +91,7 @@ def detect_format(path: str | os.PathLike[str]) -> str:
                 names = z.namelist()
         except (zipfile.BadZipFile, OSError, ValueError) as exc:
             raise ModelLoadError(
-                f"{str(p)!r} is a damaged zip archive ({_first_line(exc)}); "
+                f"{str(p)!r} is a damaged zip archive ({first_line(exc)}); "
                 "the file is truncated or corrupt, re-save it"
             ) from None
         if any("/code/" in n or n.endswith("constants.pkl") for n in names):
@@ -181,7 +181,7 @@ def resolve_arch(arch: Any) -> tuple[Callable[..., Any], str]:
         obj: Any = importlib.import_module(mod_name)
     except Exception as exc:  # noqa: BLE001 - the module's own import errors, whatever they are
         raise ConfigError(
-            f"load: cannot import module {mod_name!r} for arch {arch!r} ({type(exc).__name__}: {_first_line(exc)}); "
+            f"load: cannot import module {mod_name!r} for arch {arch!r} ({type(exc).__name__}: {first_line(exc)}); "
             "check the spelling and that it is importable (PYTHONPATH)"
         ) from None
     for part in attr.split("."):
@@ -225,7 +225,7 @@ def build_arch(arch: Any, kwargs: Mapping[str, Any], num_classes: int | None) ->
         with torch.random.fork_rng(devices=[]):  # building must not disturb the caller's RNG
             module = factory(**kwargs)
     except TypeError as exc:
-        raise ConfigError(f"load: cannot build arch {label!r} with {dict(kwargs)!r} ({_first_line(exc)})") from None
+        raise ConfigError(f"load: cannot build arch {label!r} with {dict(kwargs)!r} ({first_line(exc)})") from None
     if not isinstance(module, nn.Module):
         raise ConfigError(f"load: arch {label!r} built a {type(module).__name__}, not a torch.nn.Module")
     return module, label
@@ -280,7 +280,7 @@ def _apply_state_dict(module: nn.Module, sd: dict[str, Tensor], label: str, wher
     try:
         module.load_state_dict(sd, strict=True)
     except RuntimeError as exc:
-        raise ModelLoadError(f"the weights in {where} do not fit arch {label!r} ({_first_line(exc)})") from None
+        raise ModelLoadError(f"the weights in {where} do not fit arch {label!r} ({first_line(exc)})") from None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,7 +291,7 @@ def _torch_load(p: Path, fmt: str, trust: bool) -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if "weights only" not in str(exc).lower():
-            raise ModelLoadError(f"cannot read {where} ({_first_line(exc)}); the file is corrupt, re-save it") from None
+            raise ModelLoadError(f"cannot read {where} ({first_line(exc)}); the file is corrupt, re-save it") from None
         if not trust:
             raise UntrustedFileError(
                 f"{where} holds pickled Python objects beyond plain weights (e.g. a whole nn.Module); {_UNTRUSTED}"
@@ -299,14 +299,14 @@ def _torch_load(p: Path, fmt: str, trust: bool) -> Any:
     except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError, EOFError, KeyError, ... on damaged files
         kind = "legacy (pre-1.6) torch.save" if fmt == "torch_legacy" else "torch.save"
         raise ModelLoadError(
-            f"cannot read {where} as a {kind} file ({type(exc).__name__}: {_first_line(exc)}); "
+            f"cannot read {where} as a {kind} file ({type(exc).__name__}: {first_line(exc)}); "
             "the file is truncated or corrupt, re-save it"
         ) from None
     try:  # trust=True: the explicit, opted-in full unpickling path
         return torch.load(p, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure becomes one ModelLoadError line
         raise ModelLoadError(
-            f"cannot unpickle {where} ({type(exc).__name__}: {_first_line(exc)}); "
+            f"cannot unpickle {where} ({type(exc).__name__}: {first_line(exc)}); "
             "import the module that defines the saved classes first, or re-save as a state dict"
         ) from None
 
@@ -321,7 +321,7 @@ def _pickle_load(p: Path, trust: bool) -> Any:
         return joblib.load(p)
     except Exception as exc:  # noqa: BLE001 - unpickling can fail in arbitrary ways
         raise ModelLoadError(
-            f"cannot unpickle {where} ({type(exc).__name__}: {_first_line(exc)}); "
+            f"cannot unpickle {where} ({type(exc).__name__}: {first_line(exc)}); "
             "the file is corrupt, or the classes it refers to are not importable here"
         ) from None
 
@@ -337,7 +337,7 @@ def _safetensors_load(p: Path) -> dict[str, Tensor]:
         return load_file(str(p), device="cpu")
     except Exception as exc:  # noqa: BLE001 - SafetensorError and friends
         raise ModelLoadError(
-            f"cannot read {str(p)!r} as safetensors ({_first_line(exc)}); the file is truncated or corrupt, re-save it"
+            f"cannot read {str(p)!r} as safetensors ({first_line(exc)}); the file is truncated or corrupt, re-save it"
         ) from None
 
 
@@ -405,7 +405,7 @@ def load(
                 module = torch.jit.load(str(p), map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - torch raises RuntimeError and others on damaged archives
             raise ModelLoadError(
-                f"cannot read {where} as a TorchScript archive ({_first_line(exc)}); the file is corrupt, re-save it"
+                f"cannot read {where} as a TorchScript archive ({first_line(exc)}); the file is corrupt, re-save it"
             ) from None
         return _torch_model(module.eval(), bounds, num_classes, mean, std, input_shape)
     if fmt == "safetensors":

@@ -12,17 +12,13 @@ import torch
 from torch import Tensor
 
 from gauntlet._validation import Interval, IsNone, Options, validate_params
-from gauntlet.errors import ConfigError, DataError, ModelLoadError
+from gauntlet.errors import ConfigError, DataError, ModelLoadError, first_line
 from gauntlet.models.base import InputSpec, Model
 from gauntlet.models.callable_model import parse_bounds, parse_shape
 
 _NP_TYPES = {"tensor(float)": np.float32, "tensor(double)": np.float64, "tensor(float16)": np.float16}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    line = text[0] if text else type(exc).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
 
 
 def import_onnxruntime() -> Any:
@@ -101,7 +97,7 @@ class OnnxModel(Model):
             self.session = ort.InferenceSession(str(self.path), sess_options=options, providers=list(providers))
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own pybind exception types
             raise ModelLoadError(
-                f"OnnxModel: cannot load {str(self.path)!r} as an ONNX model ({_first_line(exc)}); "
+                f"OnnxModel: cannot load {str(self.path)!r} as an ONNX model ({first_line(exc)}); "
                 "the file is corrupt or not ONNX: re-export it (torch.onnx.export)"
             ) from None
         inputs = self.session.get_inputs()
@@ -163,7 +159,7 @@ class OnnxModel(Model):
             return np.asarray(self.session.run([self._out_name], {self._in_name: arr})[0])
         except Exception as exc:  # noqa: BLE001 - onnxruntime's pybind exceptions
             raise DataError(
-                f"OnnxModel: onnxruntime rejected a batch of shape {arr.shape} ({_first_line(exc)}); "
+                f"OnnxModel: onnxruntime rejected a batch of shape {arr.shape} ({first_line(exc)}); "
                 "pass inputs of the shape the model was exported with"
             ) from None
 
