@@ -6,23 +6,31 @@ store error (one line on stderr, ``error: ...``), 130 interrupted.
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
+import re
 import shlex
+import shutil
 import sys
+import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
+from typer.core import TyperCommand
 
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+# Plain (click-style) help: a boolean option shows as the flag it is (--json, --trust), never
+# with a <bool>/BOOLEAN value column, whatever the installed Typer's rich layout does.
 app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     help="Attack, harden and audit ML models.",
     context_settings={"help_option_names": ["-h", "--help"]},
+    rich_markup_mode=None,
 )
 
 
@@ -66,18 +74,226 @@ def _pct(v: Any) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
+# one attack or defense in detail: parameters (type, default, allowed values, docstring), norms, needs
+_NEEDS = {
+    "gradients": "gradients (white box: a differentiable model such as TorchModel)",
+    "scores": "class scores only (black box: no gradients)",
+    "labels": "predicted labels only",
+}
+_KIND_USE = {
+    "training": "fit(module, x, y) trains a torch.nn.Module; CLI: gauntlet train --method NAME",
+    "preprocessing": "wrap(model) puts it in front of a model (attacked through BPDA/EOT); spec: model.defense",
+    "detector": "fit(model, x_clean, fpr=...) calibrates, detect(x) flags inputs; spec: detect",
+    "ensemble": "wrap(models) combines several models into one attackable model",
+    "certification": "certify(model, x, y) certifies a radius per sample; spec: certify",
+}
+
+
+def _rst(text: str) -> str:
+    """Docstring markup as plain text: ``x`` → x, :class:`~a.B` → B."""
+    text = re.sub(r":\w+:`~[\w.]*?(\w+)`", r"\1", text)
+    text = re.sub(r":\w+:`([^`]+)`", r"\1", text)
+    return re.sub(r"``([^`]+)``", r"\1", text)
+
+
+def _arg_docs(cls: type) -> dict[str, str]:
+    """Parameter name → its text in the ``Args:`` sections of the class docstrings (own class first)."""
+    docs: dict[str, str] = {}
+    for klass in cls.__mro__:
+        doc = klass.__dict__.get("__doc__")
+        if not isinstance(doc, str):
+            continue
+        found: dict[str, list[str]] = {}
+        in_args, indent = False, 0
+        current: list[str] = []
+        for line in inspect.cleandoc(doc).splitlines():
+            text = line.strip()
+            depth = len(line) - len(line.lstrip())
+            if text in ("Args:", "Arguments:", "Parameters:"):
+                in_args, indent, current = True, 0, []
+            elif not in_args or not text:
+                current = []
+            elif depth == 0:
+                in_args = False
+            elif (not indent or depth == indent) and (m := re.match(r"([A-Za-z_][\w, ]*):\s*(.*)", text)):
+                indent = depth
+                current = [n.strip() for n in m.group(1).split(",")]
+                for n in current:
+                    found.setdefault(n, []).append(m.group(2))
+            elif current and depth > indent:
+                for n in current:
+                    found[n].append(text)
+        for n, parts in found.items():
+            docs.setdefault(n, _rst(" ".join(parts)))
+    return docs
+
+
+def _parameters(cls: Any) -> list[dict[str, Any]]:
+    """The keyword-only hyperparameters of an attack or defense class, over its class hierarchy."""
+    from gauntlet._validation import Boolean, Options
+
+    found: dict[str, inspect.Parameter] = {}
+    constraints: dict[str, Any] = {}
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None or klass is object:
+            continue
+        for p in inspect.signature(init).parameters.values():
+            if p.kind is inspect.Parameter.KEYWORD_ONLY:
+                found.setdefault(p.name, p)
+    for klass in reversed(cls.__mro__):
+        constraints.update(klass.__dict__.get("_parameter_constraints") or {})
+    if "norm" in found and isinstance(getattr(cls, "norms", None), tuple):
+        constraints["norm"] = [Options(cls.norms)]
+    docs = _arg_docs(cls)
+    rows = []
+    for name in cls._param_names():
+        param = found.get(name)
+        default = None if param is None or param.default is inspect.Parameter.empty else param.default
+        required = param is not None and param.default is inspect.Parameter.empty
+        if name == "eps" and getattr(cls, "minimal", True) is False:
+            required = True  # None means "not given": a budget is required
+        annotation = None if param is None or param.annotation is inspect.Parameter.empty else param.annotation
+        allowed = [c for c in constraints.get(name, []) if not isinstance(c, Boolean)]
+        rows.append({
+            "name": name,
+            "type": annotation if isinstance(annotation, str) or annotation is None else inspect.formatannotation(annotation),
+            "default": default,
+            "required": required,
+            "allowed": " or ".join(c.describe() for c in allowed) or None,
+            "help": docs.get(name, ""),
+        })
+    return rows
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return repr(value)
+
+
+def _echo_detail(head: str, fields: list[tuple[str, str]], params: list[dict[str, Any]]) -> None:
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    typer.echo(head)
+    key_width = max((len(k) for k, _ in fields), default=0)
+    for key, value in fields:
+        typer.echo(textwrap.fill(value, width, initial_indent=f"{key:<{key_width}}  ",
+                                 subsequent_indent=" " * (key_width + 2), break_on_hyphens=False))
+    typer.echo("\nparameters:" if params else "\nparameters: none")
+    for row in params:
+        default = "(required)" if row["required"] else f"= {row['default']!r}"
+        kind = f": {row['type']}" if row["type"] else ""
+        allowed = f"  [{row['allowed']}]" if row["allowed"] else ""
+        typer.echo(f"  {row['name']}{kind} {default}{allowed}")
+        if row["help"]:
+            typer.echo(textwrap.fill(row["help"], width, initial_indent=" " * 6, subsequent_indent=" " * 6,
+                                     break_on_hyphens=False))
+
+
+def _attack_detail(name: str, as_json: bool) -> None:
+    from gauntlet.attacks import get_attack_class
+    from gauntlet.errors import GauntletError
+
+    try:
+        cls = get_attack_class(name)
+    except GauntletError as err:
+        _fail(err, as_json)
+    params = _parameters(cls)
+    names = {row["name"] for row in params}
+    info = {
+        "name": cls.name,
+        "description": cls.description,
+        "reference": cls.reference or None,
+        "norms": list(cls.norms),
+        "requires": sorted(cls.requires),
+        "minimal": cls.minimal,
+        "targeted": "targeted" in names,
+        "parameters": [{**row, "default": _jsonable(row["default"])} for row in params],
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    fields = [("reference", cls.reference)] if cls.reference else []
+    fields += [
+        ("norms", ", ".join(cls.norms)),
+        ("needs", "; ".join(_NEEDS.get(c, c) for c in sorted(cls.requires))),
+        ("eps", "optional: a minimal-norm attack (without eps: the smallest perturbation it finds)" if cls.minimal
+         else "required: one budget or a list (one result per ε); in an audit the threats give it"),
+        ("targeted", "yes (targeted=True)" if info["targeted"] else "no"),
+    ]
+    _echo_detail(f"{cls.name}: {cls.description}", fields, params)
+
+
+def _defense_detail(name: str, kind: str | None, as_json: bool) -> None:
+    from gauntlet.defenses import get_defense_class
+    from gauntlet.defenses.certify import Certifier
+    from gauntlet.defenses.detection._base import Detector
+    from gauntlet.defenses.preprocessing import Preprocessor
+    from gauntlet.errors import ConfigError, GauntletError
+
+    try:
+        cls = get_defense_class(name)
+        if kind is not None and cls.kind != kind:
+            raise ConfigError(f"{name!r} is a {cls.kind} defense, not {kind} (drop --kind or pick another name)")
+    except GauntletError as err:
+        _fail(err, as_json)
+    props: dict[str, Any] = {}  # what the kind's class attributes say
+    fields = [("reference", cls.reference)] if cls.reference else []
+    fields.append(("use", _KIND_USE.get(cls.kind, "").replace("NAME", cls.name)))
+    if issubclass(cls, Preprocessor):
+        props = {"randomized": cls.randomized, "differentiable": cls.differentiable,
+                 "image_only": cls.image_only, "channels": list(cls.channels) if cls.channels else None}
+        how = ("differentiable: attacks backpropagate through it" if cls.differentiable
+               else "not differentiable: adaptive attacks use BPDA (an identity backward pass)")
+        if cls.randomized:
+            how += "; randomized: adaptive attacks average gradients over several draws (EOT)"
+        fields.append(("attacked", how))
+        if cls.image_only:
+            chans = f" with {' or '.join(map(str, cls.channels))} channels" if cls.channels else ""
+            fields.append(("needs", f"image inputs (N, C, H, W){chans}"))
+    elif issubclass(cls, Detector):
+        props = {"needs_labels": cls.needs_labels}
+        fields.append(("needs", "clean inputs and their labels to fit" if cls.needs_labels else "clean inputs to fit"))
+    elif issubclass(cls, Certifier):
+        props = {"norm": cls.norm}
+        fields.append(("norm", f"certifies {cls.norm} radii"))
+    params = _parameters(cls)
+    info = {
+        "name": cls.name,
+        "kind": cls.kind,
+        "description": cls.description,
+        "reference": cls.reference or None,
+        "use": _KIND_USE.get(cls.kind, "").replace("NAME", cls.name),
+        **props,
+        "parameters": [{**row, "default": _jsonable(row["default"])} for row in params],
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    _echo_detail(f"{cls.name} ({cls.kind}): {cls.description}", fields, params)
+
+
+# ------------------------------------------------------------------------------------------------
 @app.command()
-def attacks(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """List the registered attacks with one-line descriptions."""
+def attacks(
+    name: str | None = typer.Argument(None, metavar="NAME", help="Show one attack in detail: parameters, defaults, norms, needs, paper."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON."),
+) -> None:
+    """List the registered attacks with one-line descriptions, or show one in detail."""
     from gauntlet.attacks import describe_attacks
 
+    if name is not None:
+        _attack_detail(name, as_json)
+        return
     table = describe_attacks()
     if as_json:
         typer.echo(json.dumps(table, indent=2))
         return
     width = max(map(len, table))
-    for name, desc in table.items():
-        typer.echo(f"{name:<{width}}  {desc}")
+    for key, desc in table.items():
+        typer.echo(f"{key:<{width}}  {desc}")
 
 
 @app.command()
@@ -97,22 +313,26 @@ def studies(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 
 @app.command()
 def defenses(
+    name: str | None = typer.Argument(None, metavar="NAME", help="Show one defense in detail: parameters, defaults, how it is used, paper."),
     kind: str | None = typer.Option(None, "--kind", help="Only one kind: training, preprocessing, detector, ensemble, certification."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
-    """List the registered defenses with their kind and a one-line description."""
+    """List the registered defenses with their kind and a one-line description, or show one in detail."""
     from gauntlet.defenses import KINDS, describe_defenses
     from gauntlet.errors import ConfigError
 
     if kind is not None and kind not in KINDS:
         _fail(ConfigError(f"--kind must be one of {', '.join(KINDS)}, got {kind!r}"), as_json)
+    if name is not None:
+        _defense_detail(name, kind, as_json)
+        return
     table = {n: {"kind": k, "description": d} for n, (k, d) in describe_defenses().items() if kind in (None, k)}
     if as_json:
         typer.echo(json.dumps(table, indent=2))
         return
     width = max(map(len, table))
-    for name, row in table.items():
-        typer.echo(f"{name:<{width}}  {row['kind']:<13}  {row['description']}")
+    for key, row in table.items():
+        typer.echo(f"{key:<{width}}  {row['kind']:<13}  {row['description']}")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -509,11 +729,30 @@ def _save_weights(module: Any, out: Path) -> None:
             tmp.unlink()
 
 
-@app.command()
+class _TrainCommand(TyperCommand):
+    """``gauntlet train``: the help of --method and --arch lists the registries, read (with PyTorch)
+    only when the help is shown, so the list cannot drift from the code."""
+
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        from gauntlet.defenses import list_defenses
+        from gauntlet.models.zoo import ARCHITECTURES
+
+        listed = {
+            "method": f"Training method: {', '.join(list_defenses('training'))} "
+            "(gauntlet defenses NAME shows one's parameters).",
+            "arch": f"Architecture: a zoo name ({', '.join(ARCHITECTURES)}) or 'module.path:Class'.",
+        }
+        for param in self.params:
+            if param.name in listed:
+                param.help = listed[param.name]  # type: ignore[attr-defined]  # options have help; arguments do not
+        super().format_help(ctx, formatter)
+
+
+@app.command(cls=_TrainCommand)
 def train(
     data: str = typer.Option("digits", "--data", help="Training data: 'digits' or a path gauntlet.data.load accepts (its train split)."),
-    arch: str = typer.Option("digits_cnn", "--arch", help="Architecture: a zoo name (digits_cnn, smallcnn, lenet5, wong_kolter_small, wong_kolter_wide) or 'module.path:Class'."),
-    method: str = typer.Option("pgd_at", "--method", "-m", help="Training method: standard, fast_at, pgd_at, trades, distillation, label_smoothing."),
+    arch: str = typer.Option("digits_cnn", "--arch", help="Architecture: a zoo name (gauntlet train --help lists them) or 'module.path:Class'."),
+    method: str = typer.Option("pgd_at", "--method", "-m", help="Training method: a training defense (gauntlet defenses --kind training)."),
     param: list[str] = typer.Option([], "--param", "-p", help="A method hyperparameter key=value (YAML scalar), e.g. eps=0.3 (repeatable)."),  # noqa: B008 - typer declares options as defaults
     epochs: int | None = typer.Option(None, "--epochs", min=1, help="Epochs (default: the method's)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for the initial weights, shuffling and random starts."),

@@ -82,6 +82,7 @@ class Attack(abc.ABC):
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    reference: ClassVar[str] = ""  # the paper it follows: authors, "title", venue year, URL
     requires: ClassVar[frozenset[str]] = frozenset({"gradients"})
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
     minimal: ClassVar[bool] = False  # minimal-norm attack: eps is optional

@@ -38,6 +38,7 @@ class Defense:
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
+    reference: ClassVar[str] = ""  # the paper it follows: authors, "title", venue year, URL
     kind: ClassVar[str] = ""
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
 

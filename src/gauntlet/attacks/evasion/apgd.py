@@ -258,6 +258,10 @@ def apgd_search(
 class _APGD(Attack):
     """What the three APGD attacks share: checks, clean pass, target runs and restarts."""
 
+    reference = (
+        'Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free '
+        'attacks", ICML 2020, https://arxiv.org/abs/2003.01690'
+    )
     requires = frozenset({"gradients"})
     norms = ("linf", "l2")
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {

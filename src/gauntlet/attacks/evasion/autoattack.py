@@ -39,6 +39,10 @@ class AutoAttack(Attack):
 
     name = "autoattack"
     description = "AutoAttack ensemble: APGD-CE, APGD-T, FAB-T, Square; worst case per sample"
+    reference = (
+        'Croce & Hein, "Reliable evaluation of adversarial robustness with an ensemble of diverse parameter-free '
+        'attacks", ICML 2020, https://arxiv.org/abs/2003.01690'
+    )
     norms = ("linf", "l2")
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "version": [Options(("standard", "plus"))],

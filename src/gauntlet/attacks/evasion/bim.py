@@ -24,6 +24,10 @@ class BIM(Attack):
 
     name = "bim"
     description = "Basic iterative method / I-FGSM, no random start (Kurakin et al. 2017)"
+    reference = (
+        'Kurakin et al., "Adversarial Examples in the Physical World", ICLR 2017 workshop, '
+        "https://arxiv.org/abs/1607.02533"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "steps": STEPS,
         "step_size": OPTIONAL_POSITIVE,

@@ -58,6 +58,10 @@ class CarliniWagnerL2(Attack):
 
     name = "cw_l2"
     description = "Carlini-Wagner L2 minimal perturbation: Adam in tanh space, binary search over c (2017)"
+    reference = (
+        'Carlini & Wagner, "Towards Evaluating the Robustness of Neural Networks", IEEE S&P 2017, '
+        "https://arxiv.org/abs/1608.04644"
+    )
     norms = ("l2",)
     minimal = True
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {

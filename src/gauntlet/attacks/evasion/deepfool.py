@@ -46,6 +46,10 @@ class DeepFool(Attack):
 
     name = "deepfool"
     description = "DeepFool minimal perturbation by iterative linearisation, L2/L∞ (Moosavi-Dezfooli et al. 2016)"
+    reference = (
+        'Moosavi-Dezfooli et al., "DeepFool: a simple and accurate method to fool deep neural networks", CVPR 2016, '
+        "https://arxiv.org/abs/1511.04599"
+    )
     norms = ("l2", "linf")
     minimal = True
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {

@@ -105,6 +105,10 @@ class FAB(Attack):
 
     name = "fab"
     description = "Fast Adaptive Boundary: minimal-norm L∞/L2/L1 attack via boundary projections (Croce & Hein 2020)"
+    reference = (
+        'Croce & Hein, "Minimally distorted Adversarial Examples with a Fast Adaptive Boundary Attack", ICML 2020, '
+        "https://arxiv.org/abs/1907.02044"
+    )
     norms = ("linf", "l2", "l1")
     minimal = True
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {

@@ -28,6 +28,10 @@ class FGSM(Attack):
 
     name = "fgsm"
     description = "Fast gradient sign method, one step (Goodfellow et al. 2015)"
+    reference = (
+        'Goodfellow et al., "Explaining and Harnessing Adversarial Examples", ICLR 2015, '
+        "https://arxiv.org/abs/1412.6572"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"loss": [Options(LOSSES)]}
 
     def __init__(

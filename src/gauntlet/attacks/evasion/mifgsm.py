@@ -26,6 +26,10 @@ class MIFGSM(Attack):
 
     name = "mifgsm"
     description = "Momentum iterative FGSM, transfers well (Dong et al. 2018)"
+    reference = (
+        'Dong et al., "Boosting Adversarial Attacks with Momentum", CVPR 2018, '
+        "https://arxiv.org/abs/1710.06081"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "steps": STEPS,
         "step_size": OPTIONAL_POSITIVE,

@@ -38,6 +38,10 @@ class PGD(Attack):
 
     name = "pgd"
     description = "Projected gradient descent, L∞/L2/L1, random restarts (Madry et al. 2018)"
+    reference = (
+        'Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018, '
+        "https://arxiv.org/abs/1706.06083"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "steps": STEPS,
         "step_size": OPTIONAL_POSITIVE,

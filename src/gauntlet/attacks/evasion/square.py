@@ -114,6 +114,10 @@ class Square(Attack):
 
     name = "square"
     description = "Square Attack: score-based black-box random search, L∞/L2 (Andriushchenko et al. 2020)"
+    reference = (
+        'Andriushchenko et al., "Square Attack: a query-efficient black-box adversarial attack via random search", '
+        "ECCV 2020, https://arxiv.org/abs/1912.00049"
+    )
     requires = frozenset({"scores"})
     norms = ("linf", "l2")
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {

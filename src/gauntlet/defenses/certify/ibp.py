@@ -404,6 +404,10 @@ class IBPCertifier(Certifier):
 
     name: ClassVar[str] = "ibp"
     description: ClassVar[str] = "L∞ verification by interval bound propagation (Gowal et al. 2018)"
+    reference: ClassVar[str] = (
+        'Gowal et al., "On the Effectiveness of Interval Bound Propagation for Training Verifiably Robust Models", '
+        "arXiv 2018, https://arxiv.org/abs/1810.12715"
+    )
     norm: ClassVar[str] = "linf"
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": EPS_CONSTRAINT,

@@ -307,6 +307,10 @@ class RandomizedSmoothingCertifier(Certifier):
 
     name: ClassVar[str] = "randomized_smoothing"
     description: ClassVar[str] = "certified L2 radius by Gaussian randomized smoothing (Cohen et al. 2019)"
+    reference: ClassVar[str] = (
+        'Cohen et al., "Certified Adversarial Robustness via Randomized Smoothing", ICML 2019, '
+        "https://arxiv.org/abs/1902.02918"
+    )
     norm: ClassVar[str] = "l2"
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "sigma": SIGMA,

@@ -46,6 +46,10 @@ class FeatureSqueezingDetector(Detector):
 
     name = "feature_squeezing_detector"
     description = "Feature squeezing: max L1 gap between softmax on x and on squeezed x (Xu et al. 2018)"
+    reference = (
+        'Xu et al., "Feature Squeezing: Detecting Adversarial Examples in Deep Neural Networks", NDSS 2018, '
+        "https://arxiv.org/abs/1704.01155"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "bits": [Interval(int, 1, 16), IsNone()],
         "median_size": [Interval(int, 2, None), IsNone()],

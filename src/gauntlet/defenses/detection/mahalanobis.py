@@ -79,6 +79,10 @@ class MahalanobisDetector(Detector):
 
     name = "mahalanobis"
     description = "Mahalanobis distance to class-conditional Gaussians on penultimate features (Lee et al. 2018)"
+    reference = (
+        'Lee et al., "A Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks", '
+        "NeurIPS 2018, https://arxiv.org/abs/1807.03888"
+    )
     needs_labels = True
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "layer": [IsNone(), Check(lambda v: isinstance(v, str) and v != "", "a submodule name (non-empty str)")],

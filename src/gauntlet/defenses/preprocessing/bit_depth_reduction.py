@@ -52,6 +52,10 @@ class BitDepthReduction(Preprocessor):
 
     name = "bit_depth_reduction"
     description = "Feature squeezing: quantize inputs to a few bits of depth (Xu et al. 2018)"
+    reference = (
+        'Xu et al., "Feature Squeezing: Detecting Adversarial Examples in Deep Neural Networks", NDSS 2018, '
+        "https://arxiv.org/abs/1704.01155"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"bits": [Interval(int, 1, 16)]}
 
     def __init__(self, *, bits: int = 4) -> None:

@@ -74,6 +74,10 @@ class JpegCompression(Preprocessor):
 
     name = "jpeg_compression"
     description = "JPEG compression of the input through Pillow (Dziugaite et al. 2016, Guo et al. 2018)"
+    reference = (
+        'Guo et al., "Countering Adversarial Images using Input Transformations", ICLR 2018, '
+        "https://arxiv.org/abs/1711.00117"
+    )
     image_only = True
     channels = (1, 3)
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"quality": [Interval(int, 1, 95)]}

@@ -60,6 +60,10 @@ class MedianFilter(Preprocessor):
 
     name = "median_filter"
     description = "Feature squeezing: local median smoothing over a size x size window (Xu et al. 2018)"
+    reference = (
+        'Xu et al., "Feature Squeezing: Detecting Adversarial Examples in Deep Neural Networks", NDSS 2018, '
+        "https://arxiv.org/abs/1704.01155"
+    )
     image_only = True
     differentiable = True
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"size": [Interval(int, 1, None)]}

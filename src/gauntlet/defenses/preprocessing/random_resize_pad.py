@@ -81,6 +81,10 @@ class RandomResizePad(Preprocessor):
 
     name = "random_resize_pad"
     description = "Random resize and random padding of the input (Xie et al. 2018; randomized, attack with EOT)"
+    reference = (
+        'Xie et al., "Mitigating Adversarial Effects Through Randomization", ICLR 2018, '
+        "https://arxiv.org/abs/1711.01991"
+    )
     image_only = True
     randomized = True
     differentiable = True

@@ -63,6 +63,10 @@ class DefensiveDistillation(Trainer):
 
     name: ClassVar[str] = "distillation"
     description: ClassVar[str] = "defensive distillation at temperature T (Papernot et al. 2016; broken by C&W 2017)"
+    reference: ClassVar[str] = (
+        'Papernot et al., "Distillation as a Defense to Adversarial Perturbations against Deep Neural Networks", '
+        "IEEE S&P 2016, https://arxiv.org/abs/1511.04508"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "temperature": [Interval(float, 0, None, closed="neither")],
         "teacher_epochs": [Interval(int, 1, None), IsNone()],

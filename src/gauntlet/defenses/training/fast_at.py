@@ -54,6 +54,10 @@ class FastAdversarialTraining(Trainer):
 
     name: ClassVar[str] = "fast_at"
     description: ClassVar[str] = "FGSM adversarial training from a random start, cyclic lr (Wong et al. 2020)"
+    reference: ClassVar[str] = (
+        'Wong et al., "Fast is better than free: Revisiting adversarial training", ICLR 2020, '
+        "https://arxiv.org/abs/2001.03994"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": EPS,
         "alpha": [Interval(float, 0, None, closed="neither"), IsNone()],

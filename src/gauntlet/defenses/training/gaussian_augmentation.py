@@ -32,6 +32,10 @@ class GaussianAugmentation(Trainer):
 
     name: ClassVar[str] = "gaussian_augmentation"
     description: ClassVar[str] = "training on Gaussian-noise-augmented inputs, for randomized smoothing (Cohen et al. 2019)"
+    reference: ClassVar[str] = (
+        'Cohen et al., "Certified Adversarial Robustness via Randomized Smoothing", ICML 2019, '
+        "https://arxiv.org/abs/1902.02918"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {"sigma": POSITIVE}
 
     def __init__(self, *, sigma: float = 0.25, **common: Any) -> None:

@@ -42,6 +42,10 @@ class IBPTraining(Trainer):
 
     name: ClassVar[str] = "ibp_training"
     description: ClassVar[str] = "verifiably robust training with interval bound propagation (Gowal et al. 2018)"
+    reference: ClassVar[str] = (
+        'Gowal et al., "On the Effectiveness of Interval Bound Propagation for Training Verifiably Robust Models", '
+        "arXiv 2018, https://arxiv.org/abs/1810.12715"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": EPS,
         "ramp_epochs": [Interval(float, 0, None), IsNone()],

@@ -27,6 +27,10 @@ class LabelSmoothing(Trainer):
 
     name: ClassVar[str] = "label_smoothing"
     description: ClassVar[str] = "cross-entropy on smoothed labels (Szegedy et al. 2016)"
+    reference: ClassVar[str] = (
+        'Szegedy et al., "Rethinking the Inception Architecture for Computer Vision", CVPR 2016, '
+        "https://arxiv.org/abs/1512.00567"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "smoothing": [Interval(float, 0, 1, closed="left")]
     }

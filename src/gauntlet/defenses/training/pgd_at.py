@@ -33,6 +33,10 @@ class PGDAdversarialTraining(Trainer):
 
     name: ClassVar[str] = "pgd_at"
     description: ClassVar[str] = "adversarial training on PGD examples (Madry et al. 2018)"
+    reference: ClassVar[str] = (
+        'Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks", ICLR 2018, '
+        "https://arxiv.org/abs/1706.06083"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "eps": EPS,
         "steps": STEPS,

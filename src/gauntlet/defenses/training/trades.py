@@ -39,6 +39,10 @@ class TRADES(Trainer):
 
     name: ClassVar[str] = "trades"
     description: ClassVar[str] = "clean CE + beta * KL(f(x) || f(x_adv)) (Zhang et al. 2019)"
+    reference: ClassVar[str] = (
+        'Zhang et al., "Theoretically Principled Trade-off between Robustness and Accuracy", ICML 2019, '
+        "https://arxiv.org/abs/1901.08573"
+    )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "beta": [Interval(float, 0, None)],
         "eps": EPS,
