@@ -134,7 +134,7 @@ def test_bit_depth_1_looks_robust_to_naive_pgd_but_not_to_bpda_and_the_worst_cas
     run = run_audit(spec, out_dir=tmp_path / "out", store=None)
     rep = json.loads((tmp_path / "out" / "report.json").read_text())
     validate_report(rep)
-    assert rep["schema_version"] == "2.0"
+    assert rep["schema_version"] == "2.1"
     assert [(r["attack"], r["eps"]) for r in rep["results"]] == [
         ("pgd", 0.1), ("pgd", 0.3), ("pgd (naive)", 0.1), ("pgd (naive)", 0.3)
     ]

@@ -55,10 +55,16 @@ def test_parse_regression_reads_percentage_points() -> None:
 
 def test_thresholds_pass_at_equality_and_fail_just_below() -> None:
     th = [ThresholdSpec(attack="pgd", norm="linf", eps=0.1, min_robust_accuracy=0.5)]
-    assert evaluate_gate(report(pgd=0.5), th) == {"passed": True, "violations": []}
+    at = evaluate_gate(report(pgd=0.5), th)
+    assert (at["passed"], at["violations"]) == (True, [])
+    # the thresholds table: the rule, its actual value, the requirement and the margin (0 at equality)
+    (rule,) = at["rules"]
+    assert rule["rule"] == "pgd:linf:0.1=0.5" and rule["kind"] == "min" and rule["passed"] is True
+    assert rule["actual"] == pytest.approx(0.5) and rule["required"] == 0.5 and rule["margin"] == pytest.approx(0.0, abs=1e-12)
     g = evaluate_gate(report(pgd=0.49), th)
     assert g["passed"] is False
     assert g["violations"] == ["pgd linf ε=0.1: robust accuracy 49.0% < required 50.0%"]
+    assert g["rules"][0]["passed"] is False and g["rules"][0]["margin"] == pytest.approx(-0.01)
     worst = [ThresholdSpec(attack="worst_case", norm="linf", eps=0.1, min_robust_accuracy=0.46)]
     assert evaluate_gate(report(worst=0.45), worst)["violations"] == ["worst_case linf ε=0.1: robust accuracy 45.0% < required 46.0%"]
     missing = [ThresholdSpec(attack="pgd", norm="linf", eps=0.2, min_robust_accuracy=0.1)]

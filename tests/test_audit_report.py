@@ -88,7 +88,7 @@ def test_worst_case_is_per_sample_over_all_attacks():
 
 def test_clean_accuracy_cost_model_data_and_gate_default():
     rep = build_report(outcome())
-    assert rep["schema_version"] == SCHEMA_VERSION == "2.0"
+    assert rep["schema_version"] == SCHEMA_VERSION == "2.1"
     assert rep["clean_accuracy"] == pytest.approx(5 / 6)
     assert rep["cost"] == [
         {"attack": "pgd", "attack_name": "pgd", "units": 2, "samples": 6, "queries": 61, "grad_evals": 60,
@@ -173,7 +173,7 @@ def test_validate_report_accepts_a_built_report_and_names_the_first_bad_place():
         (lambda r: r["results"][1].update(robust_accuracy=1.5), "report.results[1].robust_accuracy: must be <= 1"),
         (lambda r: r["results"][0].update(queries=2.5), "report.results[0].queries: expected integer"),
         (lambda r: r["model"].update(sha256=5), "report.model.sha256: expected string or null"),
-        (lambda r: r.update(schema_version="0.9"), "report.schema_version: must be one of ['1.0', '1.1', '2.0']"),
+        (lambda r: r.update(schema_version="0.9"), "report.schema_version: must be one of ['1.0', '1.1', '2.0', '2.1']"),
         (lambda r: r["gate"].update(passed="yes"), "report.gate.passed: expected boolean or null"),
         (lambda r: r["flags"][0].update(severity="fatal"), "report.flags[0].severity: must be one of"),
         (lambda r: r["results"][0].update(seconds=float("nan")), "report.results[0].seconds: expected number"),

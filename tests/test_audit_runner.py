@@ -73,7 +73,7 @@ def test_an_audit_writes_both_reports_records_the_audit_and_breaks_the_undefende
     assert (tmp_path / "out" / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     assert not list((tmp_path / "out").glob("*.tmp"))
     assert rep == json.loads(json.dumps(run.report))
-    assert rep["schema_version"] == "2.0" and rep["data"]["n"] == 96 and len(rep["data"]["sha256"]) == 64
+    assert rep["schema_version"] == "2.1" and rep["data"]["n"] == 96 and len(rep["data"]["sha256"]) == 64
     assert len(rep["model"]["sha256"]) == 64 and rep["model"]["name"] == "digits-cnn"
     assert [(r["attack"], r["eps"]) for r in rep["results"]] == [(a, e) for a in ("fgsm", "pgd") for e in (0.05, 0.1, 0.2)]
     pgd = {r["eps"]: r for r in rep["results"] if r["attack"] == "pgd"}

@@ -208,7 +208,8 @@ def test_a_spec_with_only_certify_runs_without_threats_and_its_gate_rule_reads_t
     rep = run_audit(spec, store=None).report
     validate_report(rep)
     assert "results" not in rep and [c["method"] for c in rep["certification"]] == ["randomized_smoothing"]
-    assert rep["gate"] == {"passed": True, "violations": []}
+    assert (rep["gate"]["passed"], rep["gate"]["violations"]) == (True, [])
+    assert [r["rule"] for r in rep["gate"]["rules"]] == ["certify:randomized_smoothing:0.1=0"]
     (curve,) = [c["curve"] for c in rep["certification"]]
     at = dict((r, a) for r, a in curve)[0.1]
     strict = CertifyThreshold(certify="randomized_smoothing", radius=0.1, min_certified_accuracy=min(1.0, at + 0.01))

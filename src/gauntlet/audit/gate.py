@@ -154,7 +154,7 @@ def compare_reports(
         va = ra.value if ra else None
         vb = rb.value if rb else None
         delta = (vb - va) if (va is not None and vb is not None) else None
-        worse = None if delta is None else (-delta if k.higher_is_better else delta)
+        worse = None if delta is None else (-delta if k.higher_is_better else delta) + 0.0  # never -0.0
         regression = bool(worse is not None and worse > max_regression + _TOL) and k.regression
         row = {
             **dict(k.labels),
@@ -164,6 +164,8 @@ def compare_reports(
             "a": va,
             "b": vb,
             "delta": delta,
+            "worse": worse,
+            "gated": k.regression,
         }
         if alpha is not None and worse is not None and worse > 0:
             row["significant"] = _significant(ra, rb, k.key, outcomes_a, outcomes_b, alpha)
@@ -225,17 +227,33 @@ def evaluate_gate(
                 f"or accept it in the spec (accept_flags: [{{flag: {fid}, reason: ...}}])"
             )
     metrics = metrics_of(report)
+    rules: list[dict[str, Any]] = []
     for th in thresholds:
         name, labels = th.metric()
         kind, bound = th.bound()
         m = _find(metrics, name, labels)
+        v = m.value if m is not None else None
+        margin = None if v is None else (v - bound if kind == "min" else bound - v)
+        ok = margin is not None and margin >= -_TOL
+        rules.append({
+            "rule": th.describe(),
+            "study": m.study if m is not None else None,
+            "metric": name,
+            "labels": dict(labels),
+            "what": m.what if m is not None else th.what(),
+            "title": m.title if m is not None else name.replace("_", " "),
+            "kind": kind,
+            "required": bound,
+            "actual": v,
+            "ci": _wilson(m),
+            "margin": margin,
+            "passed": ok,
+        })
         if m is None:
             violations.append(f"{th.what()}: no result in the report (threshold {_pct(bound)})")
-            continue
-        v = m.value
-        if kind == "min" and (v is None or v < bound - _TOL):
+        elif kind == "min" and not ok:
             violations.append(f"{m.what}: {m.title} {_pct(v)} < required {_pct(bound)}")
-        elif kind == "max" and (v is None or v > bound + _TOL):
+        elif kind == "max" and not ok:
             violations.append(f"{m.what}: {m.title} {_pct(v)} > allowed {_pct(bound)}")
     if previous_report is not None and max_regression is not None:
         cmp = compare_reports(
@@ -258,7 +276,42 @@ def evaluate_gate(
                     f"{r['what']}: {title} {verb} {abs(100 * r['delta']):.1f} pp "
                     f"({_pct(r['a'])} → {_pct(r['b'])}) since {vs}; allowed {100 * max_regression:g} pp"
                 )
-    return {"passed": not violations, "violations": violations}
+        rules.append(_regression_rule(cmp, max_regression, vs))
+    return {"passed": not violations, "violations": violations, "rules": rules}
+
+
+def _wilson(m: Metric | None) -> list[float] | None:
+    if m is None or m.count is None or not m.n:
+        return None
+    from gauntlet.audit.stats import wilson
+
+    return list(wilson(int(m.count), int(m.n)))
+
+
+def _regression_rule(cmp: Mapping[str, Any], max_regression: float, vs: str) -> dict[str, Any]:
+    """``--max-regression`` as one row of the thresholds table: the largest drop of any gated metric
+    (or the clean accuracy) since the baseline, against the allowed drop."""
+    candidates: list[tuple[float, str, bool]] = [
+        (float(r["worse"]), str(r["what"]), bool(r["regression"])) for r in cmp["rows"] if r.get("gated") and r.get("worse") is not None
+    ]
+    c = cmp["clean_accuracy"]
+    if c["delta"] is not None:
+        candidates.append((-c["delta"] + 0.0, "clean accuracy", bool(c["regression"])))
+    worst: tuple[float | None, str | None, bool] = max(candidates, default=(None, None, False), key=lambda t: (t[2], t[0] or 0.0))
+    return {
+        "rule": f"max_regression={100 * max_regression:g}pp",
+        "study": None,
+        "metric": "regression",
+        "labels": {},
+        "what": f"largest drop since {vs}" + (f" ({worst[1]})" if worst[1] else ""),
+        "title": "drop",
+        "kind": "max",
+        "required": max_regression,
+        "actual": worst[0],
+        "ci": None,
+        "margin": None if worst[0] is None else max_regression - worst[0],
+        "passed": cmp["regressions"] == 0,
+    }
 
 
 def summary_line(report: Mapping[str, Any], where: str | None = None) -> str:

@@ -14,7 +14,7 @@ import json
 import math
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 __all__ = [
     "as_image",
     "bar",
+    "ci_pct",
     "data_url",
     "e",
     "eps_text",
@@ -32,6 +33,9 @@ __all__ = [
     "plot_png",
     "png",
     "render_html",
+    "scroll",
+    "signed_pp",
+    "sparkline",
     "to_uint8",
 ]
 
@@ -50,7 +54,7 @@ h3 { font-size:15px; margin:0 0 6px; }
 .sub { color:var(--muted); font-size:14px; }
 .mono, code, pre { font-family: ui-monospace,SFMono-Regular,Menlo,Consolas,"Liberation Mono",monospace; font-size:13px; }
 section { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:18px 20px; margin:16px 0; }
-.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(190px,1fr)); gap:12px; margin:16px 0; }
+.cards { display:grid; grid-template-columns:repeat(auto-fit,minmax(min(190px,100%),1fr)); gap:12px; margin:16px 0; }
 .card { background:var(--card); border:1px solid var(--line); border-radius:10px; padding:14px 16px; }
 .card .k { color:var(--muted); font-size:13px; font-weight:600; }
 .card .v { font-size:26px; font-weight:650; margin-top:2px; }
@@ -59,14 +63,14 @@ section { background:var(--card); border:1px solid var(--line); border-radius:10
 .b-ok { background:var(--okbg); color:var(--ok); } .b-bad { background:var(--badbg); color:var(--bad); }
 .b-none { background:#eef0f4; color:var(--muted); } .b-warn { background:var(--warnbg); color:var(--warn); }
 .b-info { background:var(--infobg); color:var(--info); }
-.plots { display:grid; grid-template-columns:repeat(auto-fit,minmax(420px,1fr)); gap:16px; }
+.plots { display:grid; grid-template-columns:repeat(auto-fit,minmax(min(420px,100%),1fr)); gap:16px; }
 figure { margin:0; max-width:680px; } figure img.plot { width:100%; height:auto; display:block; }
 figcaption { color:var(--muted); font-size:13px; margin-top:4px; }
 table { border-collapse:collapse; width:100%; font-size:14px; }
 th, td { padding:6px 10px; border-bottom:1px solid var(--line); text-align:left; vertical-align:middle; }
 th { color:var(--muted); font-weight:600; font-size:13px; background:#fafbfd; }
 td.num, th.num { text-align:right; font-variant-numeric:tabular-nums; white-space:nowrap; }
-tr.worst td { font-weight:650; background:#f3f5ff; }
+tr.worst td, tr.total td { font-weight:650; background:#f3f5ff; }
 tr.group td { background:#fafbfd; color:var(--muted); font-weight:600; }
 .bar { display:inline-block; width:70px; height:8px; background:#e9ecf2; border-radius:4px; margin-right:8px; vertical-align:middle; overflow:hidden; }
 .bar span { display:block; height:100%; background:var(--accent); }
@@ -78,7 +82,7 @@ tr.group td { background:#fafbfd; color:var(--muted); font-weight:600; }
 .evidence th, .evidence td { padding:3px 8px; }
 .ok-panel { border-left:4px solid var(--ok); background:var(--okbg); border-radius:6px; padding:10px 14px; }
 ul.checks { margin:6px 0 0; padding-left:20px; }
-.gallery { display:grid; grid-template-columns:repeat(auto-fill,minmax(330px,1fr)); gap:14px; }
+.gallery { display:grid; grid-template-columns:repeat(auto-fill,minmax(min(330px,100%),1fr)); gap:14px; }
 .ex { border:1px solid var(--line); border-radius:8px; padding:10px; }
 .ex .imgs { display:flex; gap:8px; }
 .ex .imgs div { text-align:center; font-size:12px; color:var(--muted); }
@@ -89,6 +93,40 @@ pre.manifest { background:#0f1623; color:#d7deea; padding:14px; border-radius:8p
 footer { color:var(--muted); font-size:12px; text-align:center; margin-top:24px; }
 .note { color:var(--muted); font-size:13px; margin:8px 0 0; }
 tr.masking td { background:var(--warnbg); }
+.verdict { border-left:6px solid var(--muted); background:#eef0f4; font-size:17px; font-weight:600; padding:14px 18px; }
+.verdict p { margin:0; }
+.verdict.v-ok { border-color:var(--ok); background:var(--okbg); color:#134d26; }
+.verdict.v-bad { border-color:var(--bad); background:var(--badbg); color:#7f1d1d; }
+.verdict.v-none { border-color:#8a93a3; background:#eef0f4; color:#3a4352; }
+.scroll { overflow-x:auto; max-width:100%; }
+section { overflow-x:auto; } /* a safety net: a study's wide table scrolls its section, never the page */
+.evidence { overflow-x:auto; }
+.scroll table { min-width:100%; }
+.sub.ci { font-size:12px; }
+td.best { font-weight:700; }
+td.best::after { content:" ★"; color:var(--accent); }
+tr.regression td { background:var(--badbg); }
+svg.spark { vertical-align:middle; }
+header .sub, .note, figcaption { overflow-wrap:anywhere; }
+@media (max-width:600px) {
+  main { padding:14px 10px 32px; }
+  section { padding:12px 12px; }
+  h1 { font-size:21px; }
+  .card .v { font-size:22px; }
+  .ex .imgs { flex-wrap:wrap; }
+  .ex img { width:80px; height:80px; }
+}
+@media print {
+  body { background:#fff; font-size:12px; }
+  main { max-width:none; padding:0; }
+  section, .card, figure, .ex, .flag { break-inside:avoid; }
+  section { border-color:#bbb; }
+  .scroll { overflow:visible; }
+  pre.manifest { max-height:none; white-space:pre-wrap; overflow-wrap:anywhere; background:#fff; color:#000; border:1px solid #bbb; }
+  .verdict, .badge, .bar span, tr.worst td, tr.masking td, tr.regression td { -webkit-print-color-adjust:exact; print-color-adjust:exact; }
+  .plots { grid-template-columns:1fr 1fr; }
+  footer { margin-top:8px; }
+}
 """
 
 _CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -171,10 +209,13 @@ def plot_png(fig: Any, ax: Any, xlabel: str, ylabel: str, title: str) -> str:
     ax.set_title(title, fontsize=11)
     ax.grid(True, color="#e3e7ee", linewidth=0.8)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(frameon=False, fontsize=9, loc="upper right")
+    handles, _ = ax.get_legend_handles_labels()
+    if handles:  # below the axes, never over a curve
+        ax.legend(frameon=False, fontsize=8.5, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=min(3, len(handles)))
     fig.tight_layout()
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})  # no version string: byte-stable output
+    # no version string: byte-stable output; the tight box takes the legend below the axes in
+    fig.savefig(buf, format="png", metadata={"Software": None}, bbox_inches="tight", pad_inches=0.08)
     return data_url(buf.getvalue())
 
 
@@ -230,6 +271,64 @@ def _cards(report: Mapping[str, Any]) -> str:
     ) + "</div>"
 
 
+def _verdict(report: Mapping[str, Any]) -> str:
+    """The verdict sentence above the fold: passed (green), failed (red), no gate configured (grey)."""
+    from gauntlet.audit.verdict import build_verdict
+
+    v = report.get("verdict")
+    if not isinstance(v, Mapping) or not v.get("sentence"):
+        v = build_verdict(report)  # a report from before 2.1: the gate's state, without a headline
+    state = str(v.get("state"))
+    cls = {"passed": "v-ok", "failed": "v-bad"}.get(state, "v-none")
+    return f"<section id='verdict' class='verdict {cls}' data-state='{e(state)}'><p>{e(v.get('sentence'))}</p></section>"
+
+
+def pp(v: Any) -> str:
+    """A share as percentage points: ``0.02`` → ``"2.0 pp"``."""
+    return f"{100 * v:.1f} pp" if is_num(v) else "—"
+
+
+def signed_pp(v: Any) -> str:
+    return f"{100 * v:+.1f} pp" if is_num(v) else "—"
+
+
+def ci_pct(ci: Any) -> str:
+    """``" (46–56)"`` — a Wilson 95% interval beside a percentage; empty when unknown."""
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(is_num(v) for v in ci):
+        return f" <span class='sub ci'>({100 * ci[0]:.0f}–{100 * ci[1]:.0f})</span>"
+    return ""
+
+
+def scroll(table: str) -> str:
+    """A table in its own horizontally scrolling box (narrow screens never scroll the page)."""
+    return f"<div class='scroll'>{table}</div>"
+
+
+def _rules_table(gate: Mapping[str, Any]) -> str:
+    rules = [r for r in gate.get("rules") or [] if isinstance(r, Mapping)]
+    if not rules:
+        return ""
+    rows = []
+    for r in rules:
+        word = "≥" if r.get("kind") == "min" else "≤"
+        ok = r.get("passed")
+        badge = "<span class='badge b-ok'>met</span>" if ok else "<span class='badge b-bad'>violated</span>"
+        if r.get("metric") == "regression":  # --max-regression: drops in percentage points
+            required, actual = (pp(r.get("required")), pp(r.get("actual")))
+        else:
+            required, actual = pct(r.get("required")), pct(r.get("actual"))
+        rows.append(
+            f"<tr class='rule'><td class='mono'>{e(r.get('rule'))}</td><td>{e(r.get('what'))} · {e(r.get('title'))}</td>"
+            f"<td class='num'>{actual}{ci_pct(r.get('ci'))}</td><td class='num'>{word} {required}</td>"
+            f"<td class='num'>{signed_pp(r.get('margin'))}</td><td>{badge}</td></tr>"
+        )
+    head = (
+        "<tr><th>rule</th><th>metric</th><th class='num'>actual (95% CI)</th><th class='num'>required</th>"
+        "<th class='num'>margin</th><th>result</th></tr>"
+    )
+    return scroll(f"<table class='rules'>{head}{''.join(rows)}</table>")
+
+
 def _gate(report: Mapping[str, Any]) -> str:
     gate = report.get("gate") or {}
     viol = gate.get("violations") or []
@@ -238,8 +337,75 @@ def _gate(report: Mapping[str, Any]) -> str:
     return (
         f"<section id='gate'><h2>Gate {_gate_badge(gate)}</h2><div>{e(text.get(gate.get('passed'), ''))}</div>"
         + (f"<ul class='violations'>{body}</ul>" if body else "")
+        + _rules_table(gate)
         + "</section>"
     )
+
+
+def sparkline(values: Sequence[Any], width: int = 96, height: int = 22) -> str:
+    """A tiny inline SVG line of ``values`` (shares in [0, 1]; ``None`` skipped), the last point marked."""
+    pts = [(i, float(v)) for i, v in enumerate(values) if is_num(v)]
+    if len(pts) < 2:
+        return ""
+    n = max(len(values) - 1, 1)
+    lo, hi = min(v for _, v in pts), max(v for _, v in pts)
+    span = (hi - lo) or 1.0
+
+    def xy(i: int, v: float) -> tuple[float, float]:
+        return 2 + (width - 4) * i / n, height - 3 - (height - 6) * (v - lo) / span
+
+    coords = " ".join(f"{x:.1f},{y:.1f}" for x, y in (xy(i, v) for i, v in pts))
+    lx, ly = xy(*pts[-1])
+    title = " → ".join(pct(v) for _, v in pts)
+    return (
+        f"<svg class='spark' width='{width}' height='{height}' viewBox='0 0 {width} {height}' role='img'>"
+        f"<title>{e(title)}</title><polyline fill='none' stroke='#3b5bdb' stroke-width='1.5' points='{coords}'/>"
+        f"<circle cx='{lx:.1f}' cy='{ly:.1f}' r='2.2' fill='#1d2430'/></svg>"
+    )
+
+
+def _history(report: Mapping[str, Any]) -> str:
+    """This audit against its baseline (the rows ``gauntlet compare`` prints) and each headline
+    metric's trend over the model's earlier audits on the same data."""
+    h = report.get("history")
+    if not isinstance(h, Mapping):
+        return ""
+    trend = {(t.get("metric"), json.dumps(t.get("labels") or {}, sort_keys=True)): t for t in h.get("trend") or []}
+
+    def spark(metric: str, labels: Mapping[str, Any]) -> str:
+        t = trend.get((metric, json.dumps(dict(labels), sort_keys=True)))
+        return sparkline([p.get("value") for p in t.get("points") or []]) if t else ""
+
+    base = h.get("baseline_audit_id")
+    rows = []
+    c = h.get("clean_accuracy")
+    if isinstance(c, Mapping):
+        rows.append(("clean accuracy", c, spark("clean_accuracy", {})))
+    labels_of = {"study", "metric", "what", "a", "b", "delta", "worse", "gated", "regression", "significant"}
+    for r in h.get("rows") or []:
+        labels = {k: v for k, v in r.items() if k not in labels_of}
+        rows.append((str(r.get("what")), r, spark(str(r.get("metric")), labels)))
+    if base is None:  # no baseline, only the trends
+        rows = [(str(t.get("what")), {}, sparkline([p.get("value") for p in t.get("points") or []])) for t in trend.values()]
+    body = []
+    for what, r, sp in rows:
+        sig = r.get("significant")
+        mark = "" if sig is None else (" <span class='sub'>significant</span>" if sig else " <span class='sub'>within noise</span>")
+        cls = " class='regression'" if r.get("regression") else ""
+        body.append(
+            f"<tr{cls}><td>{e(what)}</td><td class='num'>{pct(r.get('a'))}</td><td class='num'>{pct(r.get('b'))}</td>"
+            f"<td class='num'>{signed_pp(r.get('delta'))}{mark}</td><td>{sp}</td></tr>"
+        )
+    label = f"baseline #{e(base)}" if base is not None else "baseline"
+    head = f"<tr><th>metric</th><th class='num'>{label}</th><th class='num'>this audit</th><th class='num'>Δ</th><th>trend</th></tr>"
+    points = max((len(t.get("points") or []) for t in trend.values()), default=0)
+    note = (
+        f"<p class='note'>Baseline: audit #{e(base)}, the last audit of this model that did not fail its gate on the same "
+        "data (or the one --baseline named); the same rows as <span class='mono'>gauntlet compare</span>. "
+        if base is not None else "<p class='note'>No earlier audit passed its gate on this data, so there is no baseline. "
+    ) + f"Trends: the last {points} audits of this model on this data, oldest first.</p>"
+    table = f"<table class='history'>{head}{''.join(body)}</table>"
+    return f"<section id='history'><h2>History</h2>{scroll(table)}{note}</section>"
 
 
 def bar(v: Any) -> str:
@@ -311,9 +477,11 @@ def render_html(report: Mapping[str, Any]) -> str:
     from gauntlet import __version__ as version
     body = "".join([
         _header(report),
+        _verdict(report),
         _cards(report),
         _gate(report),
         *(study.html(report) for study in studies_in(report)),
+        _history(report),
         _flags(report),
         _manifest(report),
     ])

@@ -1,4 +1,4 @@
-"""Assemble ``report.json`` (schema version 2.0) from an :class:`~gauntlet.audit.records.AuditOutcome`.
+"""Assemble ``report.json`` (schema version 2.1) from an :class:`~gauntlet.audit.records.AuditOutcome`.
 
 The core of every report: ``schema_version``, ``audit_id``, ``model``, ``data``,
 ``clean_accuracy`` (the audited model on the clean data), ``flags`` (hygiene flags the studies
@@ -7,7 +7,9 @@ sections (evasion: ``results``, ``worst_case``, ``cost``, ``gallery``, ``defense
 ``certification``; detect: ``detection``), each described by the study's JSON Schema piece.
 
 Schema 2.0 makes the study sections optional (an audit may have no evasion block); a study's
-sections are required together once one of them is present.  1.0 and 1.1 reports (which always
+sections are required together once one of them is present.  2.1 adds the ``verdict`` (state and
+sentence), ``headline_eps``, the gate's ``rules`` table and the model's ``history`` (baseline deltas
+and trends); all optional, so 2.0 reports validate as they are.  1.0 and 1.1 reports (which always
 had the evasion sections) still validate: :func:`validate_report` accepts every version in
 :data:`SCHEMA_VERSIONS`.
 
@@ -26,9 +28,9 @@ from typing import Any
 from gauntlet.audit.records import AuditOutcome
 from gauntlet.errors import DataError
 
-SCHEMA_VERSION = "2.0"
+SCHEMA_VERSION = "2.1"
 #: every version :func:`validate_report` accepts
-SCHEMA_VERSIONS = ("1.0", "1.1", "2.0")
+SCHEMA_VERSIONS = ("1.0", "1.1", "2.0", "2.1")
 
 __all__ = [  # and REPORT_SCHEMA, built on first use (module __getattr__)
     "COUNT",
@@ -100,7 +102,7 @@ def comparable(report: Any, ignore: Sequence[str] = VOLATILE_KEYS) -> Any:
 
 
 def build_report(outcome: AuditOutcome, gate: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The ``report.json`` document (schema version 2.0) for one audit.
+    """The ``report.json`` document (schema version 2.1) for one audit.
 
     ``gate`` defaults to ``{"passed": None, "violations": []}`` (not evaluated); the audit
     command replaces it with :func:`gauntlet.audit.gate.evaluate_gate`'s answer.
@@ -174,9 +176,42 @@ _CORE_PROPERTIES: dict[str, Any] = {
         "properties": {
             "passed": {"type": ["boolean", "null"]},
             "violations": {"type": "array", "items": {"type": "string"}},
+            "baseline_audit_id": {"type": ["integer", "null"]},
+            "rules": array_of(
+                ["rule", "what", "kind", "required", "actual", "margin", "passed"],
+                {"rule": STRING, "study": STR_OR_NULL, "metric": STRING, "labels": {"type": "object"}, "what": STRING,
+                 "title": STRING, "kind": {"type": "string", "enum": ["min", "max"]}, "required": NUM,
+                 "actual": NUM_OR_NULL, "ci": {"type": ["array", "null"], "minItems": 2, "maxItems": 2, "items": SHARE},
+                 "margin": NUM_OR_NULL, "passed": {"type": "boolean"}},
+            ),
         },
     },
     "manifest": {"type": "object"},
+    # 2.1: the verdict above the fold, the ε it leads with, and the model's history
+    "verdict": {
+        "type": "object",
+        "required": ["state", "sentence", "headline"],
+        "properties": {
+            "state": {"type": "string", "enum": ["passed", "failed", "no_gate"]},
+            "sentence": STRING,
+            "headline": {"type": ["object", "null"], "properties": {"study": STRING, "text": STRING, "metric": {"type": "object"}}},
+        },
+    },
+    "headline_eps": {"type": ["number", "null"], "minimum": 0},
+    "history": {
+        "type": ["object", "null"],
+        "required": ["baseline_audit_id", "rows", "trend"],
+        "properties": {
+            "baseline_audit_id": {"type": ["integer", "null"]},
+            "rows": {"type": "array", "items": {"type": "object", "required": ["metric", "what", "a", "b", "delta"]}},
+            "clean_accuracy": {"type": ["object", "null"]},
+            "trend": array_of(
+                ["what", "metric", "points"],
+                {"what": STRING, "metric": STRING, "labels": {"type": "object"},
+                 "points": array_of(["audit_id", "value"], {"audit_id": {"type": ["integer", "null"]}, "value": NUM_OR_NULL})},
+            ),
+        },
+    },
 }
 
 
@@ -189,7 +224,7 @@ def report_schema(version: str = SCHEMA_VERSION) -> dict[str, Any]:
     properties = dict(_CORE_PROPERTIES)
     for study in studies():
         properties.update(study.sections)
-        if version != SCHEMA_VERSION and study.in_every_v1_report:
+        if version.startswith("1.") and study.in_every_v1_report:
             required += [s for s in study.required() if s not in required]
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -23,13 +23,14 @@ goes to an optional callback (the CLI draws a bar with it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
 import platform
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -581,6 +582,56 @@ def _baseline(st: Store | None, prep: Prepared, baseline: int | None) -> tuple[i
     return None
 
 
+#: how many earlier audits a report's trends show
+HISTORY_LENGTH = 10
+
+
+def _history(
+    st: Store,
+    prep: Prepared,
+    report: dict[str, Any],
+    previous: tuple[int, dict[str, Any]] | None,
+    audit_id: int | None,
+    max_regression: float | None,
+    alpha: float | None,
+    outcomes: Callable[[], Mapping[Any, Any]],
+) -> dict[str, Any] | None:
+    """The report's ``history``: this audit against its baseline (the gate's, else the last audit of
+    the model name that did not fail its gate on the same data) — the same rows ``gauntlet compare``
+    prints — and, per headline metric, its values over the last audits of this model and data."""
+    from gauntlet.audit.gate import compare_reports, metrics_of
+
+    name, data = prep.model_info["name"], prep.data_info["sha256"]
+    if previous is None:
+        previous = st.previous_report(name, before=audit_id, data_sha256=data, passed=True)
+    outcomes_before = outcomes_of(st, previous[0]) if previous is not None and alpha is not None else None
+    outcomes_now = outcomes() if outcomes_before is not None else None
+    earlier = st.reports(name, data_sha256=data, before=audit_id, limit=HISTORY_LENGTH)
+    if previous is None and not earlier:
+        return None
+    out: dict[str, Any] = {"baseline_audit_id": None, "rows": [], "clean_accuracy": None, "trend": []}
+    if previous is not None:
+        cmp = compare_reports(
+            previous[1], report, max_regression or 0.0, alpha=alpha, outcomes_a=outcomes_before, outcomes_b=outcomes_now
+        )
+        out.update(
+            baseline_audit_id=previous[0], same_data=cmp["same_data"], max_regression=max_regression,
+            rows=cmp["rows"], clean_accuracy=cmp["clean_accuracy"],
+        )
+    series = [(i, r) for i, r in earlier] + [(audit_id, report)]
+    heads = [m for m in metrics_of(report) if m.headline]
+    trend = [{"what": "clean accuracy", "metric": "clean_accuracy", "labels": {},
+              "points": [{"audit_id": i, "value": r.get("clean_accuracy")} for i, r in series]}]
+    for m in heads:
+        points = []
+        for i, r in series:
+            other = next((x for x in metrics_of(r) if x.matches(m.name, m.labels)), None)
+            points.append({"audit_id": i, "value": other.value if other is not None else None})
+        trend.append({"what": m.what, "metric": m.name, "labels": dict(m.labels), "points": points})
+    out["trend"] = trend
+    return out
+
+
 def run_audit(
     spec: AuditSpec,
     *,
@@ -623,6 +674,7 @@ def run_audit(
     """
     from gauntlet.audit.gate import evaluate_gate
     from gauntlet.audit.report import build_report
+    from gauntlet.audit.verdict import build_verdict
 
     command = command if command is not None else " ".join(sys.argv)
     from gauntlet.audit.executors import make_executor
@@ -646,6 +698,7 @@ def run_audit(
         report = build_report(outcome)
         # per-sample outcomes pair the two audits for the significance test: the baseline's from the
         # store, this audit's from the records in hand
+        mine = functools.cache(lambda: _outcomes(outcome.records, outcome.clean_correct))
         before = outcomes_of(st, previous[0]) if previous is not None and st is not None and alpha is not None else None
         gate = evaluate_gate(
             report,
@@ -654,7 +707,7 @@ def run_audit(
             max_regression,
             alpha=alpha,
             outcomes_previous=before,
-            outcomes=_outcomes(outcome.records, outcome.clean_correct) if before is not None else None,
+            outcomes=mine() if before is not None else None,
             accepted_flags={a.flag: a.reason for a in spec.accept_flags},
         )
         for f in report["flags"]:  # the team's acknowledgement, shown beside the flag
@@ -664,6 +717,13 @@ def run_audit(
         if max_regression is not None or baseline is not None:
             gate["baseline_audit_id"] = previous[0] if previous else None
         report["gate"] = gate
+        headline = next((h for s in prep.studies if (h := s.headline(report)) is not None), None)
+        report["headline_eps"] = headline.get("eps") if headline is not None else None
+        if st is not None:
+            report["history"] = _history(
+                st, prep, report, previous, audit_id, max_regression, alpha, mine,
+            )
+        report["verdict"] = build_verdict(report, headline)
         try:
             paths = write_reports(report, out_dir) if out_dir is not None else {}
         except GauntletError:

@@ -482,6 +482,30 @@ class Store:
             return int(audit_id), report
         return None
 
+    def reports(
+        self, model_name: str, *, data_sha256: str | None = None, before: int | None = None, limit: int = 10
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """The last ``limit`` finished audits of a model name (of that data, older than audit
+        ``before``), oldest first: the history a report's trends are drawn from."""
+        from sqlalchemy import select
+
+        _, models, audits, _ = _tables()
+        q = (
+            select(audits.c.id, audits.c.report_json)
+            .join(models, models.c.id == audits.c.model_id)
+            .where(models.c.name == model_name, audits.c.status == "done", audits.c.report_json.is_not(None))
+            .order_by(audits.c.id.desc())
+            .limit(limit)
+        )
+        if before is not None:
+            q = q.where(audits.c.id < before)
+        if data_sha256 is not None:
+            q = q.where(audits.c.data_sha256 == data_sha256)
+        with self._tx("read the audit history") as conn:
+            rows = conn.execute(q).all()
+        return [(int(i), json.loads(text)) for i, text in reversed(rows)]
+
+
 def _headline(report: dict[str, Any]) -> list[str]:
     """The studies' one-line phrases for a stored report (``worst case linf ε=0.1 51.1%``)."""
     from gauntlet.audit.studies import studies_in

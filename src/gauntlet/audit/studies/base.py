@@ -140,6 +140,8 @@ class Metric:
     #: the samples behind a proportion (``count`` of ``n``), for its uncertainty; ``None``: unknown
     count: int | None = None
     n: int | None = None
+    #: a headline number: the report's history shows its trend over earlier audits
+    headline: bool = False
 
     @property
     def key(self) -> tuple[str, tuple[tuple[str, Any], ...]]:
@@ -310,6 +312,16 @@ class Study(ABC):
     def summary(cls, report: Mapping[str, Any]) -> list[str]:
         """Short phrases for the one-line verdict (``worst case linf ε=0.1 51.1%``)."""
         return []
+
+    def headline(self, report: Mapping[str, Any]) -> dict[str, Any] | None:
+        """The study's headline for the report's verdict sentence, or ``None``.
+
+        A dict with ``study``, ``text`` (a clause such as ``"at L∞ ε=0.1 (inputs in [0, 1]), pgd
+        takes accuracy from 98.0% to 51.1% (95% CI 46–56%)"``) and ``metric`` (``{"name", "labels"}``
+        of the :class:`Metric` it reports, so the gate rule on it can be quoted beside it).  The
+        verdict uses the first study, in run order, that offers one.
+        """
+        return None
 
     #: hygiene flags that say the study's numbers are unreliable: raised in a gated audit, each
     #: fails the gate unless the spec accepts it (``accept_flags``)
