@@ -4,7 +4,8 @@ Each item names a certification method of the defense registry (``ibp``, ``rando
 and runs on the **undefended** model (the model file, without ``model.defense``) over the audited
 samples, in units of ``batch_size`` samples so that a long smoothing run resumes mid-way.  The
 report section ``certification`` has one entry per item: the certified-accuracy-vs-radius curve,
-the abstention rate and the average certified radius.  Gate rules:
+the abstention rate, the average certified radius and ``ran_on``, the model it ran on (see
+:func:`ran_on_record`; the section's HTML header names it).  Gate rules:
 ``{certify: ibp, radius: 0.01, min_certified_accuracy: 0.5}`` or ``--fail-under certify:ibp:0.01=50%``.
 """
 
@@ -20,7 +21,7 @@ import torch
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from gauntlet.audit.html import e, eps_text, fmt_value, is_num, num, pct, plot_png
-from gauntlet.audit.report import COUNT, NON_NEGATIVE, SHARE, STRING, array_of
+from gauntlet.audit.report import COUNT, NON_NEGATIVE, SHARE, STR_OR_NULL, STRING, array_of
 from gauntlet.audit.spec import (
     AuditSpec,
     Fraction,
@@ -47,7 +48,19 @@ from gauntlet.audit.studies.base import (
 )
 from gauntlet.errors import ConfigError, GauntletError
 
-__all__ = ["CertifyChoice", "CertifyChunk", "CertifySpec", "CertifyStudy", "CertifyThreshold", "resolve_certify"]
+__all__ = [
+    "RAN_ON",
+    "CertifyChoice",
+    "CertifyChunk",
+    "CertifySpec",
+    "CertifyStudy",
+    "CertifyThreshold",
+    "ran_on_html",
+    "ran_on_of",
+    "ran_on_record",
+    "ran_on_text",
+    "resolve_certify",
+]
 
 Radius = Annotated[float, Field(strict=True), AfterValidator(non_negative)]
 
@@ -133,6 +146,75 @@ class CertifyChunk(ChoiceUnit):
 
 
 # ------------------------------------------------------------------------------------------------
+# which model a study ran on (certify and detect run on env.base_model, the model file)
+#: the report schema of a section entry's ``ran_on``
+RAN_ON: dict[str, Any] = {
+    "type": "object",
+    "required": ["model", "defense", "view"],
+    "properties": {"model": STR_OR_NULL, "defense": STR_OR_NULL, "view": {"type": "string", "enum": ["undefended", "audited"]}},
+}
+
+
+def ran_on_record(spec: AuditSpec) -> dict[str, Any]:
+    """What a study that runs on the model file (``AuditEnv.base_model``) ran on, for its report
+    section: the model's name (the report's ``model.name``), the spec's ``model.defense``
+    (``None`` without one) and the view: ``"undefended"`` — the model file without that defense —
+    or ``"audited"`` — there is no defense, so the model file is the audited model."""
+    defense = spec.model.defense
+    return {
+        "model": spec.model.display_name,
+        "defense": defense.name if defense is not None else None,
+        "view": "undefended" if defense is not None else "audited",
+    }
+
+
+def _defense_name(report: Mapping[str, Any]) -> str | None:
+    """The audited model's ``model.defense`` in a report: the evasion study's ``defense`` section,
+    else the spec in the manifest."""
+    d = report.get("defense")
+    if isinstance(d, Mapping) and d.get("name"):
+        return str(d["name"])
+    spec = (report.get("manifest") or {}).get("spec")
+    model = spec.get("model") if isinstance(spec, Mapping) else None
+    md = model.get("defense") if isinstance(model, Mapping) else None
+    return str(md["name"]) if isinstance(md, Mapping) and md.get("name") else None
+
+
+def ran_on_of(entries: Sequence[Mapping[str, Any]], report: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``ran_on`` of a section's entries; for a report written before sections recorded it,
+    what the runner did then (the model file: undefended when the spec had ``model.defense``)."""
+    for x in entries:
+        r = x.get("ran_on")
+        if isinstance(r, Mapping):
+            return dict(r)
+    defense = _defense_name(report)
+    return {
+        "model": (report.get("model") or {}).get("name"),
+        "defense": defense,
+        "view": "undefended" if defense is not None else "audited",
+    }
+
+
+def ran_on_text(r: Mapping[str, Any]) -> str:
+    """``the undefended model digits (without model.defense bit_depth_reduction)`` or ``the audited model digits``."""
+    name = r.get("model") or "(unnamed)"
+    if r.get("view") == "undefended":
+        return f"the undefended model {name} (without model.defense {r.get('defense')})"
+    return f"the audited model {name}"
+
+
+def ran_on_html(r: Mapping[str, Any]) -> str:
+    """:func:`ran_on_text` for a section header."""
+    name = f"<b>{e(r.get('model') or '(unnamed)')}</b>"
+    if r.get("view") == "undefended":
+        return (
+            f"on the undefended model {name}, without <span class='mono'>model.defense</span> "
+            f"<b>{e(r.get('defense'))}</b>"
+        )
+    return f"on the audited model {name}"
+
+
+# ------------------------------------------------------------------------------------------------
 # report
 _CURVE_POINT = {"type": "array", "minItems": 2, "maxItems": 2, "items": NON_NEGATIVE}
 _CERTIFICATION = array_of(
@@ -141,7 +223,7 @@ _CERTIFICATION = array_of(
         "method": STRING, "norm": STRING, "params": {"type": "object"}, "model": STRING, "n": COUNT,
         "curve": {"type": "array", "minItems": 1, "items": _CURVE_POINT}, "certified_accuracy": SHARE,
         "abstain_rate": SHARE, "average_certified_radius": NON_NEGATIVE, "max_radius": NON_NEGATIVE,
-        "seconds": NON_NEGATIVE, "chunks": COUNT,
+        "seconds": NON_NEGATIVE, "chunks": COUNT, "ran_on": RAN_ON,
     },
 )
 
@@ -201,20 +283,22 @@ def _certification_html(report: Mapping[str, Any]) -> str:
         "<th class='num'>seconds</th></tr>"
     )
     note = (
-        "<p class='note'>Certification runs on the undefended model (the model file). Certified accuracy at radius r: "
+        "<p class='note'>Certified accuracy at radius r: "
         "share of all samples that are classified correctly and provably keep their class within distance r "
         "(randomized smoothing: with probability at least 1 − alpha over its sampling). Average certified radius: "
         "mean over all samples of the radius, 0 where wrong or abstained.</p>"
     )
     plots = f"<div class='plots'>{figs}</div>" if figs else ""
-    return f"<section id='certification'><h2>Certification</h2>{plots}<table class='cert'>{head}{''.join(rows)}</table>{note}</section>"
+    head2 = f"<h2>Certification <span class='sub'>{ran_on_html(ran_on_of(cert, report))}</span></h2>"
+    return f"<section id='certification'>{head2}{plots}<table class='cert'>{head}{''.join(rows)}</table>{note}</section>"
 
 
 # ------------------------------------------------------------------------------------------------
 # the study
 @register_study
 class CertifyStudy(ItemsStudy):
-    """Certified accuracy vs radius of certification methods on the undefended model."""
+    """Certified accuracy vs radius of certification methods on the undefended model (the model
+    file; the audited model when the spec has no ``model.defense``)."""
 
     name = "certify"
     title = "certification methods: certified accuracy vs radius on the undefended model"
@@ -223,11 +307,15 @@ class CertifyStudy(ItemsStudy):
     sections: ClassVar[dict[str, dict[str, Any]]] = {"certification": _CERTIFICATION}
 
     choices: list[CertifyChoice]
+    #: what the units run on, recorded in every entry (:func:`ran_on_record`); ``None``: not known
+    ran_on: dict[str, Any] | None = None
 
     @classmethod
     def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> CertifyStudy:
         items = [c.model_dump(mode="json") for c in spec.certify]
-        return cls(resolve_certify(spec), spec.batch_size, spec.seed, items)
+        study = cls(resolve_certify(spec), spec.batch_size, spec.seed, items)
+        study.ran_on = ran_on_record(spec)
+        return study
 
     def check_threshold(self, th: Any, place: str) -> None:
         mine = [c for c in self.choices if c.name == th.certify]
@@ -334,6 +422,8 @@ class CertifyStudy(ItemsStudy):
             }
             if any("max_radius" in r for r in recs):
                 entry["max_radius"] = max(float(r.get("max_radius", 0.0)) for r in recs)
+            if self.ran_on is not None:
+                entry["ran_on"] = dict(self.ran_on)
             entries.append(entry)
         return StudyOutput(sections={"certification": entries})
 
@@ -357,8 +447,9 @@ class CertifyStudy(ItemsStudy):
 
     @classmethod
     def text(cls, report: Mapping[str, Any]) -> list[str]:
-        lines = []
-        for c in report.get("certification") or []:
+        cert = [c for c in report.get("certification") or [] if isinstance(c, Mapping)]
+        lines = [f"certification on {ran_on_text(ran_on_of(cert, report))}"] if cert else []
+        for c in cert:
             curve = ", ".join(f"{float(r):g}: {100 * a:.1f}%" for r, a in c.get("curve") or [])
             lines.append(f"certify {c['method']} ({c.get('norm')}): certified accuracy by radius {curve}")
         return lines

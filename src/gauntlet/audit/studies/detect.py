@@ -3,8 +3,13 @@
 Each item names a detector of the defense registry, fitted and calibrated on the first
 ``calibration`` audited samples (at false-positive rate ``fpr``) and evaluated on the rest against
 attacks of the evasion block (by label), plain and — with ``adaptive`` — detector-aware (Carlini &
-Wagner 2017), on the **undefended** model.  One unit per item.  The report section ``detection``
-has one :meth:`~gauntlet.defenses.detection.DetectionReport.to_dict` per item.  Gate rules:
+Wagner 2017), on the **undefended** model (the model file; the audited model when the spec has no
+``model.defense``).  One unit per item.  The report section ``detection`` has one
+:meth:`~gauntlet.defenses.detection.DetectionReport.to_dict` per item, to which :meth:`DetectStudy.merge`
+adds ``ran_on`` (the model, :func:`~gauntlet.audit.studies.certify.ran_on_record`), the worst case
+over plain and detector-aware attacks per ε and a verdict (:func:`assess`), and the test of the
+clean false-positive rate against the target (:func:`fpr_check`), which raises the blocking hygiene
+flag ``detector_fpr_exceeds_target``.  Gate rules:
 ``{detector: mahalanobis, attack: pgd, max_undetected_success_rate: 0.1}`` (the worst row of that
 attack over ε and modes) or ``--fail-under detect:mahalanobis:pgd=10%``.
 """
@@ -12,6 +17,7 @@ attack over ε and modes) or ``--fail-under detect:mahalanobis:pgd=10%``.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -48,10 +54,26 @@ from gauntlet.audit.studies.base import (
     work_key,
     work_seed,
 )
+from gauntlet.audit.studies.certify import RAN_ON, ran_on_html, ran_on_of, ran_on_record, ran_on_text
 from gauntlet.audit.studies.evasion import AttackChoice, accepts_targeted, resolve_attacks
 from gauntlet.errors import ConfigError, GauntletError
 
-__all__ = ["DetectAttack", "DetectChoice", "DetectSpec", "DetectStudy", "DetectTask", "DetectThreshold", "resolve_detect"]
+__all__ = [
+    "EVADED_AT",
+    "FPR_ALPHA",
+    "FPR_FLAG",
+    "HOLDS_AT",
+    "DetectAttack",
+    "DetectChoice",
+    "DetectSpec",
+    "DetectStudy",
+    "DetectTask",
+    "DetectThreshold",
+    "assess",
+    "binomial_tail",
+    "fpr_check",
+    "resolve_detect",
+]
 
 
 def _one_or_list(v: Any) -> Any:
@@ -226,6 +248,182 @@ def _split_calibration(detector: Any, calibration: int) -> int:
 
 
 # ------------------------------------------------------------------------------------------------
+# the verdict and the false-positive-rate check
+#: a detector *holds* when the worst undetected success over plain and detector-aware attacks is at most this
+HOLDS_AT = 0.10
+#: a detector is *evaded* when the worst undetected success is at least this (the attacker wins on most points)
+EVADED_AT = 0.50
+#: the one-sided binomial test of the clean FPR against the target raises the flag below this p-value
+FPR_ALPHA = 0.01
+#: the hygiene flag's id
+FPR_FLAG = "detector_fpr_exceeds_target"
+_FPR_TITLE = "A detector's clean false-positive rate exceeds its target"
+
+
+def _mode(adaptive: Any) -> str:
+    return "detector-aware" if adaptive else "plain"
+
+
+def _eps_words(norm: Any, eps: Any) -> str:
+    e_s = f"{float(eps):g}" if isinstance(eps, (int, float)) and not isinstance(eps, bool) else "minimal"
+    return f"{norm} ε={e_s}" if norm else f"ε={e_s}"
+
+
+def _p(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f}%"
+
+
+def _num(v: Any) -> float | None:
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def assess(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The worst case and the verdict of one detection entry (a ``DetectionReport`` dict).
+
+    ``worst_case``: per norm and ε, the largest ``undetected_success_rate`` over every attack, plain
+    and detector-aware (the row it comes from named); ``worst_undetected_success_rate``: the largest
+    of those.  The verdict reads that worst case: ``"holds"`` when it is at most :data:`HOLDS_AT`
+    (10%), ``"evaded"`` when it is at least :data:`EVADED_AT` (50%: the attacker wins on most
+    points), ``"partial"`` between, ``None`` when no row has a rate (no evaluated point classified
+    correctly).  ``verdict_text`` is one sentence saying it, naming the row, and — for a detector
+    that holds — whether a detector-aware attack was among those tried and whether the attacks
+    fooled the classifier at all (a detector that faced attacks which barely succeed is untested).
+    """
+    rows = [r for r in d.get("rows") or [] if isinstance(r, Mapping)]
+    det = str(d.get("detector"))
+    by_eps: dict[tuple[str, float | None], dict[str, Any]] = {}
+    for r in rows:
+        v = _num(r.get("undetected_success_rate"))
+        key = (str(r.get("norm")), _num(r.get("eps")))
+        if v is None:
+            by_eps.setdefault(key, {"norm": r.get("norm"), "eps": key[1], "undetected_success_rate": None})
+            continue
+        cur = by_eps.get(key)
+        if cur is None or cur["undetected_success_rate"] is None or v > cur["undetected_success_rate"]:
+            by_eps[key] = {
+                "norm": r.get("norm"), "eps": key[1], "undetected_success_rate": v, "attack": str(r.get("attack")),
+                "adaptive": bool(r.get("adaptive")), "n_correct": r.get("n_correct"),
+            }
+    worst_case = sorted(by_eps.values(), key=lambda w: (str(w["norm"]), w["eps"] if w["eps"] is not None else -1.0))
+    rated = [w for w in worst_case if w["undetected_success_rate"] is not None]
+    out: dict[str, Any] = {"worst_case": worst_case, "worst_undetected_success_rate": None, "verdict": None}
+    if not rated:
+        out["verdict_text"] = f"{det}: no verdict — no attack has a measured rate (no rows, or no evaluated point classified correctly)"
+        return out
+    top = max(rated, key=lambda w: w["undetected_success_rate"])  # the first of equal maxima
+    worst = float(top["undetected_success_rate"])
+    out["worst_undetected_success_rate"] = worst
+    n = top.get("n_correct")
+    of = f" of {n} points" if isinstance(n, int) else " of points"
+    where = f"{top['attack']}, {_mode(top['adaptive'])}, {_eps_words(top['norm'], top['eps'])}"
+    aware = any(r.get("adaptive") for r in rows)
+    if worst >= EVADED_AT:
+        out["verdict"] = "evaded"
+        who = "an adaptive attacker" if top["adaptive"] else "even a plain attacker"
+        tail = "it does not stop an attacker who knows it" if top["adaptive"] else "it does not stop even an attacker who ignores it"
+        out["verdict_text"] = f"{det}: {who} evades it on {_p(worst)}{of} ({where}; undetected success); {tail}"
+    elif worst > HOLDS_AT:
+        out["verdict"] = "partial"
+        who = "an adaptive attacker" if top["adaptive"] else "a plain attacker"
+        out["verdict_text"] = (
+            f"{det}: partial — {who} evades it on {_p(worst)}{of} ({where}; undetected success); it stops only part of the attacks"
+        )
+    else:
+        out["verdict"] = "holds"
+        scope = "plain and detector-aware attacks" if aware else (
+            "plain attacks only; not tested against an attacker who knows it (no detector-aware run)"
+        )
+        text = f"{det}: holds — worst undetected success {_p(worst)}{of} ({where}) over {scope}"
+        fooled = [v for v in (_num(r.get("success_rate")) for r in rows) if v is not None]
+        if fooled and max(fooled) <= HOLDS_AT:
+            text += (
+                f"; but the attacks fool the classifier on at most {_p(max(fooled))} of points, so this says little "
+                "about the detector"
+            )
+        out["verdict_text"] = text
+    return out
+
+
+def _assessed(d: Mapping[str, Any]) -> dict[str, Any]:
+    """The entry's stored worst case and verdict, or :func:`assess` for reports written before them."""
+    if isinstance(d.get("verdict_text"), str) and isinstance(d.get("worst_case"), list):
+        return {k: d.get(k) for k in ("worst_case", "worst_undetected_success_rate", "verdict", "verdict_text")}
+    return assess(d)
+
+
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """``P(X ≥ k)`` for ``X ~ Binomial(n, p)``, exact (the pmf summed in log space)."""
+    if k <= 0 or p >= 1:
+        return 1.0
+    if k > n or p <= 0:
+        return 0.0
+    lp, lq = math.log(p), math.log1p(-p)
+    logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq for i in range(k, n + 1)]
+    top = max(logs)
+    return min(1.0, math.exp(top) * math.fsum(math.exp(v - top) for v in logs))
+
+
+def fpr_check(d: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The clean false-positive rate of one detection entry tested against its target.
+
+    ``flagged`` of the ``n`` clean evaluated samples were flagged; under "the FPR is at most
+    ``target_fpr``" at least that many has probability ``p_value`` (one-sided exact binomial
+    test).  ``exceeds_target`` when ``p_value`` < :data:`FPR_ALPHA` (0.01): more flags than sampling
+    noise explains.  ``None`` when the entry lacks the numbers.
+    """
+    n, fpr, target = d.get("n"), _num(d.get("clean_fpr")), _num(d.get("target_fpr"))
+    if not isinstance(n, int) or n <= 0 or fpr is None or target is None:
+        return None
+    flagged = round(fpr * n)
+    p = binomial_tail(flagged, n, target)
+    return {"flagged": flagged, "n": n, "p_value": p, "alpha": FPR_ALPHA, "exceeds_target": p < FPR_ALPHA}
+
+
+def _threshold_samples(d: Mapping[str, Any]) -> int | None:
+    cal, fit = d.get("calibration_samples"), d.get("fit_samples")
+    if not isinstance(cal, int):
+        return None
+    return cal - fit if isinstance(fit, int) and 0 < fit < cal else cal
+
+
+def _fpr_flag(place: str, d: Mapping[str, Any], check: Mapping[str, Any]) -> dict[str, Any]:
+    target, fpr = float(d["target_fpr"]), float(d["clean_fpr"])
+    k, n, p = check["flagged"], check["n"], check["p_value"]
+    m = _threshold_samples(d)
+    evidence: dict[str, Any] = {
+        "detect": place, "detector": d.get("detector"), "target_fpr": target, "clean_fpr": fpr, "flagged": k, "n": n,
+        "p_value": p, "alpha": FPR_ALPHA, "test": "one-sided exact binomial: P(X >= flagged | n, target_fpr) < alpha",
+    }
+    small = ""
+    if m is not None and m > 0:
+        expected = (math.floor(m * target + 1e-9) + 1) / (m + 1)
+        evidence["threshold_samples"] = m
+        evidence["expected_fpr_of_threshold"] = expected
+        small = (
+            f" A threshold set on {m} clean scores has an expected false-positive rate of (⌊{m}·{target:g}⌋+1)/{m + 1} = "
+            f"{_p(expected)}{' — too few for this target' if expected > 1.5 * target else ''}."
+        )
+    return {
+        "id": FPR_FLAG,
+        "severity": "warning",
+        # the place and numbers in the title keep two detectors' flags apart in the gate's messages
+        "title": f"{place} {d.get('detector')}: clean false-positive rate {_p(fpr)} exceeds its {_p(target)} target",
+        "explanation": (
+            f"{place} ({d.get('detector')}) flags {_p(fpr)} of the {n} clean evaluated samples ({k}), against the "
+            f"{_p(target)} false-positive rate its threshold was calibrated to. If the rate were {_p(target)}, {k} or more "
+            f"flags in {n} would have probability {p:.2g} (one-sided binomial test; the flag is raised below {FPR_ALPHA:g}), "
+            "so this is not sampling noise. The detector then works at a more aggressive point than configured: it flags more "
+            "inputs, clean and adversarial alike, so its TPR looks higher and the undetected success lower than at the "
+            f"stated false-positive rate — its numbers flatter it and do not describe the detector as configured.{small} "
+            "Usual causes: too few calibration samples for the target, calibration samples that differ from the "
+            "evaluated ones, or statistics fitted on the threshold's own samples. What to do: raise calibration (well "
+            "above 1/fpr samples), calibrate on data like the deployment's, or raise fpr to what the deployment can afford."
+        ),
+        "evidence": evidence,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
 # report
 _RATE = {"type": "number", "minimum": 0, "maximum": 1}
 _ROWS = array_of(
@@ -238,12 +436,29 @@ _ROWS = array_of(
         "queries": COUNT,
     },
 )
+_WORST = array_of(
+    ["norm", "eps", "undetected_success_rate"],
+    {
+        "norm": STR_OR_NULL, "eps": {"type": ["number", "null"], "minimum": 0}, "undetected_success_rate": SHARE,
+        "attack": STRING, "adaptive": {"type": "boolean"}, "n_correct": COUNT,
+    },
+)
+_FPR_CHECK = {
+    "type": "object",
+    "required": ["flagged", "n", "p_value", "alpha", "exceeds_target"],
+    "properties": {"flagged": COUNT, "n": COUNT, "p_value": _RATE, "alpha": _RATE, "exceeds_target": {"type": "boolean"}},
+}
+# ran_on, worst_case, worst_undetected_success_rate, verdict, verdict_text and fpr_check are
+# optional: reports written before them still validate (the HTML and text compute the verdict)
 _DETECTION = array_of(
     ["detector", "params", "threshold", "target_fpr", "n", "clean_accuracy", "clean_fpr", "rows", "notes"],
     {
         "detector": STRING, "params": {"type": "object"}, "threshold": NUM, "target_fpr": _RATE, "n": COUNT,
         "clean_accuracy": SHARE, "clean_fpr": SHARE, "calibration_samples": COUNT, "fit_samples": COUNT,
-        "seconds": NON_NEGATIVE, "notes": {"type": "array", "items": STRING}, "rows": _ROWS,
+        "seconds": NON_NEGATIVE, "notes": {"type": "array", "items": STRING}, "rows": _ROWS, "ran_on": RAN_ON,
+        "worst_case": _WORST, "worst_undetected_success_rate": SHARE,
+        "verdict": {"type": ["string", "null"], "enum": ["holds", "partial", "evaded", None]}, "verdict_text": STRING,
+        "fpr_check": _FPR_CHECK,
     },
 )
 
@@ -259,6 +474,16 @@ def _detection_html(report: Mapping[str, Any]) -> str:
         "<th class='num'>seconds</th></tr>"
     )
     for d in dets:
+        a = _assessed(d)
+        many_norms = len({str(w.get("norm")) for w in a["worst_case"] or []}) > 1
+        worst_rows = "".join(
+            f"<tr class='det worst'><td><b>worst case</b>{' (' + e(w.get('norm')) + ')' if many_norms else ''}</td>"
+            f"<td>plain + detector-aware</td><td class='num'>{eps_text(w.get('eps'))}</td><td></td><td></td>"
+            f"<td class='num'>{bar(w.get('undetected_success_rate'))}</td>"
+            f"<td colspan='2' class='sub'>{e(w.get('attack', ''))}{', ' + _mode(w.get('adaptive')) if 'attack' in w else ''}</td></tr>"
+            for w in a["worst_case"] or []
+            if isinstance(w, Mapping)
+        )
         rows = "".join(
             f"<tr class='det'><td>{e(r.get('attack'))}</td><td>{'detector-aware' if r.get('adaptive') else 'plain'}</td>"
             f"<td class='num'>{eps_text(r.get('eps'))}</td><td class='num'>{pct(r.get('success_rate'))}</td>"
@@ -269,20 +494,31 @@ def _detection_html(report: Mapping[str, Any]) -> str:
         )
         params = ", ".join(f"{e(k)}={e(fmt_value(v))}" for k, v in (d.get("params") or {}).items())
         notes = "".join(f"<li>{e(n)}</li>" for n in d.get("notes") or [])
+        check = d.get("fpr_check") if isinstance(d.get("fpr_check"), Mapping) else fpr_check(d)
+        fpr_note = ""
+        if check:
+            fpr_note = f" ({num(check.get('flagged'))} of {num(check.get('n'))}"
+            if check.get("exceeds_target"):
+                fpr_note += f"; above the target beyond sampling noise, p = {num(check.get('p_value'), '{:.2g}')}"
+            fpr_note += ")"
         parts.append(
             f"<h3>{e(d.get('detector'))} <span class='mono sub'>{params}</span></h3>"
+            f"<p class='det-verdict' data-verdict='{e(a.get('verdict') or 'none')}'><b>Verdict:</b> {e(a.get('verdict_text'))}</p>"
             f"<div class='sub'>fitted and calibrated on {num(d.get('calibration_samples'))} samples, evaluated on "
-            f"{num(d.get('n'))} · target FPR {pct(d.get('target_fpr'))}, clean FPR {pct(d.get('clean_fpr'))} · "
+            f"{num(d.get('n'))} · target FPR {pct(d.get('target_fpr'))}, clean FPR {pct(d.get('clean_fpr'))}{fpr_note} · "
             f"clean accuracy {pct(d.get('clean_accuracy'))}</div>"
-            f"<table class='det'>{head}{rows}</table>" + (f"<ul class='checks'>{notes}</ul>" if notes else "")
+            f"<table class='det'>{head}{rows}{worst_rows}</table>" + (f"<ul class='checks'>{notes}</ul>" if notes else "")
         )
     note = (
-        "<p class='note'>Detection runs on the undefended model. Rates are over the samples classified correctly: "
+        "<p class='note'>Rates are over the samples classified correctly: "
         "success = the attack fools the classifier; undetected success = it fools the classifier and the detector "
         "does not flag it (what matters to a defender). Detector-aware rows attack classifier and detector together "
-        "(Carlini &amp; Wagner 2017).</p>"
+        "(Carlini &amp; Wagner 2017). Worst case: per ε, the highest undetected success over every attack, plain and "
+        f"detector-aware. Verdict: the detector holds when the worst case is at most {100 * HOLDS_AT:g}%, is evaded when "
+        f"it is at least {100 * EVADED_AT:g}%, and is partial between.</p>"
     )
-    return f"<section id='detection'><h2>Detection</h2>{''.join(parts)}{note}</section>"
+    head2 = f"<h2>Detection <span class='sub'>{ran_on_html(ran_on_of(dets, report))}</span></h2>"
+    return f"<section id='detection'>{head2}{''.join(parts)}{note}</section>"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,8 +532,17 @@ class DetectStudy(ItemsStudy):
     Block = DetectBlock
     Threshold = DetectThreshold
     sections: ClassVar[dict[str, dict[str, Any]]] = {"detection": _DETECTION}
+    #: a detector's clean FPR above its target says its numbers are not those of the detector as
+    #: configured (a lower threshold flatters TPR and undetected success), so a gated audit fails on it
+    blocking_flags: ClassVar[frozenset[str]] = frozenset({FPR_FLAG})
 
     choices: list[DetectChoice]
+    #: what the units run on, recorded in every entry (:func:`ran_on_record`); ``None``: not known
+    ran_on: dict[str, Any] | None = None
+
+    @classmethod
+    def hygiene_checks(cls) -> dict[str, str]:
+        return {FPR_FLAG: _FPR_TITLE}
 
     @classmethod
     def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> DetectStudy:
@@ -308,7 +553,9 @@ class DetectStudy(ItemsStudy):
                 "(and attacks)"
             )
         items = [d.model_dump(mode="json") for d in spec.detect]
-        return cls(resolve_detect(spec, evasion.attacks), spec.batch_size, spec.seed, items)  # type: ignore[attr-defined]
+        study = cls(resolve_detect(spec, evasion.attacks), spec.batch_size, spec.seed, items)  # type: ignore[attr-defined]
+        study.ran_on = ran_on_record(spec)
+        return study
 
     def check_threshold(self, th: Any, place: str) -> None:
         mine = [c for c in self.choices if c.name == th.detector]
@@ -395,7 +642,26 @@ class DetectStudy(ItemsStudy):
         return out
 
     def merge(self, env: AuditEnv | None, records: Sequence[Mapping[str, Any]], clean_correct: Sequence[bool]) -> StudyOutput:
-        return StudyOutput(sections={"detection": [dict(r) for r in records]})
+        """One entry per ``detect`` item: its ``DetectionReport`` dict with ``ran_on``, the worst
+        case and verdict (:func:`assess`) and the FPR test (:func:`fpr_check`); a
+        ``detector_fpr_exceeds_target`` flag per item whose clean FPR is above its target beyond
+        sampling noise."""
+        out = StudyOutput()
+        entries = []
+        for i, r in enumerate(records):
+            entry = dict(r)
+            if self.ran_on is not None:
+                entry["ran_on"] = dict(self.ran_on)
+            entry.update(assess(entry))
+            check = fpr_check(entry)
+            if check is not None:
+                entry["fpr_check"] = check
+                if check["exceeds_target"]:
+                    place = self.choices[i].place if i < len(self.choices) else f"detect[{i}]"
+                    out.flags.append(_fpr_flag(place, entry, check))
+            entries.append(entry)
+        out.sections["detection"] = entries
+        return out
 
     # -- report ---------------------------------------------------------------------------------
     @classmethod
@@ -422,8 +688,30 @@ class DetectStudy(ItemsStudy):
 
     @classmethod
     def text(cls, report: Mapping[str, Any]) -> list[str]:
-        lines = []
+        dets = [d for d in report.get("detection") or [] if isinstance(d, Mapping)]
+        if not dets:
+            return []
+        lines = [f"detection on {ran_on_text(ran_on_of(dets, report))}"]
+        for d in dets:
+            a = _assessed(d)
+            lines.append(f"detect {a['verdict_text']}")
+            for w in a["worst_case"] or []:
+                lines.append(
+                    f"detect {d['detector']} worst case (plain + detector-aware) {_eps_words(w.get('norm'), w.get('eps'))}: "
+                    f"undetected success {_p(w.get('undetected_success_rate'))}"
+                )
         for m in cls.metrics(report):
             v = "n/a" if m.value is None else f"{100 * m.value:.1f}%"
             lines.append(f"{m.what}: worst undetected success rate {v}")
         return lines
+
+    @classmethod
+    def summary(cls, report: Mapping[str, Any]) -> list[str]:
+        out = []
+        for d in report.get("detection") or []:
+            if not isinstance(d, Mapping):
+                continue
+            a = _assessed(d)
+            worst = _p(a["worst_undetected_success_rate"])
+            out.append(f"{d.get('detector')} {a['verdict'] or 'no verdict'} (worst undetected {worst})")
+        return out
