@@ -88,7 +88,8 @@ def _spec_dict(spec: Any) -> Any:
 
 
 #: what legitimately differs between two runs of one audit: timings, the manifest, the store's id
-VOLATILE_KEYS = ("seconds", "manifest", "audit_id")
+#: and the store's history of the model
+VOLATILE_KEYS = ("seconds", "manifest", "audit_id", "history")
 
 
 def comparable(report: Any, ignore: Sequence[str] = VOLATILE_KEYS) -> Any:

@@ -719,10 +719,11 @@ def run_audit(
         report["gate"] = gate
         headline = next((h for s in prep.studies if (h := s.headline(report)) is not None), None)
         report["headline_eps"] = headline.get("eps") if headline is not None else None
-        if st is not None:
-            report["history"] = _history(
-                st, prep, report, previous, audit_id, max_regression, alpha, mine,
-            )
+        history = None if st is None else _history(
+            st, prep, report, previous, audit_id, max_regression, alpha, mine,
+        )
+        if history is not None:
+            report["history"] = history
         report["verdict"] = build_verdict(report, headline)
         try:
             paths = write_reports(report, out_dir) if out_dir is not None else {}
