@@ -169,16 +169,30 @@ def test_black_box_attack_beating_every_gradient_attack_is_flagged(digits_model,
     units = [
         unit("pgd", [[True, True] + [False] * 8], (0.1,)),  # 8/10 robust
         unit("fgsm", [[True] + [False] * 9], (0.1,)),  # 9/10 robust
-        unit("square", [[True] * 6 + [False] * 4], (0.1,)),  # 4/10 robust
+        unit("square", [[True] * 7 + [False] * 3], (0.1,)),  # 3/10 robust: 5 broken that no gradient attack broke
     ]
     flags = compute_flags(digits_model, x, y, units, [True] * 10)
     assert ids(flags) == ["black_box_beats_white_box"]
     (case,) = flags[0]["evidence"]["cases"]
     assert case == {
-        "norm": "linf", "eps": 0.1, "black_box": "square", "black_box_robust_accuracy": 0.4,
-        "best_white_box": "pgd", "white_box_robust_accuracy": 0.8,
+        "norm": "linf", "eps": 0.1, "samples": 10, "black_box": "square", "black_box_robust_accuracy": 0.3,
+        "best_white_box": "pgd", "white_box": ["pgd", "fgsm"], "white_box_robust_accuracy": 0.8,
+        "broken_only_by_black_box": 5, "p_value": 0.5**5,
     }
-    assert "'square'" in flags[0]["explanation"] and "40.0%" in flags[0]["explanation"]
+    assert "'square'" in flags[0]["explanation"] and "30.0%" in flags[0]["explanation"]
+
+
+def test_a_black_box_lead_within_noise_or_on_a_subsample_is_compared_on_the_same_points(digits_model, digits_test):
+    x, y = digits_test.x[:20], digits_test.y[:20]
+    pgd = unit("pgd", [[True] * 4 + [False] * 16], (0.1,))  # 16/20 robust
+    # 4 more broken (p = 1/16): within noise
+    assert compute_flags(digits_model, x, y, [pgd, unit("square", [[True] * 8 + [False] * 12], (0.1,))], [True] * 20) == []
+    # a cross-check on samples 0:10 only: 5 broken there that pgd did not break, compared on those 10
+    cross = UnitRecord("square (cross-check)", "square", {}, "linf", (0.1,), 0, 10, [[True] * 9 + [False]], [[0.1] * 10], 100, 0, 1.0)
+    flags = compute_flags(digits_model, x, y, [pgd, cross], [True] * 20)
+    assert ids(flags) == ["black_box_beats_white_box"]
+    (case,) = flags[0]["evidence"]["cases"]
+    assert case["samples"] == 10 and case["white_box_robust_accuracy"] == 0.6 and case["black_box_robust_accuracy"] == 0.1
 
 
 def test_black_box_attack_weaker_than_gradient_attack_is_not_flagged(digits_model, digits_test):
@@ -225,3 +239,11 @@ def test_every_flag_has_the_documented_shape_and_a_known_id(digits_net, digits64
         assert set(f) == REQUIRED
         assert f["id"] in CHECKS and f["severity"] in ("warning", "info")
         assert len(f["explanation"]) > 200 and "What to do" in f["explanation"]
+
+
+def test_a_worst_case_over_other_attacks_at_one_eps_is_not_called_non_monotonic(digits_model, digits_test):
+    x, y = digits_test.x[:10], digits_test.y[:10]
+    pgd = unit("pgd", [[True] * 5 + [False] * 5, [True] * 7 + [False] * 3], (0.1, 0.2))  # 5 then 3 robust
+    # a cross-check at ε = 0.1 only breaks 3 more there (within noise): the worst case is 2 at 0.1, 3 at 0.2
+    cross = UnitRecord("square (cross-check)", "square", {}, "linf", (0.1,), 0, 10, [[True] * 8 + [False] * 2], [[0.1] * 10], 100, 0, 1.0)
+    assert compute_flags(digits_model, x, y, [pgd, cross], [True] * 10) == []

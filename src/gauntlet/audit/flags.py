@@ -40,13 +40,26 @@ CHECKS: dict[str, str] = {
     "gradient_masking_gap": "Naive attacks report robustness that adaptive attacks remove",
     "eps_covers_input_range": "An L∞ budget covers the whole input range",
     "no_ensemble": "No AutoAttack-grade ensemble ran: the robust accuracy is an upper bound",
+    "no_gradient_path": "The model has no input gradients: gradient attacks were replaced by a score-based one",
 }
 
 # thresholds (documented in the explanations)
 VANISHING = 1e-4  # first-order change of the logit margin across the whole input range
 ZERO_GRAD_SHARE = 0.05  # flag when at least this share of inputs has vanishing gradients
 PROB_TOL = 1e-3
-LARGE_EPS_SURVIVORS = 0.05  # flag when more than this share survives PGD at a huge budget
+#: the large-ε probe: PGD (the loss and steps gradient audits use), then a longer PGD with random
+#: restarts on the points it left standing, then Square on what is still standing (only to tell
+#: misleading gradients from unbreakable points).  Not APGD: its adaptive steps break even a model
+#: whose gradients point the wrong way at this budget, and the check asks whether gradient
+#: attacks make progress on the model, not whether anything can break it.
+LARGE_EPS_PROBE: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("pgd", {"steps": 20, "early_stop": True}),
+    ("pgd", {"steps": 100, "restarts": 3, "early_stop": True}),
+)
+LARGE_EPS_FALLBACK: tuple[str, dict[str, Any]] = ("square", {"max_queries": 1000})
+LARGE_EPS_SAMPLES = 128  # correctly classified probe inputs, at most
+BLACK_BOX_ALPHA = 0.05  # a black box must beat the white box beyond noise (one-sided exact McNemar) ...
+BLACK_BOX_MIN_LEAD = 0.10  # ... and by at least this share of the inputs compared (10 pp of robust accuracy)
 MASKING_GAP = 0.10  # flag when naive robust accuracy exceeds the adaptive one by this much
 
 
@@ -171,42 +184,162 @@ def _check_probabilities(model: Model, x: Tensor) -> dict[str, Any] | None:
     )
 
 
-def _large_eps(norm: str, bounds: tuple[float, float], dim: int) -> float:
+def large_eps(norm: str, bounds: tuple[float, float], dim: int) -> float:
+    """Half the input range per value, in ``norm`` (the large-ε probe's budget)."""
     half = 0.5 * (bounds[1] - bounds[0])
     return {"linf": half, "l2": half * math.sqrt(dim), "l1": half * dim}[norm]
 
 
-def _check_large_eps(model: Model, x: Tensor, y: Tensor, norms_used: list[str], seed: int) -> dict[str, Any] | None:
-    from gauntlet.attacks.registry import create
+def large_eps_allowed(n: int) -> int:
+    """Survivors of the large-ε probe that still count as a full break: 1 of up to 200 inputs (an
+    honest model reaches 0), then 0.5%; a model that keeps 2 or more (1.6% of 128) is flagged."""
+    return _tolerance(n)
+
+
+def _probe_attacks(norm: str) -> list[tuple[str, dict[str, Any]]]:
+    from gauntlet.attacks.registry import get_attack_class
+
+    return [(name, dict(params)) for name, params in LARGE_EPS_PROBE if norm in get_attack_class(name).norms]
+
+
+def _probe_text(steps: Sequence[tuple[str, dict[str, Any]]]) -> str:
+    def one(name: str, params: dict[str, Any]) -> str:
+        n = params.get("steps") or params.get("max_queries")
+        r = params.get("restarts")
+        return f"{name}-{n}" + (f"×{r}" if r else "")
+
+    return " → ".join(one(nm, p) for nm, p in steps)
+
+
+def _check_large_eps(
+    model: Model, x: Tensor, y: Tensor, norms_used: list[str], seed: int, *, gradients: bool = True
+) -> dict[str, Any] | None:
+    """At half the input range per value every input can be made almost anything, so a working
+    gradient attack breaks (about) every correctly classified input.  The probe runs PGD-20, then
+    PGD-100 with 3 random restarts on the points it left standing (``LARGE_EPS_PROBE``), so an
+    honest model costs one cheap PGD run (every honest digits and MNIST model measured, adversarially
+    trained ones included, has 0 survivors after it); Square then attacks what is still standing,
+    to tell misleading gradients (Square breaks them) from inputs nothing breaks.
+    Without a gradient path (``gradients=False``) Square is the probe.  Flagged: more than
+    :func:`large_eps_allowed` survivors of the probe (counts, not a share, so 3-5% is not on a
+    knife edge)."""
+    from gauntlet.attacks.registry import create, get_attack_class
 
     with torch.no_grad():
         correct = model.predict(x, count=False) == y
     if not bool(correct.any()):
         return None
-    xc, yc = x[correct], y[correct]
+    xc, yc = x[correct][:LARGE_EPS_SAMPLES], y[correct][:LARGE_EPS_SAMPLES]
+    n = int(xc.shape[0])
+    fb_name, fb_params = LARGE_EPS_FALLBACK
     cases: list[dict[str, Any]] = []
-    for norm in norms_used:
-        eps = _large_eps(norm, model.bounds, int(xc[0].numel()))
-        try:
-            res = create("pgd", norm=norm, eps=eps, steps=20, early_stop=True).run(model, xc, yc, seed=seed)
-        except RuntimeError:  # no usable autograd graph at all: the zero-gradient check reports it
+    for j, norm in enumerate(norms_used):
+        eps = large_eps(norm, model.bounds, int(xc[0].numel()))
+        steps = _probe_attacks(norm) if gradients else []
+        fallback = model.has("scores") and norm in get_attack_class(fb_name).norms
+        if not steps and not fallback:
             continue
-        survive = float((~res.success).float().mean())
-        cases.append({"norm": norm, "eps": eps, "accuracy": survive, "samples": int(xc.shape[0])})
-    bad = [c for c in cases if c["accuracy"] > LARGE_EPS_SURVIVORS]
+        standing = torch.arange(n, device=xc.device)
+        try:
+            for i, (name, params) in enumerate(steps):
+                if standing.numel() == 0:
+                    break
+                res = create(name, norm=norm, eps=eps, **params).run(
+                    model, xc[standing], yc[standing], seed=seed + 10 * j + i, clean_pred=yc[standing]
+                )
+                standing = standing[~res.success]
+        except RuntimeError:  # no usable autograd graph at all: the gradient checks report it
+            continue
+        survivors = int(standing.numel())
+        fb_left: int | None = None
+        if fallback and standing.numel() > 0:
+            res = create(fb_name, norm=norm, eps=eps, **fb_params).run(
+                model, xc[standing], yc[standing], seed=seed + 10 * j + 9, clean_pred=yc[standing]
+            )
+            fb_left = int((~res.success).sum())
+        elif fallback:
+            fb_left = 0
+        if not steps:  # Square was the probe
+            survivors = int(fb_left or 0)
+        cases.append({
+            "norm": norm, "eps": eps, "samples": n, "survivors": survivors, "accuracy": survivors / n,
+            "probe": _probe_text(steps) if steps else _probe_text([(fb_name, fb_params)]),
+            "fallback": _probe_text([(fb_name, fb_params)]) if (steps and fallback) else None,
+            "fallback_survivors": fb_left if steps else None,
+            "allowed": large_eps_allowed(n),
+        })
+    bad = [c for c in cases if c["survivors"] > c["allowed"]]
     if not bad:
         return None
-    worst = max(bad, key=lambda c: c["accuracy"])
+    w = max(bad, key=lambda c: c["accuracy"])
+    fb = w["fallback_survivors"]
+    if fb is None:
+        why = ""
+    elif fb < w["survivors"]:
+        why = (
+            f" The score-based {w['fallback']} then broke {w['survivors'] - fb} of them: the inputs can be broken, "
+            "the gradients point the attacks the wrong way (masked or obfuscated gradients)."
+        )
+    else:
+        why = (
+            f" The score-based {w['fallback']} broke none of them either: the model's decision on these inputs does "
+            "not respond to the input within this budget (a lookup, a hard-coded or non-differentiable branch)."
+        )
     return _flag(
         "no_full_break_at_large_eps",
-        f"PGD (20 steps) at a very large budget ({worst['norm']} ε={worst['eps']:.4g}, half the input range per "
-        f"value) still left {_pct(worst['accuracy'])} of the {worst['samples']} correctly classified inputs "
-        "classified correctly. With such a budget an input can be turned into almost anything, so accuracy "
-        "should fall to about 0; when it does not, the attack cannot make progress on this model, which points "
-        "to gradient masking or a broken attack setup rather than real robustness. What to do: check the "
-        "gradient flags, use stronger or adaptive attacks (more steps, apgd_ce, square, BPDA/EOT) and treat "
-        "the robust accuracies in this report as upper bounds.",
-        {"cases": cases, "threshold": LARGE_EPS_SURVIVORS},
+        f"At a very large budget ({w['norm']} ε={w['eps']:.4g}, half the input range per value) the probe "
+        f"({w['probe']}, each attack on the points the previous ones left) still left {w['survivors']} of the "
+        f"{w['samples']} correctly classified inputs ({_pct(w['accuracy'])}) classified correctly; an honest model "
+        f"reaches 0 (at most {w['allowed']} is tolerated).{why} With such a budget an input can be turned into almost "
+        "anything, so accuracy should fall to about 0; when it does not, the attacks cannot make progress on this "
+        "model, which points to gradient masking or a broken attack setup rather than real robustness. What to do: "
+        "check the gradient flags, use stronger or adaptive attacks (more steps, apgd_ce, square, BPDA/EOT) and "
+        "treat the robust accuracies in this report as upper bounds.",
+        {"cases": cases, "threshold": f"survivors > {w['allowed']} of {w['samples']} (1, or 0.5% of the inputs)"},
+    )
+
+
+def gradient_path(model: Model, x: Tensor, y: Tensor) -> str | None:
+    """``None`` when input gradients flow through ``model`` on the batch ``x``; otherwise why not
+    (no gradients capability, a cut graph — ``torch.round``, ``argmax``, comparisons, ``.detach()``
+    —, a failing backward pass, or gradients exactly zero or non-finite on every input)."""
+    if not model.has("gradients"):
+        return f"the model offers no input gradients (capabilities: {', '.join(sorted(model.capabilities))})"
+    queries, grad_evals = model.queries, model.grad_evals
+    try:
+        with model.attack_mode():
+            g, reason = _input_gradients(model, x.detach(), y)
+    finally:
+        model.queries, model.grad_evals = queries, grad_evals
+    if reason is not None:
+        return reason
+    finite = torch.isfinite(g)
+    if not bool(finite.any()):
+        return "every input gradient is NaN or infinite"
+    if not bool((g[finite] != 0).any()):
+        return (
+            f"the input gradient is exactly zero on all {x.shape[0]} inputs probed (rounding, argmax, comparisons "
+            "or another step with no useful derivative in the forward pass)"
+        )
+    return None
+
+
+def no_gradient_path_flag(reason: str, replaced: Sequence[str], substitutes: Sequence[dict[str, Any]], skipped: Sequence[str]) -> dict[str, Any]:
+    """The flag the evasion study raises when its gradient attacks could not run."""
+    ran = "; ".join(f"{s['label']} ({s['queries']} queries) on {s['threat']}" for s in substitutes) or "nothing"
+    skip = (
+        f" No score-based attack supports {', '.join(skipped)}: those threats were not evaluated." if skipped else ""
+    )
+    return _flag(
+        "no_gradient_path",
+        f"The gradient attacks of this audit ({', '.join(replaced)}) cannot run on this model: {reason}. Instead "
+        f"the audit ran the score-based Square attack, which needs only the model's outputs: {ran}.{skip} Its "
+        "numbers are upper bounds on robustness, weaker than a white-box evaluation, and a model whose gradients "
+        "are hidden is the classic case of obfuscated gradients (Athalye, Carlini & Wagner 2018). What to do: "
+        "audit a differentiable version of the model (remove the rounding/argmax/detach step, or give the defense "
+        "a BPDA stand-in through model.defense), or accept the flag with a reason if the model is a black box by "
+        "design.",
+        {"reason": reason, "replaced": list(replaced), "substitutes": list(substitutes), "not_evaluated": list(skipped)},
     )
 
 
@@ -222,38 +355,61 @@ def _requires_gradients(attack_name: str) -> bool | None:
         return None
 
 
-def _check_black_box(units: Sequence[UnitRecord], clean_correct: Sequence[bool], rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _check_black_box(units: Sequence[UnitRecord], agg: Any) -> dict[str, Any] | None:
+    """A score-based attack that leaves fewer inputs robust than the gradient attacks, compared on
+    the same inputs (a cross-check covers a subsample): per sample, robust to the white box means
+    no gradient attack fooled it.  Flagged when the black box's lead is at least
+    ``BLACK_BOX_MIN_LEAD`` of the inputs compared (and :func:`_tolerance` samples) and beyond noise
+    (one-sided exact McNemar, ``BLACK_BOX_ALPHA``).  On honest models PGD-20 against a 300-query
+    Square is within 5 points of 100 either way; shattered gradients give a lead of 20-60.  The
+    black box's breaks are in the worst case whether or not the flag fires."""
+    from gauntlet.audit.stats import mcnemar_drop_p
+
     kinds = {u.attack: _requires_gradients(u.attack_name) for u in units}
-    by_threat: dict[tuple[str, float], list[dict[str, Any]]] = {}
-    for r in rows:
-        by_threat.setdefault((r["norm"], r["eps"]), []).append(r)
+    by_threat: dict[tuple[str, float], dict[str, list[bool | None]]] = {}
+    for (attack, norm, eps), robust in agg.robust.items():
+        if attack != "worst_case" and kinds.get(attack) is not None:
+            by_threat.setdefault((norm, eps), {})[attack] = robust
     cases: list[dict[str, Any]] = []
-    for (norm, eps), rs in by_threat.items():
-        white = [r for r in rs if kinds.get(r["attack"]) is True]
-        black = [r for r in rs if kinds.get(r["attack"]) is False]
-        if not white or not black:
-            continue
-        best_white = min(white, key=lambda r: r["robust_count"])
-        best_black = min(black, key=lambda r: r["robust_count"])
-        if best_white["robust_count"] - best_black["robust_count"] >= _tolerance(best_white["n"]):
+    for (norm, eps), cells in by_threat.items():
+        white = {a: r for a, r in cells.items() if kinds[a] is True}
+        black = {a: r for a, r in cells.items() if kinds[a] is False}
+        for b_label, b in black.items():
+            shared = [i for i, v in enumerate(b) if v is not None and any(w[i] is not None for w in white.values())]
+            if not shared:
+                continue
+            wb = [all(bool(w[i]) for w in white.values() if w[i] is not None) for i in shared]
+            bb = [bool(b[i]) for i in shared]
+            lead = sum(wb) - sum(bb)
+            if lead < max(_tolerance(len(shared)), math.ceil(BLACK_BOX_MIN_LEAD * len(shared) - 1e-9)):
+                continue
+            p = mcnemar_drop_p(wb, bb)
+            if p >= BLACK_BOX_ALPHA:
+                continue
+            single = {a: sum(1 for i in shared if w[i] is not False) for a, w in white.items()}
             cases.append({
-                "norm": norm, "eps": eps,
-                "black_box": best_black["attack"], "black_box_robust_accuracy": best_black["robust_accuracy"],
-                "best_white_box": best_white["attack"], "white_box_robust_accuracy": best_white["robust_accuracy"],
+                "norm": norm, "eps": eps, "samples": len(shared),
+                "black_box": b_label, "black_box_robust_accuracy": sum(bb) / len(shared),
+                "best_white_box": min(single, key=lambda a: single[a]), "white_box": list(white),
+                "white_box_robust_accuracy": sum(wb) / len(shared),
+                "broken_only_by_black_box": sum(1 for x, z in zip(wb, bb) if x and not z),
+                "p_value": p,
             })
     if not cases:
         return None
     c = max(cases, key=lambda c: c["white_box_robust_accuracy"] - c["black_box_robust_accuracy"])
+    whites = ", ".join(f"'{a}'" for a in c["white_box"])
     return _flag(
         "black_box_beats_white_box",
-        f"At {c['norm']} ε={c['eps']:g} the score-based attack '{c['black_box']}' left robust accuracy at "
-        f"{_pct(c['black_box_robust_accuracy'])}, below the best gradient attack '{c['best_white_box']}' "
-        f"({_pct(c['white_box_robust_accuracy'])}). An attack that sees only the outputs should not beat attacks "
-        "that also see the gradients; when it does, the gradients are misleading (gradient masking or "
-        "obfuscation) and the white-box numbers overstate robustness. What to do: trust the lower number, look "
-        "for non-differentiable or randomised parts of the model, and use adaptive attacks (BPDA, EOT) or a "
-        "stronger ensemble such as autoattack.",
-        {"cases": cases},
+        f"At {c['norm']} ε={c['eps']:g}, on the same {c['samples']} inputs, the score-based attack '{c['black_box']}' "
+        f"left robust accuracy at {_pct(c['black_box_robust_accuracy'])}, below the gradient attacks ({whites}: "
+        f"{_pct(c['white_box_robust_accuracy'])}); it broke {c['broken_only_by_black_box']} inputs that no gradient "
+        f"attack broke (one-sided McNemar p = {c['p_value']:.2g}). An attack that sees only the outputs should not "
+        "beat attacks that also see the gradients; when it does, the gradients are misleading (gradient masking or "
+        "obfuscation) and the white-box numbers overstate robustness. What to do: trust the lower number (the "
+        "worst case includes the black box's breaks), look for non-differentiable or randomised parts of the "
+        "model, and use adaptive attacks (BPDA, EOT) or a stronger ensemble such as autoattack.",
+        {"cases": cases, "alpha": BLACK_BOX_ALPHA, "min_lead": BLACK_BOX_MIN_LEAD},
     )
 
 
@@ -268,6 +424,8 @@ def _check_monotonic(rows: list[dict[str, Any]], worst: list[dict[str, Any]]) ->
         rs = sorted(rs, key=lambda r: r["eps"])
         for a, b in itertools.pairwise(rs):
             if a["robust_accuracy"] is None or b["robust_accuracy"] is None:
+                continue
+            if a.get("attacks", []) != b.get("attacks", []):  # a worst case over other attacks (a cross-check at one ε)
                 continue
             rise_count = b["robust_count"] - a["robust_count"]
             if rise_count >= _tolerance(max(a["n"], b["n"])):
@@ -363,6 +521,7 @@ def compute_flags(
     *,
     max_samples: int = 128,
     seed: int = 0,
+    gradients: bool = True,
 ) -> list[dict[str, Any]]:
     """Run every hygiene check; return the raised flags (warnings) and skipped checks (info).
 
@@ -372,7 +531,10 @@ def compute_flags(
         units: the audit's finished units (for the result-based checks); units against a
             defense's naive view (labels ending in ``" (naive)"``) feed only the masking-gap check.
         clean_correct: per sample of ``x``, whether the model classifies it correctly.
-        seed: seed of the large-ε PGD probe.
+        seed: seed of the large-ε probe.
+        gradients: ``False`` when the audit found no gradient path through the model (its
+            gradient attacks were replaced, see the ``no_gradient_path`` flag): the gradient checks
+            are skipped and the large-ε probe is Square alone.
     """
     flags: list[dict[str, Any]] = []
     f = _check_eot(model)
@@ -392,12 +554,12 @@ def compute_flags(
                     f = _check_probabilities(model, xs)
                     if f:
                         flags.append(f)
-                if model.has("gradients"):
+                if model.has("gradients") and gradients:
                     f = _check_gradients(model, xs, ys)
                     if f:
                         flags.append(f)
-            if model.has("gradients"):
-                f = _check_large_eps(model, xs[:64], ys[:64], norms_used, seed)
+            if model.has("gradients"):  # without a gradient path (gradients=False): Square alone
+                f = _check_large_eps(model, xs, ys, norms_used, seed, gradients=gradients)
                 if f:
                     flags.append(f)
             else:
@@ -415,7 +577,7 @@ def compute_flags(
     audited = [u for u in units if not is_naive(u.attack)]
     if audited:
         agg = aggregate(audited, [bool(c) for c in clean_correct])
-        for f in (_check_black_box(audited, clean_correct, agg.results), _check_monotonic(agg.results, agg.worst_case)):
+        for f in (_check_black_box(audited, agg), _check_monotonic(agg.results, agg.worst_case)):
             if f:
                 flags.append(f)
     if len(audited) < len(units):
