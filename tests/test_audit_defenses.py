@@ -118,8 +118,12 @@ def test_the_audited_model_is_the_adaptive_wrap_and_every_attack_also_runs_on_th
     assert prep.model.adaptive is True and prep.naive_model.adaptive is False
     assert prep.model.preprocessor.bits == 1 and prep.base_model is prep.model.model
     labels = [(u.attack_label, u.naive, u.start) for u in prep.units]
-    assert labels == [("pgd", False, 0), ("pgd", False, 30), ("pgd (naive)", True, 0), ("pgd (naive)", True, 30)]
-    assert len({u.key for u in prep.units}) == 4 and len({u.seed for u in prep.units}) == 4
+    # the score-based cross-check runs on the audited (adaptive) view only
+    assert labels == [
+        ("pgd", False, 0), ("pgd", False, 30), ("pgd (naive)", True, 0), ("pgd (naive)", True, 30),
+        ("square (cross-check)", False, 0), ("square (cross-check)", False, 30),
+    ]
+    assert len({u.key for u in prep.units}) == 6 and len({u.seed for u in prep.units}) == 6
     assert prep.defense_info == {"name": "bit_depth_reduction", "params": {"bits": 1}, "randomized": False, "eot_samples": 1}
 
 
@@ -136,7 +140,7 @@ def test_bit_depth_1_looks_robust_to_naive_pgd_but_not_to_bpda_and_the_worst_cas
     validate_report(rep)
     assert rep["schema_version"] == "2.1"
     assert [(r["attack"], r["eps"]) for r in rep["results"]] == [
-        ("pgd", 0.1), ("pgd", 0.3), ("pgd (naive)", 0.1), ("pgd (naive)", 0.3)
+        ("pgd", 0.1), ("pgd", 0.3), ("pgd (naive)", 0.1), ("pgd (naive)", 0.3), ("square (cross-check)", 0.3)
     ]
     acc = {(r["attack"], r["eps"]): r["robust_accuracy"] for r in rep["results"]}
     d = rep["defense"]
@@ -150,8 +154,10 @@ def test_bit_depth_1_looks_robust_to_naive_pgd_but_not_to_bpda_and_the_worst_cas
         assert row["naive_robust_accuracy"] > row["adaptive_robust_accuracy"]
     assert d["rows"][1]["gap"] >= 0.3
     # the worst case is over the adaptive runs only
-    assert [w["attacks"] for w in rep["worst_case"]] == [["pgd"], ["pgd"]]
-    assert [w["robust_accuracy"] for w in rep["worst_case"]] == [acc[("pgd", 0.1)], acc[("pgd", 0.3)]]
+    # (and the Square cross-check at the largest ε, on the adaptive view too)
+    assert [w["attacks"] for w in rep["worst_case"]] == [["pgd"], ["pgd", "square (cross-check)"]]
+    assert rep["worst_case"][0]["robust_accuracy"] == acc[("pgd", 0.1)]
+    assert rep["worst_case"][1]["robust_accuracy"] <= acc[("pgd", 0.3)]
     # a threshold on the naive label gates it explicitly; the worst-case one fails on the adaptive number
     assert run.report["gate"]["passed"] is False and len(run.report["gate"]["violations"]) == 1
     assert run.report["gate"]["violations"][0].startswith("worst_case linf ε=0.3: robust accuracy")
@@ -264,7 +270,8 @@ def test_certification_is_stored_chunk_by_chunk_resumes_mid_way_and_gives_monoto
     assert len(calls) == 2 and extras_rows(db) == [("certify", 6)]
     calls.clear()
     run = run_audit(spec, store=f"sqlite:///{db}")
-    assert calls == [] and run.resumed and run.report["manifest"]["units_reused"] == 9  # 3 fgsm + 6 certify
+    # 3 fgsm + 3 batches of the Square cross-check (fgsm alone is gradient-only) + 6 certify
+    assert calls == [] and run.resumed and run.report["manifest"]["units_reused"] == 12
     assert comparable(run.report) == comparable(reference)
     validate_report(run.report)
 
@@ -323,7 +330,8 @@ def test_detection_fits_on_the_calibration_samples_and_reports_plain_and_detecto
     for d in (maha, fs):
         for r in d["rows"]:
             assert r["n"] == 30 and 0 <= r["undetected_success_rate"] <= r["success_rate"] <= 1
-    assert [e for e in events if e[1] == "detect"] == [("units", "detect", 6), ("units", "detect", 6), ("merge", "detect", 6)]
+    # 8 units in all: fgsm and pgd x 2 batches, 2 batches of the Square cross-check, 2 detectors
+    assert [e for e in events if e[1] == "detect"] == [("units", "detect", 8), ("units", "detect", 8), ("merge", "detect", 8)]
     assert extras_rows(tmp_path / "g.db") == [("detect", 2)]
     html = (tmp_path / "out" / "report.html").read_text()
     assert "id='detection'" in html and "detector-aware" in html

@@ -75,15 +75,18 @@ def test_an_audit_writes_both_reports_records_the_audit_and_breaks_the_undefende
     assert rep == json.loads(json.dumps(run.report))
     assert rep["schema_version"] == "2.1" and rep["data"]["n"] == 96 and len(rep["data"]["sha256"]) == 64
     assert len(rep["model"]["sha256"]) == 64 and rep["model"]["name"] == "digits-cnn"
-    assert [(r["attack"], r["eps"]) for r in rep["results"]] == [(a, e) for a in ("fgsm", "pgd") for e in (0.05, 0.1, 0.2)]
+    # the Square cross-check runs at the largest ε of the gradient-only threat
+    assert [(r["attack"], r["eps"]) for r in rep["results"]] == [(a, e) for a in ("fgsm", "pgd") for e in (0.05, 0.1, 0.2)] + [
+        ("square (cross-check)", 0.2)
+    ]
     pgd = {r["eps"]: r for r in rep["results"] if r["attack"] == "pgd"}
     assert rep["clean_accuracy"] > 0.9 and pgd[0.2]["robust_accuracy"] < 0.1
     assert pgd[0.2]["grad_evals"] > 0 and pgd[0.2]["queries"] > 0
-    assert rep["gate"] == {"passed": True, "violations": []} and run.exit_code == 0
+    assert (rep["gate"]["passed"], rep["gate"]["violations"]) == (True, []) and run.exit_code == 0
     assert rep["manifest"]["spec"]["seed"] == 0 and "torch" in rep["manifest"]["packages"]
-    assert [e.done for e in events if e.phase == "units"] == list(range(13))  # 12 units: 2 attacks x 6 batches
+    assert [e.done for e in events if e.phase == "units"] == list(range(19))  # 18 units: (2 attacks + cross-check) x 6 batches
     assert events[-1].phase == "done"
-    assert unit_rows(tmp_path / "g.db") == (12, 12)
+    assert unit_rows(tmp_path / "g.db") == (18, 18)
     gal = rep["gallery"]
     assert 1 <= len(gal) <= 6 and all(g["pred_adv"] != g["label"] for g in gal)
     assert all(torch.tensor(g["x_adv"]).sub(torch.tensor(g["x"])).abs().max() <= g["eps"] + 1e-4 for g in gal)
@@ -115,8 +118,8 @@ def test_ctrl_c_then_the_same_call_resumes_computes_only_missing_units_and_equal
     real = executors_mod.run_task
     monkeypatch.setattr(executors_mod, "run_task", lambda env, task: calls.append(task.key) or real(env, task))
     run = run_audit(spec, out_dir=tmp_path / "out", store=store)
-    assert run.resumed and run.reused_units == 8 and len(calls) == 4
-    assert unit_rows(tmp_path / "g.db") == (12, 12)
+    assert run.resumed and run.reused_units == 8 and len(calls) == 10
+    assert unit_rows(tmp_path / "g.db") == (18, 18)
     assert comparable(run.report) == comparable({**reference, "audit_id": run.audit_id})
     assert json.loads((tmp_path / "out" / "report.json").read_text())["manifest"]["units_reused"] == 8
 
@@ -141,7 +144,7 @@ def test_a_crash_marks_the_audit_failed_and_the_rerun_resumes_it(model_file: Pat
     con.close()
     monkeypatch.setattr(executors_mod, "run_task", real)
     run = run_audit(spec, store=store)
-    assert run.resumed and run.reused_units == 3 and unit_rows(tmp_path / "g.db") == (6, 6)
+    assert run.resumed and run.reused_units == 3 and unit_rows(tmp_path / "g.db") == (12, 12)  # 6 fgsm + 6 cross-check
 
 
 def test_a_new_audit_starts_when_the_previous_one_finished_and_the_gate_sees_regressions(model_file: Path, tmp_path: Path) -> None:
@@ -203,7 +206,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_no_unit_and_the_final_rep
     spec_path.write_text(yaml.safe_dump(make_spec(
         model_file, data={"path": "digits96.npz"}, attacks=["fgsm", {"name": "pgd", "steps": 1000}]
     )))
-    total = 12
+    total = 18  # (fgsm, pgd, Square cross-check) x 6 batches
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
 
     def cmd(tag: str) -> list[str]:

@@ -55,7 +55,9 @@ def test_rerunning_a_failed_regression_gate_fails_again(model_file: Path, tmp_pa
     store = f"sqlite:///{tmp_path / 'g.db'}"
     # a one-step PGD with a tiny step fools almost nothing: the baseline looks robust
     barely = [{"name": "pgd", "steps": 1, "step_size": 0.001, "random_start": False, "label": "a"}]
-    first = run_audit(load_spec(spec(model_file, attacks=barely)), store=store, max_regression=0.0)
+    # (the Square cross-check sees through such an attack: the baseline accepts that flag)
+    accept = [{"flag": "black_box_beats_white_box", "reason": "a deliberately weak baseline"}]
+    first = run_audit(load_spec(spec(model_file, attacks=barely, accept_flags=accept)), store=store, max_regression=0.0)
     assert first.report["gate"]["passed"] is True and first.report["gate"]["baseline_audit_id"] is None
     # the same label, a real attack: robust accuracy of "a" falls, far beyond noise
     weaker = spec(model_file, attacks=[{"name": "pgd", "steps": 10, "label": "a"}])
@@ -130,7 +132,7 @@ def test_an_unwritable_out_folder_is_found_before_the_first_unit_and_no_audit_is
     assert [s for _, s in audits(db)] == ["failed"]
     monkeypatch.undo()
     again = run_audit(load_spec(spec(model_file)), out_dir=tmp_path / "out", store=f"sqlite:///{db}")
-    assert again.resumed and again.reused_units == 1 and [s for _, s in audits(db)] == ["done"]
+    assert again.resumed and again.reused_units == 2 and [s for _, s in audits(db)] == ["done"]  # fgsm, Square cross-check
 
 
 # ------------------------------------------------------------------------------------------------
@@ -235,7 +237,9 @@ def test_the_report_says_which_attacks_ran_and_flags_an_evaluation_without_an_en
     from gauntlet.audit.html import render_html
 
     rep = run_audit(load_spec(spec(model_file)), store=None).report
-    assert rep["evaluation_strength"] == {"attacks": [{"label": "a", "name": "fgsm"}], "ensemble": False}
+    assert rep["evaluation_strength"] == {
+        "attacks": [{"label": "a", "name": "fgsm"}, {"label": "square (cross-check)", "name": "square"}], "ensemble": False,
+    }
     flag = next(f for f in rep["flags"] if f["id"] == "no_ensemble")
     assert flag["severity"] == "warning" and "upper bound" in flag["explanation"]
     assert "no AutoAttack-grade ensemble ran: these robust accuracies are upper bounds" in render_html(rep)
