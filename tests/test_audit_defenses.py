@@ -118,12 +118,15 @@ def test_the_audited_model_is_the_adaptive_wrap_and_every_attack_also_runs_on_th
     assert prep.model.adaptive is True and prep.naive_model.adaptive is False
     assert prep.model.preprocessor.bits == 1 and prep.base_model is prep.model.model
     labels = [(u.attack_label, u.naive, u.start) for u in prep.units]
-    # the score-based cross-check runs on the audited (adaptive) view only
+    # the score-based cross-check runs on the audited (adaptive) view only; every attack also runs on
+    # the undefended model, the reference the defended numbers are read against
     assert labels == [
         ("pgd", False, 0), ("pgd", False, 30), ("pgd (naive)", True, 0), ("pgd (naive)", True, 30),
         ("square (cross-check)", False, 0), ("square (cross-check)", False, 30),
+        ("pgd (undefended)", False, 0), ("pgd (undefended)", False, 30),
     ]
-    assert len({u.key for u in prep.units}) == 6 and len({u.seed for u in prep.units}) == 6
+    assert [u.undefended for u in prep.units] == [False] * 6 + [True] * 2
+    assert len({u.key for u in prep.units}) == 8 and len({u.seed for u in prep.units}) == 8
     assert prep.defense_info == {"name": "bit_depth_reduction", "params": {"bits": 1}, "randomized": False, "eot_samples": 1}
 
 
@@ -161,11 +164,25 @@ def test_bit_depth_1_looks_robust_to_naive_pgd_but_not_to_bpda_and_the_worst_cas
     # a threshold on the naive label gates it explicitly; the worst-case one fails on the adaptive number
     assert run.report["gate"]["passed"] is False and len(run.report["gate"]["violations"]) == 1
     assert run.report["gate"]["violations"][0].startswith("worst_case linf ε=0.3: robust accuracy")
+    # the undefended model beside the defended one: its own clean accuracy and worst case per ε, never in
+    # results, the worst case or the gate
+    ref = d["undefended"]
+    assert not any("undefended" in r["attack"] for r in rep["results"])
+    assert [(w["norm"], w["eps"], w["attacks"]) for w in ref["worst_case"]] == [
+        ("linf", 0.1, ["pgd (undefended)"]), ("linf", 0.3, ["pgd (undefended)"])
+    ]
+    for v, w in zip(d["versus"], rep["worst_case"]):
+        u = next(x for x in ref["worst_case"] if x["eps"] == v["eps"])
+        assert v["defended_robust_accuracy"] == w["robust_accuracy"] and v["undefended_robust_accuracy"] == u["robust_accuracy"]
+        assert v["gain"] == pytest.approx(w["robust_accuracy"] - u["robust_accuracy"])
+    assert 0.0 <= ref["clean_accuracy"] <= 1.0 and ref["clean_accuracy"] >= ref["worst_case"][0]["robust_accuracy"]
+    assert "pgd (undefended)" in [c["attack"] for c in rep["cost"]]  # the reference's cost is reported
     flag = next(f for f in rep["flags"] if f["id"] == "gradient_masking_gap")
     assert flag["severity"] == "warning" and "only masking" in flag["explanation"]
     assert flag["evidence"]["cases"][0]["eps"] == 0.3
     html = (tmp_path / "out" / "report.html").read_text()
     assert "id='defense'" in html and "gap (naive − adaptive)" in html and "class='masking'" in html
+    assert "<table class='versus'>" in html and "undefended model" in html
 
 
 def test_a_naive_run_falling_since_the_last_audit_is_no_regression(model_file: Path, tmp_path: Path) -> None:

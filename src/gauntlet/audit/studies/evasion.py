@@ -134,12 +134,21 @@ def naive_label(label: str) -> str:
 CROSS_CHECK_LABEL = "square (cross-check)"
 CROSS_CHECK_QUERIES = 300
 CROSS_CHECK_POINTS = 100
+#: Suffix of the label of an attack run against the *undefended* model (``model.defense`` left
+#: out): the reference the defended numbers are read against.  Such rows live only in the report's
+#: ``defense.undefended`` section: never in ``results``, the worst case or the gate.
+UNDEFENDED_SUFFIX = " (undefended)"
 #: Without a gradient path through the model, the gradient attacks' units are replaced by Square
 #: at the same threats (``NO_GRADIENTS_QUERIES``; AutoAttack's 5000 when an ensemble was replaced).
 NO_GRADIENTS_LABEL = "square (no gradients)"
 NO_GRADIENTS_QUERIES = 1000
-_STUDY_LABELS = (NAIVE_SUFFIX, " (cross-check)", " (no gradients)")
+_STUDY_LABELS = (NAIVE_SUFFIX, " (cross-check)", " (no gradients)", UNDEFENDED_SUFFIX)
 GRADIENT_PROBE_SAMPLES = 16  # inputs whose gradient is probed once, before any unit runs
+
+
+def is_undefended(label: str) -> bool:
+    """Whether ``label`` names a run against the undefended model of ``model.defense``."""
+    return isinstance(label, str) and label.endswith(UNDEFENDED_SUFFIX)
 
 
 def is_cross_check(label: str) -> bool:
@@ -345,8 +354,8 @@ def resolve_attacks(spec: AuditSpec) -> list[AttackChoice]:
                 )
             if label.endswith(_STUDY_LABELS[1:]):
                 raise ConfigError(
-                    f"{place}.label: labels ending in '(cross-check)' or '(no gradients)' are reserved for the "
-                    "audit's own Square runs; choose another label"
+                    f"{place}.label: labels ending in '(cross-check)', '(no gradients)' or '(undefended)' are reserved "
+                    "for the audit's own runs; choose another label"
                 )
             if not threats:
                 if item.preset:
@@ -428,6 +437,7 @@ class Unit:
     stop: int = 0
     seed: int = 0
     naive: bool = False  # attacks the naive view of model.defense (label "<label> (naive)")
+    undefended: bool = False  # attacks the model without model.defense (label "<label> (undefended)")
 
     @property
     def size(self) -> int:
@@ -793,6 +803,46 @@ def defense_rows(results: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 
+def undefended_section(records: Sequence[Mapping[str, Any]], n: int) -> dict[str, Any]:
+    """The undefended model's clean accuracy and worst case per (norm, ε), from its own records
+    (each carries that model's clean outcomes on its batch), and the cost of those runs."""
+    clean: list[bool | None] = [None] * n
+    for r in records:
+        for j, c in enumerate(r.get("clean_correct") or []):
+            clean[int(r["start"]) + j] = bool(c)
+    known = [bool(c) for c in clean if c is not None]
+    agg = aggregate([record_of(r) for r in records], [bool(c) for c in clean])
+    count = sum(known)
+    return {
+        "clean_accuracy": count / len(known) if known else None,
+        "clean_accuracy_ci": list(wilson(count, len(known))) if known else None,
+        "worst_case": [
+            {k: w[k] for k in ("norm", "eps", "robust_accuracy", "robust_accuracy_ci", "robust_count", "n", "attacks")}
+            for w in agg.worst_case
+        ],
+        "cost": agg.cost,
+    }
+
+
+def versus_rows(defended: Sequence[Mapping[str, Any]], undefended: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per (norm, ε): the defended model's worst case (adaptive attacks) beside the undefended one's,
+    and the gain (defended − undefended; what the defense buys against an adaptive attacker)."""
+    ref = {(w["norm"], float(w["eps"])): w for w in undefended}
+    rows = []
+    for w in defended:
+        u = ref.get((w["norm"], float(w["eps"])))
+        if u is None:
+            continue
+        a, b = w.get("robust_accuracy"), u.get("robust_accuracy")
+        rows.append({
+            "norm": w["norm"], "eps": float(w["eps"]),
+            "defended_robust_accuracy": a, "defended_robust_accuracy_ci": w.get("robust_accuracy_ci"),
+            "undefended_robust_accuracy": b, "undefended_robust_accuracy_ci": u.get("robust_accuracy_ci"),
+            "gain": (a - b) if (a is not None and b is not None) else None,
+        })
+    return rows
+
+
 # ------------------------------------------------------------------------------------------------
 # report schema
 _ROW_COMMON = {
@@ -811,6 +861,19 @@ _DEFENSE = {
         "params": {"type": "object"},
         "randomized": {"type": "boolean"},
         "eot_samples": {"type": "integer", "minimum": 1},
+        "undefended": {
+            "type": "object",
+            "required": ["clean_accuracy", "worst_case"],
+            "properties": {
+                "clean_accuracy": SHARE,
+                "worst_case": array_of(["norm", "eps", "robust_accuracy"], {"norm": STRING, "eps": NON_NEGATIVE, **_ROW_COMMON}),
+            },
+        },
+        "versus": array_of(
+            ["norm", "eps", "defended_robust_accuracy", "undefended_robust_accuracy", "gain"],
+            {"norm": STRING, "eps": NON_NEGATIVE, "defended_robust_accuracy": SHARE, "undefended_robust_accuracy": SHARE,
+             "gain": {"type": ["number", "null"], "minimum": -1, "maximum": 1}},
+        ),
         "rows": array_of(
             ["attack", "norm", "eps", "adaptive_robust_accuracy", "naive_robust_accuracy", "gap"],
             {"attack": STRING, "norm": STRING, "eps": NON_NEGATIVE, "adaptive_robust_accuracy": SHARE,
@@ -1138,8 +1201,44 @@ def _defense(report: Mapping[str, Any]) -> str:
     )
     return (
         f"<section id='defense'><h2>Defense — {e(d.get('name'))}</h2>"
-        f"<div class='sub'>{params or 'default parameters'} · {view}</div>{table}{note}</section>"
+        f"<div class='sub'>{params or 'default parameters'} · {view}</div>{_versus(d, report)}{table}{note}</section>"
     )
+
+
+def _versus(d: Mapping[str, Any], report: Mapping[str, Any]) -> str:
+    """Defended (adaptive worst case) beside undefended, clean and per ε."""
+    ref = d.get("undefended")
+    rows = d.get("versus") or []
+    if not isinstance(ref, Mapping) or not rows:
+        return ""
+    body = []
+    for r in rows:
+        gain = r.get("gain")
+        cls = " class='masking'" if is_num(gain) and gain <= 0 else ""
+        body.append(
+            f"<tr{cls}><td>worst case · {e(r.get('norm'))}</td><td class='num'>{eps_text(r.get('eps'))}</td>"
+            f"<td class='num'>{pct(r.get('undefended_robust_accuracy'))}{ci_pct(r.get('undefended_robust_accuracy_ci'))}</td>"
+            f"<td class='num'>{pct(r.get('defended_robust_accuracy'))}{ci_pct(r.get('defended_robust_accuracy_ci'))}</td>"
+            f"<td class='num'>{_signed_pp(gain)}</td></tr>"
+        )
+    head = (
+        "<tr><th>metric</th><th class='num'>ε</th><th class='num'>undefended model</th>"
+        "<th class='num'>defended (adaptive attacks)</th><th class='num'>gain</th></tr>"
+    )
+    acc: Any = report.get("clean_accuracy")
+    n: Any = (report.get("data") or {}).get("n")
+    ci = list(wilson(round(acc * n), n)) if is_num(acc) and isinstance(n, int) and n > 0 else None
+    base: Any = ref.get("clean_accuracy")
+    clean = (
+        f"<tr><td>clean accuracy</td><td class='num'>—</td><td class='num'>{pct(base)}{ci_pct(ref.get('clean_accuracy_ci'))}</td>"
+        f"<td class='num'>{pct(acc)}{ci_pct(ci)}</td><td class='num'>{_signed_pp(acc - base if is_num(acc) and is_num(base) else None)}</td></tr>"
+    )
+    note = (
+        "<p class='note'>The same attacks, with the same budgets, against the model without the defense: a defense "
+        "earns its place only where the defended worst case under adaptive attacks is above the undefended one "
+        "(rows where it is not are highlighted).</p>"
+    )
+    return scroll(f"<table class='versus'>{head}{clean}{''.join(body)}</table>") + note
 
 
 def _cost(report: Mapping[str, Any]) -> str:
@@ -1398,7 +1497,29 @@ class EvasionStudy(Study):
             for t, queries in stand_ins:
                 kept += self._batches(spec_digest, NO_GRADIENTS_LABEL, {"max_queries": queries}, self.threats[t], 0, n)
             return kept
-        return units + self._cross_checks(env, spec_digest)
+        return units + self._cross_checks(env, spec_digest) + self._undefended(n, spec_digest)
+
+    def _undefended(self, n: int, spec_digest: str) -> list[Unit]:
+        """With ``model.defense``: every attack × threat once more against the undefended model, so
+        the report reads the defended numbers against what the defense is meant to improve."""
+        if not self.defended:
+            return []
+        units: list[Unit] = []
+        for t, threat in enumerate(self.threats):
+            eps = tuple(float(v) for v in threat.eps)
+            for a in self.attacks:
+                if t not in a.threats:
+                    continue
+                label = a.label + UNDEFENDED_SUFFIX
+                for start in range(0, n, self.batch_size):
+                    stop = min(n, start + self.batch_size)
+                    key = work_key(spec_digest, "undefended", label, threat.norm, list(eps), threat.targeted, start, stop)
+                    units.append(Unit(
+                        key=key, attack_label=label, attack_name=a.name, params=dict(a.params), norm=threat.norm,
+                        eps=eps, targeted=threat.targeted, start=start, stop=stop, seed=work_seed(self.seed, key),
+                        undefended=True,
+                    ))
+        return units
 
     def _batches(
         self, spec_digest: str, label: str, params: dict[str, Any], threat: ThreatSpec, start: int, stop: int,
@@ -1480,12 +1601,21 @@ class EvasionStudy(Study):
         return max(below) if below else float(min(threat.eps))
 
     def run(self, env: AuditEnv, unit: Unit) -> dict[str, Any]:
+        if unit.undefended:  # the model without the defense: its own clean predictions
+            sl = slice(unit.start, unit.stop)
+            with torch.no_grad():
+                pred = torch.zeros_like(env.y)
+                pred[sl] = env.base_model.predict(env.x[sl]).to(env.y.device)
+            rec = run_unit(env.base_model, env.x, env.y, unit, pred)
+            clean = (pred[sl] == env.y[sl]).tolist()
+            return {**asdict(rec), "eps": list(rec.eps), "targeted": bool(unit.targeted), "clean_correct": clean}
         model = env.naive_model if unit.naive else env.model
         rec = run_unit(model, env.x, env.y, unit, env.clean_pred)
         return {**asdict(rec), "eps": list(rec.eps), "targeted": bool(unit.targeted)}
 
     def merge(self, env: AuditEnv | None, records: Sequence[Mapping[str, Any]], clean_correct: Sequence[bool]) -> StudyOutput:
-        units = [record_of(r) for r in records]
+        undefended = [r for r in records if is_undefended(str(r["attack"]))]
+        units = [record_of(r) for r in records if not is_undefended(str(r["attack"]))]
         clean = [bool(c) for c in clean_correct]
         out = StudyOutput(sections=sections_of(units, clean))
         strength = out.sections["evaluation_strength"] = self.strength(units)
@@ -1517,11 +1647,17 @@ class EvasionStudy(Study):
                 "eot_samples": int(d.get("eot_samples") or 1),
                 "rows": defense_rows(out.sections["results"]),
             }
+            if undefended:
+                ref = undefended_section(undefended, len(clean))
+                out.sections["defense"]["undefended"] = ref
+                out.sections["defense"]["versus"] = versus_rows(out.sections["worst_case"], ref["worst_case"])
+                out.sections["cost"] = out.sections["cost"] + ref.pop("cost")
         return out
 
     @classmethod
     def outcomes(cls, records: Sequence[Mapping[str, Any]], clean_correct: Sequence[bool]) -> dict[tuple[str, Any], list[bool | None]]:
-        agg = aggregate([record_of(r) for r in records], [bool(c) for c in clean_correct])
+        audited = [record_of(r) for r in records if not is_undefended(str(r["attack"]))]
+        agg = aggregate(audited, [bool(c) for c in clean_correct])
         return {
             ("robust_accuracy", (("attack", a), ("eps", e), ("norm", nm))): v for (a, nm, e), v in agg.robust.items()
         }
