@@ -13,7 +13,8 @@ traceback) and exits with code 2.
     ├── CapabilityError        attack needs gradients/scores the model does not offer
     ├── DataError              bad x / y: shape, dtype, NaN/inf, range, labels
     ├── ModelLoadError         missing, corrupt or unsupported model file
-    │   └── UntrustedFileError a pickle refused without trust=True / --trust
+    │   ├── UntrustedFileError a pickle refused without trust=True / --trust
+    │   └── RemoteError        a remote model endpoint is unreachable, times out or answers wrongly
     ├── BudgetExceeded         a query budget was used up
     ├── StoreError             the results store cannot be opened, read or written
     └── ExecutorError          an audit unit failed on every try, or the executor cannot start
@@ -29,6 +30,7 @@ __all__ = [  # sorted; the tree above gives the hierarchy
     "ExecutorError",
     "GauntletError",
     "ModelLoadError",
+    "RemoteError",
     "StoreError",
     "ThreatModelError",
     "UnknownNameError",
@@ -67,6 +69,11 @@ class ModelLoadError(GauntletError, OSError):
 
 class UntrustedFileError(ModelLoadError):
     """Loading this file would unpickle arbitrary code; pass trust=True only for files you trust."""
+
+
+class RemoteError(ModelLoadError):
+    """A remote model (HTTP endpoint) is unreachable, times out, refuses the request or answers
+    something that is not the documented wire format."""
 
 
 class BudgetExceeded(GauntletError, RuntimeError):

@@ -4,6 +4,7 @@ from gauntlet.models.base import InputSpec, Model
 from gauntlet.models.callable_model import CallableModel
 from gauntlet.models.loading import build_arch, detect_format, load, resolve_arch
 from gauntlet.models.onnx_model import OnnxModel
+from gauntlet.models.remote import RemoteModel
 from gauntlet.models.sklearn_model import SklearnModel
 from gauntlet.models.torch_model import TorchModel
 from gauntlet.models.wrapped import WrappedModel
@@ -13,6 +14,7 @@ __all__ = [
     "InputSpec",
     "Model",
     "OnnxModel",
+    "RemoteModel",
     "SklearnModel",
     "TorchModel",
     "WrappedModel",
