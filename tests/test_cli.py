@@ -97,7 +97,7 @@ def test_audit_passes_fails_the_gate_and_prints_a_summary_line_last(model_file: 
     assert res.exit_code == 0, res.output
     lines = res.stdout.strip().splitlines()
     assert lines[-1].startswith("PASS digits-cnn v1: clean") and lines[-1].endswith(f"report {tmp_path / 'out' / 'report.html'}")
-    assert any(line.startswith("worst_case  linf") for line in lines)
+    assert any(re.match(r"worst_case +linf", line) for line in lines)
     assert res.stderr == ""  # not a terminal: no progress bar
     assert (tmp_path / "out" / "report.json").exists() and (tmp_path / "out" / "report.html").exists()
 
@@ -198,7 +198,7 @@ def test_history_and_compare_show_audits_and_mark_regressions(model_file: Path, 
     assert lines[0].split()[:2] == ["id", "created"] and lines[1].split()[0] == "2" and lines[2].split()[0] == "1"
     assert "FAIL" in lines[1] and lines[2].split()[-1] == "-"  # the first audit had no gate configured
     hist = json.loads(invoke("history", "--store", db, "--json").stdout)
-    assert [h["id"] for h in hist] == [2, 1] and hist[0]["gate"]["passed"] is False and hist[1]["units"] == {"done": 2, "total": 2}
+    assert [h["id"] for h in hist] == [2, 1] and hist[0]["gate"]["passed"] is False and hist[1]["units"] == {"done": 4, "total": 4}  # 2 + 2 of the Square cross-check
 
     res = invoke("compare", "1", "2", "--store", db)
     assert res.exit_code == 0
@@ -228,7 +228,8 @@ def test_demo_audits_the_cached_digits_model_and_prints_the_report_path(
     assert res.exit_code == 0, res.output
     assert res.stdout.strip().splitlines()[-1].endswith(f"report {out / 'report.html'}")
     rep = json.loads((out / "report.json").read_text())
-    assert rep["data"]["n"] == 450 and {r["attack"] for r in rep["results"]} == {"fgsm", "pgd"}
+    # the quick preset, and the Square cross-check every gradient-only evaluation gets
+    assert rep["data"]["n"] == 450 and {r["attack"] for r in rep["results"]} == {"fgsm", "pgd", "square (cross-check)"}
     assert {r["norm"] for r in rep["worst_case"]} == {"linf", "l2"}
     assert rep["model"]["name"] == "digits-cnn-demo" and rep["gallery"]
     assert (out / "report.html").stat().st_size > 10_000 and (out / "gauntlet.db").exists()

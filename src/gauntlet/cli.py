@@ -395,6 +395,9 @@ def _print_report(report: dict[str, Any]) -> None:
         typer.echo(f"flag [{f.get('severity')}] {f.get('id')}: {f.get('title')}")
     for v in (report.get("gate") or {}).get("violations", []):
         typer.echo(f"gate violation: {v}")
+    verdict = report.get("verdict")
+    if isinstance(verdict, dict) and verdict.get("sentence"):
+        typer.echo(verdict["sentence"])
 
 
 def _json_sections(report: dict[str, Any]) -> list[str]:
@@ -471,6 +474,7 @@ def _run(
                     **{k: report[k] for k in _json_sections(report)},
                     "flags": [{"id": f.get("id"), "severity": f.get("severity")} for f in report.get("flags", [])],
                     "gate": report.get("gate"),
+                    "verdict": report.get("verdict"),
                     "exit_code": run.exit_code,
                     "summary": line,
                 },

@@ -1179,13 +1179,19 @@ def _defense(report: Mapping[str, Any]) -> str:
         if d.get("randomized")
         else "deterministic: adaptive attacks backpropagate through a differentiable stand-in (BPDA)"
     )
+    ci = {
+        (str(r.get("attack")), str(r.get("norm")), float(r["eps"])): r.get("robust_accuracy_ci")
+        for r in report.get("results") or [] if is_num(r.get("eps"))
+    }
     rows = []
     for r in d.get("rows") or []:
         gap = r.get("gap")
         cls = " class='masking'" if is_num(gap) and gap >= MASKING_GAP - 1e-12 else ""
+        at = (str(r.get("attack")), str(r.get("norm")), float(r["eps"]) if is_num(r.get("eps")) else 0.0)
         rows.append(
             f"<tr{cls}><td>{e(r.get('attack'))}</td><td>{e(r.get('norm'))}</td><td class='num'>{eps_text(r.get('eps'))}</td>"
-            f"<td class='num'>{bar(r.get('adaptive_robust_accuracy'))}</td><td class='num'>{pct(r.get('naive_robust_accuracy'))}</td>"
+            f"<td class='num'>{bar(r.get('adaptive_robust_accuracy'))}{ci_pct(ci.get(at))}</td>"
+            f"<td class='num'>{pct(r.get('naive_robust_accuracy'))}{ci_pct(ci.get((naive_label(at[0]), at[1], at[2])))}</td>"
             f"<td class='num'>{_signed_pp(gap)}</td></tr>"
         )
     head = (
