@@ -42,8 +42,9 @@ def cluster() -> Any:
     ray.shutdown()
 
 
-def spec_32_units(model_file: Path) -> dict[str, Any]:
-    """2 threats x 2 attacks x 8 batches = 32 units."""
+def spec_48_units(model_file: Path) -> dict[str, Any]:
+    """2 threats x 2 attacks x 8 batches = 32 units, and the Square cross-check (fgsm and pgd are gradient-only)
+    at each threat over the same 8 batches: 48 units."""
     return {
         "model": {"path": str(model_file), "name": "digits-cnn", "version": "1", "arch": "digits_cnn"},
         "data": {"name": "digits", "n": 96, "seed": 0},
@@ -57,7 +58,7 @@ def spec_32_units(model_file: Path) -> dict[str, Any]:
 def test_a_ray_audit_on_two_workers_equals_the_local_audit_and_stores_every_unit_once(
     model_file: Path, tmp_path: Path, cluster: Any
 ) -> None:
-    spec = load_spec(spec_32_units(model_file))
+    spec = load_spec(spec_48_units(model_file))
     previous = torch.get_num_threads()
     torch.set_num_threads(1)  # Ray workers run one torch thread each: compare like with like
     try:
@@ -66,12 +67,12 @@ def test_a_ray_audit_on_two_workers_equals_the_local_audit_and_stores_every_unit
         run = run_audit(spec, store=f"sqlite:///{db}", executor=RayExecutor(workers=2))
     finally:
         torch.set_num_threads(previous)
-    assert run.report["manifest"]["plan"]["units"] == 32
+    assert run.report["manifest"]["plan"]["units"] == 48
     assert run.report["manifest"]["executor"]["name"] == "ray"
     assert comparable(run.report) == comparable(local)  # results, worst case, flags, gallery: all equal
     con = sqlite3.connect(db)
     try:
-        assert con.execute("SELECT count(*), count(DISTINCT key) FROM records WHERE study != 'core'").fetchone() == (32, 32)
+        assert con.execute("SELECT count(*), count(DISTINCT key) FROM records WHERE study != 'core'").fetchone() == (48, 48)
     finally:
         con.close()
 
@@ -141,7 +142,7 @@ def test_local_executor_runs_in_plan_order_given_and_validates_its_names() -> No
 
 def test_an_unreachable_ray_address_is_one_line_exit_2_and_nothing_is_written(model_file: Path, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump(spec_32_units(model_file)))
+    spec.write_text(yaml.safe_dump(spec_48_units(model_file)))
     db = tmp_path / "g.db"
     res = CliRunner().invoke(app, [
         "audit", str(spec), "--out", str(tmp_path / "out"), "--store", f"sqlite:///{db}",
@@ -161,7 +162,7 @@ def test_executor_ray_without_ray_installed_says_how_to_install(monkeypatch: pyt
 
 def test_the_json_output_of_a_cli_audit_names_the_executor(model_file: Path, tmp_path: Path) -> None:
     spec = tmp_path / "spec.yaml"
-    small = {**spec_32_units(model_file), "threats": [{"norm": "linf", "eps": 0.1}], "attacks": ["fgsm"], "batch_size": 96}
+    small = {**spec_48_units(model_file), "threats": [{"norm": "linf", "eps": 0.1}], "attacks": ["fgsm"], "batch_size": 96}
     spec.write_text(yaml.safe_dump(small))
     res = CliRunner().invoke(app, ["audit", str(spec), "--out", str(tmp_path / "out"), "--store",
                                    f"sqlite:///{tmp_path / 'g.db'}", "--executor", "local", "--json"])

@@ -153,6 +153,16 @@ def _prefixed(err: GauntletError, place: str) -> GauntletError:
         return err
 
 
+def _safe_url(url: str) -> str:
+    """A URL without its password and query string (where API keys hide), for reports and logs."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    p = urlsplit(url)
+    host = p.hostname or ""
+    netloc = (f"{p.username}:***@" if p.password else (f"{p.username}@" if p.username else "")) + host + (f":{p.port}" if p.port else "")
+    return urlunsplit((p.scheme, netloc, p.path, "", ""))
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -190,20 +200,31 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
     check_thresholds(spec, fail_under, lambda i, th: f"--fail-under {th.describe()!r}")
     m = spec.model
     path = spec.model_path()
+    model: Any
     try:
-        model = load_model(
-            path,
-            arch=m.arch,
-            trust=bool(m.trust if trust is None else trust),
-            bounds=m.bounds,
-            num_classes=m.num_classes,
-            mean=m.mean,
-            std=m.std,
-            input_shape=m.input_shape,
-            **m.arch_kwargs,
-        )
+        if path is None:  # a model served over HTTP: a black box, whatever the server answers
+            from gauntlet.models import RemoteModel
+
+            model = RemoteModel(
+                str(m.url), output=m.output, num_classes=int(m.num_classes or 0), input_shape=list(m.input_shape or []),
+                bounds=m.bounds, **m.remote,
+            )
+        else:
+            model = load_model(
+                path,
+                arch=m.arch,
+                trust=bool(m.trust if trust is None else trust),
+                bounds=m.bounds,
+                num_classes=m.num_classes,
+                mean=m.mean,
+                std=m.std,
+                input_shape=m.input_shape,
+                **m.arch_kwargs,
+            )
     except GauntletError as err:
         raise _prefixed(err, "model") from None
+    except TypeError as exc:  # an unknown RemoteModel option in model.remote
+        raise ConfigError(f"model.remote: {first_line(exc)}; see docs/remote.md for the options") from None
     except Exception as exc:  # noqa: BLE001 - a loader's own failure on a strange file is one line
         raise ModelLoadError(f"model: cannot load {str(path)!r} ({type(exc).__name__}: {first_line(exc)})") from None
     base_model = model
@@ -246,8 +267,9 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
     model_info = {
         "name": m.display_name,
         "version": m.version,
-        "sha256": file_sha256(path),
-        "path": str(m.path),
+        # a url model's identity is its address (what answers there can change without notice)
+        "sha256": file_sha256(path) if path is not None else hashlib.sha256(f"url:{m.url}".encode()).hexdigest(),
+        **({"path": str(m.path)} if path is not None else {"url": _safe_url(str(m.url))}),
         "capabilities": sorted(model.capabilities),
         "num_classes": model.num_classes,
         "bounds": list(model.bounds),

@@ -172,9 +172,15 @@ class DefenseSpec(RegistryItem):
 
 
 class ModelSpec(Strict):
-    """The model file and how to load it (see :func:`gauntlet.models.load`)."""
+    """The model: a file and how to load it (see :func:`gauntlet.models.load`), or a ``url`` of a
+    model served over HTTP (:class:`gauntlet.models.RemoteModel`, attacked as a black box)."""
 
-    path: Text
+    path: Text | None = None
+    url: Text | None = None
+    #: a remote model's answers: scores (``logits`` or ``probabilities`` when known) or ``labels`` only
+    output: typing.Literal["scores", "logits", "probabilities", "labels"] = "scores"
+    #: further RemoteModel options (max_batch_size, max_requests_per_second, api_key_env, timeouts, ...)
+    remote: dict[str, Any] = Field(default_factory=dict)
     name: Text | None = None
     version: Version | None = None
     arch: Text | None = None
@@ -194,9 +200,36 @@ class ModelSpec(Strict):
             raise ValueError(f"must be [low, high] with low < high, got {list(v)!r}")
         return (float(v[0]), float(v[1]))
 
+    @model_validator(mode="after")
+    def _path_or_url(self) -> ModelSpec:
+        if (self.path is None) == (self.url is None):
+            raise ValueError(
+                "give exactly one of path (a model file) or url (a model served over HTTP, see docs/remote.md), got "
+                + ("both" if self.path is not None else "neither")
+            )
+        if self.url is not None:
+            missing = [k for k in ("num_classes", "input_shape") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"a url model needs {' and '.join(missing)} (the server's answers cannot be probed for free)")
+            local = [k for k in ("arch", "mean", "std") if getattr(self, k) is not None] + (["trust"] if self.trust else [])
+            if self.arch_kwargs:
+                local.append("arch_kwargs")
+            if local:
+                raise ValueError(f"{', '.join(local)} only apply to a model file; a url model is used as the server answers")
+        elif self.remote or "output" in self.model_fields_set:
+            raise ValueError("output and remote only apply to a url model; a model file's outputs are read from it")
+        return self
+
     @property
     def display_name(self) -> str:
-        return self.name or Path(self.path).stem
+        if self.name:
+            return self.name
+        if self.url is not None:
+            from urllib.parse import urlsplit
+
+            parts = urlsplit(self.url)
+            return f"{parts.hostname or 'remote'}{parts.path.rstrip('/')}" or "remote"
+        return Path(self.path or "model").stem
 
 
 class DataSpec(Strict):
@@ -267,8 +300,9 @@ class AuditSpec(Strict):
         """The spec file the spec was read from, if any."""
         return self._source
 
-    def model_path(self) -> Path:
-        return _resolve(self.model.path, self._base_dir)
+    def model_path(self) -> Path | None:
+        """The model file resolved against :attr:`base_dir`; ``None`` for a ``url`` model."""
+        return None if self.model.path is None else _resolve(self.model.path, self._base_dir)
 
     def data_source(self) -> str | Path:
         """The dataset name, or its path resolved against :attr:`base_dir`."""
@@ -743,7 +777,9 @@ def spec_hash(spec: AuditSpec) -> str:
     The payload of the built-in studies is the one earlier versions hashed, so unit keys — and
     the unit seeds derived from them — and with them every number of a report stay as they were.
     """
-    exclude = {"path", "name", "version", "trust"} | ({"defense"} if spec.model.defense is None else set())
+    exclude = {"path", "name", "version", "trust", "remote"} | ({"defense"} if spec.model.defense is None else set())
+    if spec.model.url is None:  # the keys a url model added, left out so file audits hash as before
+        exclude |= {"url", "output"}
     payload: dict[str, Any] = {
         "model": spec.model.model_dump(mode="json", exclude=exclude),
         "batch_size": spec.batch_size,
