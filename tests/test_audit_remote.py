@@ -86,6 +86,7 @@ def test_a_labels_only_url_model_is_refused_before_anything_runs_with_the_attack
         ({"url": "http://127.0.0.1:9/p", "num_classes": 10, "input_shape": [1, 8, 8], "arch": "digits_cnn"},
          "model: arch only apply to a model file"),
         ({"path": "m.pt", "remote": {"max_batch_size": 8}}, "model: output and remote only apply to a url model"),
+        ({"path": "m.pt", "output": "labels"}, "model: output and remote only apply to a url model"),
     ],
 )
 def test_a_broken_url_model_block_is_a_one_line_config_error(model: dict[str, Any], message: str) -> None:

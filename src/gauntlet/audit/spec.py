@@ -216,7 +216,7 @@ class ModelSpec(Strict):
                 local.append("arch_kwargs")
             if local:
                 raise ValueError(f"{', '.join(local)} only apply to a model file; a url model is used as the server answers")
-        elif self.remote or "output" in self.model_fields_set:
+        elif self.remote or self.output != "scores":  # (the defaults are fine: a dumped spec carries them)
             raise ValueError("output and remote only apply to a url model; a model file's outputs are read from it")
         return self
 
