@@ -202,6 +202,11 @@ class Square(Attack):
             fooled[todo] = ok
             queries[todo] += used
 
+        # per sample, everything included (the clean check and the search), in the order the base class
+        # calls: batches within an ε, then the next ε
+        used = (queries + 1).cpu()
+        before = ctx.info.get("queries_per_sample")
+        ctx.info["queries_per_sample"] = used if before is None else torch.cat([before, used])
         # search queries (initial evaluation included) of every point this call fooled
         prev = ctx.info.get("queries_successful", torch.zeros(0, dtype=torch.int64))
         qs = torch.cat([prev, queries[fooled & (queries > 0)].cpu()])

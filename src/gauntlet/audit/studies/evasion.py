@@ -94,6 +94,22 @@ GALLERY_SIZE = 6
 NORM_NAMES = ("linf", "l2", "l1")
 Norm = Literal["linf", "l2", "l1"]
 
+#: What each preset runs for an adversary that sees only scores or only labels (``adversary.knowledge``).
+BLACK_BOX_PRESETS: dict[str, dict[str, list[tuple[str, dict[str, Any]]]]] = {
+    "scores": {
+        "quick": [("square", {"max_queries": 1000})],
+        "standard": [("square", {}), ("nes", {})],
+        "thorough": [("square", {"restarts": 2}), ("nes", {}), ("zoo", {})],
+    },
+    "labels": {
+        "quick": [("hopskipjump", {"max_queries": 1000})],
+        "standard": [("hopskipjump", {})],
+        "thorough": [("hopskipjump", {}), ("boundary", {})],
+    },
+}
+#: the capabilities each adversary knowledge allows an attack to use
+KNOWLEDGE = {"white": {"gradients", "scores", "labels"}, "scores": {"scores", "labels"}, "labels": {"labels"}}
+
 #: Attack presets: registry name and parameters, in the order they run.
 PRESETS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "quick": [("fgsm", {}), ("pgd", {"steps": 20, "early_stop": True})],
@@ -189,6 +205,8 @@ class UnitRecord:
     queries: int
     grad_evals: int
     seconds: float
+    #: [eps][sample] queries each sample used, for attacks that count them (black-box attacks)
+    queries_per_sample: list[list[int]] | None = None
 
 
 
@@ -256,6 +274,21 @@ class ThresholdSpec(Threshold):
 
 
 
+class AdversarySpec(Strict):
+    """``adversary:`` what the attacker knows and may spend; it picks what a preset runs.
+
+    ``knowledge``: ``white`` (gradients: the presets as listed), ``scores`` (only the model's scores:
+    Square and NES-PGD, + ZOO in ``thorough``) or ``labels`` (only the top label: HopSkipJump, +
+    Boundary in ``thorough``); an attack listed by name must be one the knowledge allows.
+    ``max_queries``: the per-sample query budget of every black-box attack that does not set its own.
+    ``goal``: ``targeted`` makes every threat that does not say otherwise targeted.
+    """
+
+    knowledge: Literal["white", "scores", "labels"] = "white"
+    max_queries: Annotated[int, Field(strict=True, ge=1)] | None = None
+    goal: Literal["untargeted", "targeted"] | None = None
+
+
 class HeadlineEps(Strict):
     """``headline_eps: {norm: l2, eps: 0.5}``."""
 
@@ -273,6 +306,7 @@ class EvasionBlock(Strict):
     #: the ε the verdict and the cards lead with: a number (the first threat that evaluates it) or
     #: {norm: l2, eps: 0.5}; default: the ε of the first evasion gate rule, else see EvasionStudy.headline
     headline_eps: PositiveFloat | HeadlineEps | None = None
+    adversary: AdversarySpec | None = None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -310,8 +344,13 @@ def resolve_attacks(spec: AuditSpec) -> list[AttackChoice]:
         raise ConfigError("spec: missing required field 'threats'; attacks run against threats such as [{norm: linf, eps: [0.1]}]")
     out: list[AttackChoice] = []
     labels: dict[str, str] = {}
+    adversary = getattr(spec, "adversary", None)
+    knowledge = adversary.knowledge if adversary is not None else "white"
     for i, item in enumerate(spec.attacks):
-        entries = PRESETS[item.preset] if item.preset else [(item.name or "", dict(item.params))]
+        if item.preset:
+            entries = BLACK_BOX_PRESETS[knowledge][item.preset] if knowledge != "white" else PRESETS[item.preset]
+        else:
+            entries = [(item.name or "", dict(item.params))]
         for name, params in entries:
             place = f"attacks[{i}]"
             try:
@@ -319,6 +358,16 @@ def resolve_attacks(spec: AuditSpec) -> list[AttackChoice]:
             except GauntletError as err:
                 hint = f"; for the preset write {{preset: {name}}}" if name in PRESETS else ""
                 raise ConfigError(f"{place}: {err}{hint}") from None
+            beyond = set(cls.requires) - KNOWLEDGE[knowledge]
+            if beyond:
+                allowed = sorted({n for p in BLACK_BOX_PRESETS[knowledge].values() for n, _ in p}) if knowledge != "white" else []
+                raise ConfigError(
+                    f"{place}: {name} needs {', '.join(sorted(beyond))} but adversary.knowledge is {knowledge!r}; "
+                    f"use an attack that sees only {'scores' if knowledge == 'scores' else 'labels'}, e.g. "
+                    + ", ".join(allowed)
+                )
+            if adversary is not None and adversary.max_queries is not None and "max_queries" in cls._param_names():
+                params = {**params, "max_queries": adversary.max_queries} if "max_queries" not in (item.params or {}) else params
             accepted = cls._param_names()
             for key in params:
                 if key in _RESERVED_PARAMS:
@@ -512,6 +561,14 @@ def run_unit(model: Any, x: Tensor, y: Tensor, unit: Unit, clean_pred: Tensor | 
     res = attack.run(model, x[sl], y[sl], seed=unit.seed, clean_pred=None if clean_pred is None else clean_pred[sl])
     success = res.success.reshape(len(unit.eps), -1)
     norms = res.norms.reshape(len(unit.eps), -1)
+    per = res.info.get("queries_per_sample") if isinstance(res.info, Mapping) else None
+    qps = None
+    if per is not None:
+        q = torch.as_tensor(per).reshape(-1)
+        if q.numel() == success.shape[1] and success.shape[0] > 1:
+            q = q.repeat(success.shape[0])  # a minimal-norm search, run once for every ε: its whole cost each
+        if q.numel() == success.numel():
+            qps = [[int(v) for v in row] for row in q.reshape(len(unit.eps), -1).tolist()]
     return UnitRecord(
         attack=unit.attack_label,
         attack_name=unit.attack_name,
@@ -525,6 +582,7 @@ def run_unit(model: Any, x: Tensor, y: Tensor, unit: Unit, clean_pred: Tensor | 
         queries=int(res.queries),
         grad_evals=int(res.grad_evals),
         seconds=float(res.seconds),
+        queries_per_sample=qps,
     )
 
 
@@ -619,6 +677,7 @@ class _Cell:
 
     success: list[bool | None]
     norms: list[float | None]
+    spent: list[int | None] = field(default_factory=list)  # per-sample queries, where the attack counts them
     queries: int = 0
     grad_evals: int = 0
     seconds: float = 0.0
@@ -674,6 +733,21 @@ def _summarise(success: list[bool | None], norms: list[float | None], clean_corr
     }
 
 
+def _queries_summary(success: list[bool | None], spent: list[int | None], clean_correct: Sequence[bool]) -> dict[str, Any]:
+    """For attacks that count queries per sample: the median queries per success and the success
+    rate (of the correctly classified samples) reached within each query budget, as a curve."""
+    correct = [i for i, s in enumerate(success) if s is not None and clean_correct[i]]
+    hits = sorted(q for i in correct if success[i] and (q := spent[i]) is not None)
+    curve: list[list[float]] = []
+    if correct and hits:
+        marks = sorted({hits[min(len(hits) - 1, round(k * (len(hits) - 1) / 24))] for k in range(25)})
+        curve = [[float(q), sum(1 for h in hits if h <= q) / len(correct)] for q in marks]
+    return {
+        "median_queries_per_success": _median([float(h) for h in hits]),
+        "success_vs_queries": curve,
+    }
+
+
 def _robust(success: list[bool | None], clean_correct: Sequence[bool]) -> list[bool | None]:
     return [None if s is None else bool(clean_correct[i]) and not s for i, s in enumerate(success)]
 
@@ -719,6 +793,10 @@ def aggregate(units: Sequence[UnitRecord], clean_correct: Sequence[bool]) -> Agg
                 i = u.start + j
                 s = bool(u.success[e_i][j])
                 v = float(u.norms[e_i][j])
+                if u.queries_per_sample is not None:
+                    if not cell.spent:
+                        cell.spent = [None] * n
+                    cell.spent[i] = int(u.queries_per_sample[e_i][j])
                 prev = cell.success[i]
                 if prev is None or (s and not prev):
                     cell.success[i], cell.norms[i] = s, v
@@ -731,6 +809,8 @@ def aggregate(units: Sequence[UnitRecord], clean_correct: Sequence[bool]) -> Agg
         row = {"attack": attack, "norm": norm, "eps": eps}
         row.update(_summarise(cell.success, cell.norms, clean_correct))
         row.update({"queries": cell.queries, "grad_evals": cell.grad_evals, "seconds": cell.seconds})
+        if cell.spent:
+            row.update(_queries_summary(cell.success, cell.spent, clean_correct))
         out.results.append(row)
         out.robust[(attack, norm, eps)] = _robust(cell.success, clean_correct)
 
@@ -885,7 +965,8 @@ _SECTIONS = {
     "results": array_of(
         ["attack", "norm", "eps", "robust_accuracy", "success_rate", "median_perturbation", "queries", "grad_evals", "seconds"],
         {"attack": STRING, "norm": STRING, "eps": NON_NEGATIVE, **_ROW_COMMON, "queries": COUNT, "grad_evals": COUNT,
-         "seconds": NON_NEGATIVE},
+         "seconds": NON_NEGATIVE, "median_queries_per_success": NUM_OR_NULL,
+         "success_vs_queries": {"type": "array", "items": {"type": "array", "minItems": 2, "maxItems": 2}}},
     ),
     "worst_case": array_of(
         ["norm", "eps", "robust_accuracy"],
@@ -901,7 +982,7 @@ _SECTIONS = {
     "evaluation_strength": {
         "type": "object",
         "required": ["attacks", "ensemble"],
-        "properties": {"attacks": {"type": "array"}, "ensemble": {"type": "boolean"}},
+        "properties": {"attacks": {"type": "array"}, "ensemble": {"type": "boolean"}, "adversary": {"type": "object"}},
     },
 }
 
@@ -1068,6 +1149,42 @@ def _is_headline(headline: Any, norm: str, x: float) -> bool:
     )
 
 
+def _queries_section(report: Mapping[str, Any]) -> str:
+    """Black-box attacks: success rate vs queries per sample (one line per attack and ε) and the
+    median queries per success."""
+    rows = [r for r in report.get("results") or [] if r.get("success_vs_queries")]
+    if not rows:
+        return ""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.4, 3.5), dpi=160)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, r in enumerate(rows[:10]):
+        pts = [(0.0, 0.0), *((float(q), float(v)) for q, v in r["success_vs_queries"])]
+        ax.step([q for q, _ in pts], [100 * v for _, v in pts], where="post", linewidth=1.6, color=f"C{i % 10}",
+                label=f"{r['attack']} {r['norm']} ε={float(r['eps']):g}")
+    ax.set_xscale("symlog", linthresh=10)
+    url = plot_png(fig, ax, "queries per sample", "success rate (%)", "Success vs queries")
+    body = "".join(
+        f"<tr><td>{e(r.get('attack'))}</td><td>{e(r.get('norm'))}</td><td class='num'>{eps_text(r.get('eps'))}</td>"
+        f"<td class='num'>{pct(r.get('success_rate'))}</td><td class='num'>{num(r.get('median_queries_per_success'), '{:.0f}')}</td></tr>"
+        for r in rows
+    )
+    head = (
+        "<tr><th>attack</th><th>norm</th><th class='num'>ε</th><th class='num'>success rate</th>"
+        "<th class='num'>median queries per success</th></tr>"
+    )
+    table = f"<table class='queries'>{head}{body}</table>"
+    return (
+        "<section id='queries'><h2>Queries</h2><div class='plots'><figure><img class='plot' alt='success rate versus "
+        f"queries' src='{url}'><figcaption>Share of the correctly classified samples fooled within a number of queries "
+        "per sample (everything counted: the clean check and the search).</figcaption></figure></div>"
+        f"{scroll(table)}</section>"
+    )
+
+
 def _ci(row: Mapping[str, Any]) -> str:
     ci = row.get("robust_accuracy_ci")
     if not (isinstance(ci, (list, tuple)) and len(ci) == 2 and all(is_num(v) for v in ci)):
@@ -1117,6 +1234,13 @@ def _strength_html(report: Mapping[str, Any]) -> str:
     if not isinstance(s, Mapping):
         return ""
     ran = ", ".join(e(a.get("label")) for a in s.get("attacks") or [] if isinstance(a, Mapping))
+    adv = s.get("adversary")
+    if isinstance(adv, Mapping):
+        budget = f", at most {num(adv.get('max_queries'))} queries per sample" if adv.get("max_queries") else ""
+        return (
+            f"<p class='sub' id='strength'>Adversary: sees only the model's <b>{e(adv.get('knowledge'))}</b>{budget}. "
+            f"Evaluation strength: {ran} — robust accuracy against this adversary, an upper bound for a stronger one.</p>"
+        )
     if s.get("ensemble"):
         return f"<p class='sub' id='strength'>Evaluation strength: {ran} — includes an AutoAttack-grade ensemble.</p>"
     return (
@@ -1313,6 +1437,9 @@ class EvasionStudy(Study):
         self.batch_size = spec.batch_size
         self.seed = spec.seed
         self.headline_request = _headline_request(spec)
+        adversary = getattr(spec, "adversary", None)
+        self.knowledge = adversary.knowledge if adversary is not None else "white"
+        self.max_queries = adversary.max_queries if adversary is not None else None
         #: why no gradient flows through the audited model (``None``: it does, or no attack needs
         #: one); set by :meth:`check`
         self.no_gradients: str | None = None
@@ -1325,6 +1452,15 @@ class EvasionStudy(Study):
     def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> EvasionStudy:
         attacks = resolve_attacks(spec)
         _check_threats(spec)
+        adversary = getattr(spec, "adversary", None)
+        if adversary is not None and adversary.goal is not None:
+            want = adversary.goal == "targeted"
+            for t, threat in enumerate(spec.threats or []):
+                if threat.targeted != want:
+                    raise ConfigError(
+                        f"threats[{t}]: adversary.goal is {adversary.goal!r} but this threat is "
+                        f"{'targeted' if threat.targeted else 'untargeted'}; set targeted: {str(want).lower()} on it"
+                    )
         return cls(spec, attacks)
 
     def headline(self, report: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -1462,9 +1598,13 @@ class EvasionStudy(Study):
             if self.no_gradients is not None:
                 missing -= {"gradients"}  # replaced by Square in the plan
             if missing:
+                use = (
+                    "a decision-based attack such as 'hopskipjump' or 'boundary' (or adversary: {knowledge: labels})"
+                    if "scores" in missing else "a score- or decision-based attack such as 'square'"
+                )
                 raise CapabilityError(
                     f"{a.place}: {a.name} needs {', '.join(sorted(missing))} but the model offers only "
-                    f"{', '.join(sorted(env.model.capabilities))}; use a score- or decision-based attack such as 'square'"
+                    f"{', '.join(sorted(env.model.capabilities))}; use {use}"
                 )
 
     def units_for(self, n: int, spec_digest: str) -> list[Unit]:
@@ -1625,7 +1765,7 @@ class EvasionStudy(Study):
         clean = [bool(c) for c in clean_correct]
         out = StudyOutput(sections=sections_of(units, clean))
         strength = out.sections["evaluation_strength"] = self.strength(units)
-        if not strength["ensemble"]:
+        if not strength["ensemble"] and self.knowledge == "white":  # (no ensemble exists for a black-box adversary)
             out.flags.append(self._no_ensemble_flag(strength))
         if env is not None:
             from gauntlet.audit.flags import compute_flags, no_gradient_path_flag
@@ -1679,7 +1819,10 @@ class EvasionStudy(Study):
             if u.attack not in seen and not is_naive(u.attack):
                 seen.add(u.attack)
                 attacks.append({"label": u.attack, "name": u.attack_name})
-        return {"attacks": attacks, "ensemble": any(a["name"] in _ENSEMBLES for a in attacks)}
+        out: dict[str, Any] = {"attacks": attacks, "ensemble": any(a["name"] in _ENSEMBLES for a in attacks)}
+        if self.knowledge != "white":  # a black-box adversary: what it may query, and how often
+            out["adversary"] = {"knowledge": self.knowledge, "max_queries": self.max_queries}
+        return out
 
     def _no_ensemble_flag(self, strength: Mapping[str, Any] | None = None) -> dict[str, Any]:
         from gauntlet.audit.flags import CHECKS
@@ -1721,7 +1864,10 @@ class EvasionStudy(Study):
     def html(cls, report: Mapping[str, Any]) -> str:
         if not cls.in_report(report):
             return ""
-        return "".join([_plots_section(report), _results(report), _defense(report), _gallery_html(report), _cost(report)])
+        return "".join([
+            _plots_section(report), _results(report), _queries_section(report), _defense(report), _gallery_html(report),
+            _cost(report),
+        ])
 
     @classmethod
     def cards(cls, report: Mapping[str, Any]) -> list[tuple[str, str, str]]:
@@ -1809,6 +1955,9 @@ def record_of(r: Mapping[str, Any] | UnitRecord) -> UnitRecord:
         queries=int(r["queries"]),
         grad_evals=int(r["grad_evals"]),
         seconds=float(r["seconds"]),
+        queries_per_sample=(
+            [[int(v) for v in row] for row in r["queries_per_sample"]] if r.get("queries_per_sample") is not None else None
+        ),
     )
 
 
