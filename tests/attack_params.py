@@ -16,6 +16,9 @@ FAST_PARAMS: dict[str, dict] = {
     "deepfool": {"steps": 20},
     "fab": {"steps": 10, "n_target_classes": 2},
     "square": {"max_queries": 50},
+    "nes": {"max_queries": 50, "samples": 10},
+    "spsa": {"max_queries": 50, "samples": 10},
+    "zoo": {"max_queries": 50, "coordinates": 8},
     "autoattack": {"steps": 5, "n_target_classes": 2, "square_queries": 50},
 }
 
@@ -32,5 +35,8 @@ NORMS: dict[str, tuple[str, ...]] = {
     "deepfool": ("l2", "linf"),
     "fab": ("linf", "l2"),
     "square": ("linf", "l2"),
+    "nes": ("linf", "l2"),
+    "spsa": ("linf",),
+    "zoo": ("linf", "l2"),
     "autoattack": ("linf", "l2"),
 }

@@ -254,6 +254,8 @@ class Attack(abc.ABC):
                 n for n in list_attacks() if get_attack_class(n).requires <= model.capabilities
             ]
             alt = f"; use {' or '.join(repr(a) for a in alternatives)} instead" if alternatives else ""
+            if "scores" in missing and "hopskipjump" not in alternatives:
+                alt += "; a labels-only model needs a decision-based attack such as HopSkipJump"
             raise CapabilityError(
                 f"{self.name} needs {', '.join(sorted(missing))} but {type(model).__name__} offers only "
                 f"{', '.join(sorted(model.capabilities))}{alt}"

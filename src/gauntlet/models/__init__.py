@@ -2,6 +2,7 @@
 
 from gauntlet.models.base import InputSpec, Model
 from gauntlet.models.callable_model import CallableModel
+from gauntlet.models.estimated_gradients import EstimatedGradients
 from gauntlet.models.loading import build_arch, detect_format, load, resolve_arch
 from gauntlet.models.onnx_model import OnnxModel
 from gauntlet.models.remote import RemoteModel
@@ -11,6 +12,7 @@ from gauntlet.models.wrapped import WrappedModel
 
 __all__ = [
     "CallableModel",
+    "EstimatedGradients",
     "InputSpec",
     "Model",
     "OnnxModel",
