@@ -1,7 +1,13 @@
-"""Batched L∞ / L2 / L1 norms, projections and steepest-ascent directions.
+"""Batched L∞ / L2 / L1 (and pixel-count L0) norms, projections and steepest-ascent directions.
 
 All functions work on a batch of perturbations ``delta`` of shape ``(N, ...)`` and take
 ``eps`` as a Python float or a tensor of shape ``(N,)`` (one budget per sample).
+
+``"l0"`` counts changed *pixels*: for image batches ``(N, C, H, W)`` a position counts once
+however many of its ``C`` channels changed (so a one-pixel attack on RGB has L0 = 1, as in
+Su et al. 2019); for any other shape every element is one pixel.  It is used by the sparse
+attacks (one-pixel, patch, sticker) and is not in ``NORMS``, the threat-model norms of the
+dense attacks.
 """
 
 from __future__ import annotations
@@ -15,6 +21,14 @@ Norm = Literal["linf", "l2", "l1"]
 NORMS: tuple[str, ...] = ("linf", "l2", "l1")
 
 _TINY = 1e-12
+L0 = "l0"
+
+
+def pixel_change(delta: Tensor) -> Tensor:
+    """Per-pixel change magnitude, shape ``(N, P)``: L2 over channels for ``(N, C, H, W)``."""
+    if delta.dim() == 4:
+        return delta.pow(2).sum(dim=1).sqrt().flatten(1)
+    return delta.abs().flatten(1)
 
 
 def _view(eps: float | Tensor, like: Tensor) -> float | Tensor:
@@ -32,6 +46,8 @@ def norm(delta: Tensor, p: str) -> Tensor:
         return flat.norm(p=2, dim=1)
     if p == "l1":
         return flat.abs().sum(dim=1)
+    if p == L0:
+        return (pixel_change(delta) > 0).sum(dim=1).to(delta.dtype)
     raise ValueError(f"unknown norm {p!r}")
 
 
@@ -49,7 +65,22 @@ def project(delta: Tensor, p: str, eps: float | Tensor) -> Tensor:
         return delta * factor.view(-1, *([1] * (delta.dim() - 1)))
     if p == "l1":
         return _project_l1(delta, eps)
+    if p == L0:
+        return _project_l0(delta, eps)
     raise ValueError(f"unknown norm {p!r}")
+
+
+def _project_l0(delta: Tensor, eps: float | Tensor) -> Tensor:
+    """Keep the ``floor(eps)`` pixels that changed most (per sample); zero every other pixel."""
+    mag = pixel_change(delta)
+    n, p = mag.shape
+    k = eps.floor().to(torch.int64).view(-1) if isinstance(eps, Tensor) else torch.full((n,), int(eps), dtype=torch.int64)
+    k = k.to(mag.device).clamp(0, p)
+    rank = mag.argsort(dim=1, descending=True, stable=True).argsort(dim=1, stable=True)
+    keep = (rank < k.unsqueeze(1)) & (mag > 0)
+    if delta.dim() == 4:
+        return delta * keep.view(n, 1, *delta.shape[2:]).to(delta.dtype)
+    return delta * keep.view(delta.shape).to(delta.dtype)
 
 
 def _project_l1(delta: Tensor, eps: float | Tensor) -> Tensor:
