@@ -7,7 +7,7 @@ import torch
 
 import gauntlet as gt
 from gauntlet import norms as N
-from tests.attack_params import FAST_PARAMS, NORMS
+from tests.attack_params import FAST_PARAMS, NORMS, PIXEL_BUDGET
 
 EPS = {"linf": 0.1, "l2": 0.6, "l1": 3.0}
 CASES = [(name, norm) for name in gt.attacks.list_attacks() for norm in NORMS.get(name, ("linf",))]
@@ -18,20 +18,34 @@ def make(name: str, norm: str, eps: float | list[float]) -> gt.attacks.Attack:
     params = dict(FAST_PARAMS[name])
     if "norm" in cls._param_names():
         params["norm"] = norm
-    params["eps"] = eps
+    if takes_eps(name):
+        params["eps"] = eps
     return gt.attacks.create(name, **params)
+
+
+def takes_eps(name: str) -> bool:
+    """Sparse attacks (one-pixel, patch, sticker) bound a pixel count or a region, not an ε."""
+    return "eps" in gt.attacks.get_attack_class(name)._param_names()
+
+
+def bound(name: str, norm: str) -> float:
+    """The largest perturbation the contract parameters allow, in ``norm``."""
+    return EPS[norm] if takes_eps(name) else float(PIXEL_BUDGET[name])
 
 
 def test_every_registered_attack_has_contract_parameters() -> None:
     missing = set(gt.attacks.list_attacks()) - set(FAST_PARAMS)
     assert not missing, f"add fast contract parameters to tests/attack_params.py for {sorted(missing)}"
+    sparse = {n for n in gt.attacks.list_attacks() if not takes_eps(n)}
+    assert sparse <= set(PIXEL_BUDGET), f"add the pixel budget of {sorted(sparse - set(PIXEL_BUDGET))} to PIXEL_BUDGET"
 
 
 def test_every_attack_has_a_description_and_keyword_only_parameters() -> None:
     for name in gt.attacks.list_attacks():
         cls = gt.attacks.get_attack_class(name)
         assert cls.description and "\n" not in cls.description, name
-        attack = make(name, NORMS[name][0], EPS[NORMS[name][0]])
+        norm = NORMS[name][0]
+        attack = make(name, norm, EPS.get(norm, 0.0))
         # hyperparameters are stored as given and rebuild an identical attack
         rebuilt = gt.attacks.create(name, **attack.get_params())
         assert rebuilt.get_params() == attack.get_params()
@@ -42,8 +56,8 @@ def test_attack_respects_ball_bounds_shape_and_determinism(name, norm, digits_mo
     x, y = digits_batch
     x, y = x[:8], y[:8]
     x_before = x.clone()
-    eps = EPS[norm]
-    attack = make(name, norm, eps)
+    eps = bound(name, norm)
+    attack = make(name, norm, EPS.get(norm, 0.0))
     r1 = attack.run(digits_model, x, y, seed=3)
     assert torch.equal(x, x_before), "the attack modified its input in place"
     assert r1.x_adv.shape == x.shape and r1.x_adv.dtype == x.dtype and r1.x_adv.device == x.device
@@ -68,7 +82,7 @@ def test_attack_restores_model_mode_and_parameter_grad_flags(name, digits_net, d
     try:
         model = gt.models.TorchModel(digits_net, num_classes=10)
         norm = NORMS[name][0]
-        make(name, norm, EPS[norm]).run(model, x[:4], y[:4], seed=0)
+        make(name, norm, EPS.get(norm, 0.0)).run(model, x[:4], y[:4], seed=0)
         assert digits_net.training, "train mode was not restored"
         assert [p.requires_grad for p in digits_net.parameters()] == flags
         assert all(p.grad is None for p in digits_net.parameters()), "the attack left weight gradients behind"
@@ -78,6 +92,8 @@ def test_attack_restores_model_mode_and_parameter_grad_flags(name, digits_net, d
 
 @pytest.mark.parametrize("name", gt.attacks.list_attacks())
 def test_attack_with_several_eps_returns_one_result_per_eps(name, digits_model, digits_batch) -> None:
+    if not takes_eps(name):
+        pytest.skip(f"{name} bounds a pixel count or a region, not an eps")
     x, y = digits_batch
     norm = NORMS[name][0]
     epsilons = [EPS[norm] / 4, EPS[norm]]
@@ -93,7 +109,7 @@ def test_attack_with_several_eps_returns_one_result_per_eps(name, digits_model, 
 def test_attack_counts_its_queries(name, digits_model, digits_batch) -> None:
     x, y = digits_batch
     norm = NORMS[name][0]
-    res = make(name, norm, EPS[norm]).run(digits_model, x[:4], y[:4], seed=0)
+    res = make(name, norm, EPS.get(norm, 0.0)).run(digits_model, x[:4], y[:4], seed=0)
     assert res.queries > 0
     assert res.queries == digits_model.queries, "reported queries must equal what the model counted"
     budget = FAST_PARAMS[name].get("max_queries")
