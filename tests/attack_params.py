@@ -4,7 +4,23 @@ Every registered attack must have an entry here (a test enforces it), so no atta
 the contract suite.  ``eps`` is added by the tests.
 """
 
+import torch
+
+import gauntlet as gt
+from gauntlet.models.zoo import DigitsCNN
+
+
+def _untrained_surrogate() -> gt.models.TorchModel:
+    """The transfer attack's white-box stand-in: a seeded, untrained digits CNN (the contract
+    checks invariants, not transfer strength)."""
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = DigitsCNN().eval()
+    return gt.models.TorchModel(net, bounds=(0.0, 1.0), num_classes=10, input_shape=(1, 8, 8))
+
+
 FAST_PARAMS: dict[str, dict] = {
+    "transfer": {"surrogate": _untrained_surrogate(), "steps": 3},
     "fgsm": {},
     "bim": {"steps": 5},
     "pgd": {"steps": 5},
@@ -26,6 +42,7 @@ FAST_PARAMS: dict[str, dict] = {
 
 # norms each attack supports in the contract suite (first is the default)
 NORMS: dict[str, tuple[str, ...]] = {
+    "transfer": ("linf", "l2"),
     "fgsm": ("linf", "l2", "l1"),
     "bim": ("linf", "l2", "l1"),
     "pgd": ("linf", "l2", "l1"),

@@ -110,7 +110,10 @@ def test_attack_counts_its_queries(name, digits_model, digits_batch) -> None:
     x, y = digits_batch
     norm = NORMS[name][0]
     res = make(name, norm, EPS.get(norm, 0.0)).run(digits_model, x[:4], y[:4], seed=0)
-    assert res.queries > 0
+    if gt.attacks.get_attack_class(name).requires:
+        assert res.queries > 0
+    else:  # a transfer attack crafts on its own surrogates: the target is never queried
+        assert res.queries == 0
     assert res.queries == digits_model.queries, "reported queries must equal what the model counted"
     budget = FAST_PARAMS[name].get("max_queries")
     if budget is not None:
