@@ -465,6 +465,8 @@ def execute(
             out = study.merge(env, records, clean)
             sections.update(out.sections)
             flags.extend(out.flags)
+        for study in prep.studies:  # flags that compare one study's numbers with another's
+            flags.extend(study.cross_flags(sections))
     except BaseException as exc:
         if store is not None and audit_id is not None:
             try:  # interrupted: still unfinished, and free for any process to resume

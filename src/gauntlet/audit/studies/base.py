@@ -276,6 +276,12 @@ class Study(ABC):
         """The study's report sections from its records (in plan order).  ``env`` is ``None`` when
         only records are available (rebuilding a report), so model-based extras are skipped."""
 
+    def cross_flags(self, sections: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Hygiene flags that compare this study's sections with other studies' (``sections``: every
+        study's merged sections of this audit, e.g. a transfer attack that beats the evasion
+        study's white-box worst case).  Called once all studies have merged.  Default: none."""
+        return []
+
     @classmethod
     def outcomes(cls, records: Sequence[Mapping[str, Any]], clean_correct: Sequence[bool]) -> dict[tuple[str, Any], list[bool | None]]:
         """Per-sample outcomes (True counts towards the metric) of the metrics that are a share of
