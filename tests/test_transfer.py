@@ -120,10 +120,16 @@ def test_ti_gradient_is_the_plain_gradient_smoothed_by_the_gaussian_kernel(digit
 
 def test_input_diversity_resizes_and_pads_but_keeps_the_shape(digits_batch, surrogate_nets) -> None:
     x, _ = digits_batch
-    always = TransferSurrogate([wrap(surrogate_nets[0])], generator=torch.Generator().manual_seed(1), diversity=1.0, resize_rate=1.5)
-    seen = [always._diverse(x) for _ in range(8)]
-    assert all(s.shape == x.shape for s in seen)
-    assert any(not torch.equal(s, x) for s in seen), "diversity=1 must transform the input"
+    for rate in (0.75, 1.5):  # shrink and pad back; enlarge, pad and resize back
+        always = TransferSurrogate([wrap(surrogate_nets[0])], generator=torch.Generator().manual_seed(1), diversity=1.0, resize_rate=rate)
+        seen = [always._diverse(x) for _ in range(8)]
+        assert all(s.shape == x.shape for s in seen)
+        assert any(not torch.equal(s, x) for s in seen), "diversity=1 must transform the input"
+    shrunk = TransferSurrogate([wrap(surrogate_nets[0])], generator=torch.Generator().manual_seed(2), diversity=1.0, resize_rate=0.5)
+    for _ in range(8):  # shrinking pads with zeros: some border row or column is blank
+        s = shrunk._diverse(torch.ones_like(x))
+        borders = torch.stack([s[..., 0, :].sum(), s[..., -1, :].sum(), s[..., :, 0].sum(), s[..., :, -1].sum()])
+        assert bool((borders == 0).any())
     never = TransferSurrogate([wrap(surrogate_nets[0])], generator=torch.Generator(), diversity=0.0)
     assert torch.equal(never._diverse(x), x)
 
@@ -132,7 +138,7 @@ def test_mi_di_ti_is_deterministic_per_seed_and_bounded(digits_model, digits_bat
     x, y = digits_batch
     attack = gt.attacks.create(
         "transfer", surrogate=[wrap(n) for n in surrogate_nets], attack="mifgsm", eps=[0.1, 0.3],
-        diversity=0.5, resize_rate=1.25, ti_kernel=3,
+        diversity=0.5, ti_kernel=3,
     )
     a = attack.run(digits_model, x, y, seed=4)
     b = attack.run(digits_model, x, y, seed=4)
@@ -167,6 +173,8 @@ def test_transfer_bad_input_is_one_line(digits_model, digits_batch, surrogate_ne
         gt.attacks.create("transfer", surrogate=wrap(surrogate_nets[0]), attack="mifsgm", eps=0.1)
     with pytest.raises(ConfigError, match="surrogate"):
         gt.attacks.create("transfer", surrogate=surrogate_nets[0], eps=0.1)
+    with pytest.raises(ConfigError, match="resize_rate"):
+        gt.attacks.create("transfer", surrogate=wrap(surrogate_nets[0]), eps=0.1, resize_rate=1.0)
     with pytest.raises(ConfigError, match="ti_kernel"):
         gt.attacks.create("transfer", surrogate=wrap(surrogate_nets[0]), eps=0.1, ti_kernel=4)
     with pytest.raises(ConfigError, match="on transfer itself"):

@@ -6,8 +6,8 @@ sends the result to the target once.  Two input-side tricks make the examples tr
 and apply to any registered gradient attack run on the surrogate:
 
 * **input diversity** (DI, Xie et al. 2019): with probability ``diversity`` each gradient step
-  sees the input randomly resized (by a factor up to ``resize_rate``), randomly padded, and
-  resized back, so the perturbation does not overfit the surrogate's exact pixel grid;
+  sees the input randomly resized (by a factor down to / up to ``resize_rate``) and randomly
+  padded back to its size, so the perturbation does not overfit the surrogate's exact pixel grid;
 * **translation invariance** (TI, Dong et al. 2019): the input gradient is convolved with a
   ``ti_kernel`` × ``ti_kernel`` Gaussian before the step, the gradient of an ensemble of
   translated images, so the perturbation survives the target's different receptive fields.
@@ -72,7 +72,7 @@ class TransferSurrogate(WrappedModel):
         *,
         generator: torch.Generator,
         diversity: float = 0.0,
-        resize_rate: float = 1.1,
+        resize_rate: float = 0.9,
         ti_kernel: int = 1,
     ) -> None:
         super().__init__(*surrogates)
@@ -86,19 +86,31 @@ class TransferSurrogate(WrappedModel):
         self.input_spec = InputSpec(first.input_spec.shape, first.input_spec.dtype, first.bounds)
 
     def _diverse(self, x: Tensor) -> Tensor:
-        """Xie et al.'s random resize-and-pad, resized back to the input size (one draw per call)."""
+        """Xie et al.'s random resize-and-pad (one draw per call), back at the input size.
+
+        ``resize_rate < 1`` shrinks to a random size in ``[rate·H, H)`` and pads back to ``H × W``
+        at a random offset (for models with a fixed input size, as torchattacks' DI² does);
+        ``resize_rate > 1`` enlarges to ``[H, rate·H)``, pads to ``rate·H`` (the paper's 299 → 330)
+        and resizes the result back to ``H × W``.
+        """
         g = self.generator
         if self.diversity <= 0 or float(torch.rand((), generator=g, device=g.device)) >= self.diversity:
             return x
         h, w = int(x.shape[-2]), int(x.shape[-1])
-        big_h, big_w = max(h + 1, round(h * self.resize_rate)), max(w + 1, round(w * self.resize_rate))
-        rh = int(torch.randint(h, big_h, (), generator=g, device=g.device))
-        rw = int(torch.randint(w, big_w, (), generator=g, device=g.device))
+        if self.resize_rate < 1:
+            lo_h, lo_w = min(h - 1, max(1, round(h * self.resize_rate))), min(w - 1, max(1, round(w * self.resize_rate)))
+            out_h, out_w = h, w
+            rh = int(torch.randint(lo_h, h, (), generator=g, device=g.device))
+            rw = int(torch.randint(lo_w, w, (), generator=g, device=g.device))
+        else:
+            out_h, out_w = max(h + 1, round(h * self.resize_rate)), max(w + 1, round(w * self.resize_rate))
+            rh = int(torch.randint(h, out_h, (), generator=g, device=g.device))
+            rw = int(torch.randint(w, out_w, (), generator=g, device=g.device))
         resized = F.interpolate(x, size=(rh, rw), mode="nearest")
-        top = int(torch.randint(0, big_h - rh + 1, (), generator=g, device=g.device))
-        left = int(torch.randint(0, big_w - rw + 1, (), generator=g, device=g.device))
-        padded = F.pad(resized, (left, big_w - rw - left, top, big_h - rh - top), value=0.0)
-        return F.interpolate(padded, size=(h, w), mode="nearest")
+        top = int(torch.randint(0, out_h - rh + 1, (), generator=g, device=g.device))
+        left = int(torch.randint(0, out_w - rw + 1, (), generator=g, device=g.device))
+        padded = F.pad(resized, (left, out_w - rw - left, top, out_h - rh - top), value=0.0)
+        return padded if (out_h, out_w) == (h, w) else F.interpolate(padded, size=(h, w), mode="nearest")
 
     def _forward(self, x: Tensor) -> Tensor:
         if self.kernel is not None and x.requires_grad:
@@ -142,7 +154,9 @@ class Transfer(Attack):
         norm, eps, targeted, batch_size: as for ``pgd``.
         steps: iterations of the surrogate attack (ignored by single-step ones).
         diversity: input-diversity probability (0 = off; Xie et al. use 0.5 with MI-FGSM).
-        resize_rate: DI's largest resize factor (1.1 in the paper's 299 → 330).
+        resize_rate: DI's resize bound: < 1 shrinks to ``[rate·H, H)`` and pads back (fixed-size
+            models; default 0.9), > 1 enlarges to ``[H, rate·H)``, pads and resizes back (the
+            paper's 299 → 330 is 1.1).
         ti_kernel: side of TI's Gaussian gradient kernel (1 = off; odd; 15 on ImageNet, ~5 on 28×28).
         attack_params: other hyperparameters of the surrogate attack (e.g. ``{"decay": 1.0}``).
     """
@@ -161,7 +175,7 @@ class Transfer(Attack):
         "attack": [Check(lambda v: isinstance(v, str) and bool(v), "the name of a registered gradient attack")],
         "steps": STEPS,
         "diversity": [Interval(float, 0, 1)],
-        "resize_rate": [Interval(float, 1, None, closed="neither")],
+        "resize_rate": [Check(lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < 2 and v != 1, "a number in (0, 2) other than 1")],
         "ti_kernel": [Check(lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1 and v % 2 == 1, "an odd int >= 1")],
         "attack_params": [Check(lambda v: isinstance(v, dict), "a dict of the surrogate attack's hyperparameters"), IsNone()],
     }
@@ -175,7 +189,7 @@ class Transfer(Attack):
         eps: float | list[float] | None = None,
         steps: int = 10,
         diversity: float = 0.0,
-        resize_rate: float = 1.1,
+        resize_rate: float = 0.9,
         ti_kernel: int = 1,
         attack_params: dict[str, Any] | None = None,
         targeted: bool = False,
