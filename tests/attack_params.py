@@ -37,6 +37,8 @@ FAST_PARAMS: dict[str, dict] = {
     "nes": {"max_queries": 50, "samples": 10},
     "spsa": {"max_queries": 50, "samples": 10},
     "zoo": {"max_queries": 50, "coordinates": 8},
+    "one_pixel": {"pixels": 2, "max_queries": 50, "popsize": 10},
+    "genattack": {"max_queries": 50},
     "autoattack": {"steps": 5, "n_target_classes": 2, "square_queries": 50},
 }
 
@@ -59,9 +61,33 @@ NORMS: dict[str, tuple[str, ...]] = {
     "nes": ("linf", "l2"),
     "spsa": ("linf",),
     "zoo": ("linf", "l2"),
+    "one_pixel": ("l0",),
+    "genattack": ("linf",),
     "autoattack": ("linf", "l2"),
 }
 
 # sparse attacks take no eps: the most pixels (L0, channels counted once) their contract
 # parameters may change on an 8x8 digit
-PIXEL_BUDGET: dict[str, int] = {}
+PIXEL_BUDGET: dict[str, int] = {
+    "one_pixel": 2,
+}
+
+
+def required_params(name: str) -> dict:
+    """The contract values of ``name``'s parameters that have no default (the transfer attack's
+    surrogate), for tests that build every attack from its defaults."""
+    import inspect
+
+    cls = gt.attacks.get_attack_class(name)
+    sig = inspect.signature(cls.__init__).parameters
+    return {k: FAST_PARAMS[name][k] for k in cls._param_names() if sig[k].default is inspect.Parameter.empty}
+
+
+def budget_params(name: str, eps: float = 0.1) -> dict:
+    """``eps`` for the attacks that take one (sparse attacks bound pixels instead), plus the
+    required parameters."""
+    cls = gt.attacks.get_attack_class(name)
+    out = required_params(name)
+    if "eps" in cls._param_names() and not cls.minimal:
+        out["eps"] = eps
+    return out

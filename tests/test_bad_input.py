@@ -19,6 +19,7 @@ from gauntlet.errors import (
     UnknownNameError,
 )
 from gauntlet.models.base import InputSpec, Model
+from tests.attack_params import budget_params
 
 
 class ScoresOnly(Model):
@@ -360,7 +361,7 @@ def test_an_unknown_attack_parameter_is_a_config_error_with_a_suggestion() -> No
 @pytest.mark.parametrize("name", gt.attacks.list_attacks())
 def test_every_attack_refuses_an_unknown_parameter_with_its_list(name) -> None:
     with pytest.raises(ConfigError) as e:
-        gt.attacks.create(name, eps=0.1, zzz=1)
+        gt.attacks.create(name, **budget_params(name), zzz=1)
     known = gt.attacks.get_attack_class(name)._param_names()
     assert one_line(e) == f"{name}: unknown parameter 'zzz'; {name} takes {', '.join(known)}"
 
@@ -403,8 +404,11 @@ ds = gt.data.load("digits", n=4)
 x = ds.x.clone().requires_grad_(True)
 for name in gt.attacks.list_attacks():
     cls = gt.attacks.get_attack_class(name)
-    params = {} if cls.minimal else {"eps": 0.1}
-    params.update({"steps": 2} if "steps" in cls._param_names() else {})
+    names = cls._param_names()
+    params = {"eps": 0.1} if "eps" in names and not cls.minimal else {}
+    params.update({"steps": 2} if "steps" in names else {})
+    params.update({"max_queries": 100} if "max_queries" in names else {})
+    params.update({"surrogate": model} if "surrogate" in names else {})
     res = gt.attacks.create(name, **params).run(model, x, ds.y)
     assert not res.x_adv.requires_grad and x.grad is None, name
 print("ok")
