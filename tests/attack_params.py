@@ -39,6 +39,9 @@ FAST_PARAMS: dict[str, dict] = {
     "zoo": {"max_queries": 50, "coordinates": 8},
     "one_pixel": {"pixels": 2, "max_queries": 50, "popsize": 10},
     "genattack": {"max_queries": 50},
+    "universal_perturbation": {"steps": 2, "restarts": 2, "minibatch": 4},
+    "patch": {"scale": 0.25, "targeted": False, "steps": 5, "minibatch": 4},
+    "sticker": {"steps": 5, "eot_samples": 2},
     "autoattack": {"steps": 5, "n_target_classes": 2, "square_queries": 50},
 }
 
@@ -63,6 +66,9 @@ NORMS: dict[str, tuple[str, ...]] = {
     "zoo": ("linf", "l2"),
     "one_pixel": ("l0",),
     "genattack": ("linf",),
+    "universal_perturbation": ("linf", "l2"),
+    "patch": ("l0",),
+    "sticker": ("l0",),
     "autoattack": ("linf", "l2"),
 }
 
@@ -70,6 +76,8 @@ NORMS: dict[str, tuple[str, ...]] = {
 # parameters may change on an 8x8 digit
 PIXEL_BUDGET: dict[str, int] = {
     "one_pixel": 2,
+    "patch": 16,  # floor(0.25 * 8 * 8)
+    "sticker": 12,  # the "bars" mask on 8x8: two bars of 1 x 6 pixels
 }
 
 
