@@ -163,6 +163,12 @@ def test_bad_input_is_one_line_errors(digits_model, digits_batch) -> None:
         gt.attacks.create("patch").fit(digits_model, x, y)
     assert "a targeted patch needs a class" in one_line(e)
     with pytest.raises(ConfigError) as e:
+        gt.attacks.create("patch", target_class=3).fit(digits_model, x, y, target=4)
+    assert one_line(e) == "patch: target=4 contradicts target_class=3"
+    with pytest.raises(ConfigError) as e:
+        gt.attacks.create("patch").fit(digits_model, x, y, target=torch.tensor([1, 2]))
+    assert "target must be one class" in one_line(e)
+    with pytest.raises(ConfigError) as e:
         gt.attacks.create("patch", target_class=3).run(digits_model, x, y, target=y)
     assert "pass one of them" in one_line(e)
     with pytest.raises(DataError) as e:

@@ -318,9 +318,9 @@ class PatchAttack(Attack):
         if self.targeted:
             if target is None and self.target_class is None:
                 raise ConfigError(f"{self.name}: a targeted patch needs a class: fit(..., target=<class>) or target_class=")
-            if target is not None and self.target_class is not None and int(target) != self.target_class:
-                raise ConfigError(f"{self.name}: target={target!r} contradicts target_class={self.target_class}")
             cls = check_target_class(self.name, target if target is not None else self.target_class, num_classes)
+            if self.target_class is not None and cls != self.target_class:
+                raise ConfigError(f"{self.name}: target={cls} contradicts target_class={self.target_class}")
         elif target is not None:
             raise ConfigError(f"{self.name}: target was given but the attack is untargeted; pass targeted=True")
         self._check_images(x)
