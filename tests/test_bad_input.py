@@ -402,7 +402,7 @@ torch.manual_seed(0)
 model = gt.models.TorchModel(DigitsCNN().eval(), num_classes=10, input_shape=(1, 8, 8))
 ds = gt.data.load("digits", n=4)
 x = ds.x.clone().requires_grad_(True)
-for name in gt.attacks.list_attacks():
+for name in gt.attacks.list_attacks("evasion"):
     cls = gt.attacks.get_attack_class(name)
     names = cls._param_names()
     params = {"eps": 0.1} if "eps" in names and not cls.minimal else {}

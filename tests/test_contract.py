@@ -10,7 +10,7 @@ from gauntlet import norms as N
 from tests.attack_params import FAST_PARAMS, NORMS, PIXEL_BUDGET
 
 EPS = {"linf": 0.1, "l2": 0.6, "l1": 3.0}
-CASES = [(name, norm) for name in gt.attacks.list_attacks() for norm in NORMS.get(name, ("linf",))]
+CASES = [(name, norm) for name in gt.attacks.list_attacks("evasion") for norm in NORMS.get(name, ("linf",))]
 
 
 def make(name: str, norm: str, eps: float | list[float]) -> gt.attacks.Attack:
@@ -34,14 +34,14 @@ def bound(name: str, norm: str) -> float:
 
 
 def test_every_registered_attack_has_contract_parameters() -> None:
-    missing = set(gt.attacks.list_attacks()) - set(FAST_PARAMS)
+    missing = set(gt.attacks.list_attacks("evasion")) - set(FAST_PARAMS)
     assert not missing, f"add fast contract parameters to tests/attack_params.py for {sorted(missing)}"
-    sparse = {n for n in gt.attacks.list_attacks() if not takes_eps(n)}
+    sparse = {n for n in gt.attacks.list_attacks("evasion") if not takes_eps(n)}
     assert sparse <= set(PIXEL_BUDGET), f"add the pixel budget of {sorted(sparse - set(PIXEL_BUDGET))} to PIXEL_BUDGET"
 
 
 def test_every_attack_has_a_description_and_keyword_only_parameters() -> None:
-    for name in gt.attacks.list_attacks():
+    for name in gt.attacks.list_attacks("evasion"):
         cls = gt.attacks.get_attack_class(name)
         assert cls.description and "\n" not in cls.description, name
         norm = NORMS[name][0]
@@ -74,7 +74,7 @@ def test_attack_respects_ball_bounds_shape_and_determinism(name, norm, digits_mo
     assert torch.equal(r1.x_adv, r2.x_adv), "same seed must give the same output"
 
 
-@pytest.mark.parametrize("name", gt.attacks.list_attacks())
+@pytest.mark.parametrize("name", gt.attacks.list_attacks("evasion"))
 def test_attack_restores_model_mode_and_parameter_grad_flags(name, digits_net, digits_batch) -> None:
     x, y = digits_batch
     digits_net.train()
@@ -90,7 +90,7 @@ def test_attack_restores_model_mode_and_parameter_grad_flags(name, digits_net, d
         digits_net.eval()
 
 
-@pytest.mark.parametrize("name", gt.attacks.list_attacks())
+@pytest.mark.parametrize("name", gt.attacks.list_attacks("evasion"))
 def test_attack_with_several_eps_returns_one_result_per_eps(name, digits_model, digits_batch) -> None:
     if not takes_eps(name):
         pytest.skip(f"{name} bounds a pixel count or a region, not an eps")
@@ -105,7 +105,7 @@ def test_attack_with_several_eps_returns_one_result_per_eps(name, digits_model, 
         assert float(N.norm(one.x_adv - x[:6], norm).max()) <= e * (1 + 1e-5) + 1e-6
 
 
-@pytest.mark.parametrize("name", gt.attacks.list_attacks())
+@pytest.mark.parametrize("name", gt.attacks.list_attacks("evasion"))
 def test_attack_counts_its_queries(name, digits_model, digits_batch) -> None:
     x, y = digits_batch
     norm = NORMS[name][0]

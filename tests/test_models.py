@@ -166,7 +166,7 @@ def test_gradient_attack_on_sklearn_model_is_refused_naming_score_based_alternat
         gt.attacks.create("pgd", eps=0.1, steps=2).run(m, x, y)
     msg = one_line(exc)
     assert "needs gradients" in msg and "SklearnModel" in msg
-    alternatives = [n for n in gt.attacks.list_attacks() if gt.attacks.get_attack_class(n).requires <= m.capabilities]
+    alternatives = [n for n in gt.attacks.list_attacks("evasion") if gt.attacks.get_attack_class(n).requires <= m.capabilities]
     assert _ScoreOnly.name in alternatives
     for name in alternatives:
         assert repr(name) in msg

@@ -202,10 +202,14 @@ def _attack_detail(name: str, as_json: bool) -> None:
         _fail(err, as_json)
     params = _parameters(cls)
     names = {row["name"] for row in params}
+    if cls.kind == "poisoning":
+        _poisoning_detail(cls, params, as_json)
+        return
     info = {
         "name": cls.name,
         "description": cls.description,
         "reference": cls.reference or None,
+        "kind": cls.kind,
         "norms": list(cls.norms),
         "requires": sorted(cls.requires),
         "minimal": cls.minimal,
@@ -222,6 +226,31 @@ def _attack_detail(name: str, as_json: bool) -> None:
         ("eps", "optional: a minimal-norm attack (without eps: the smallest perturbation it finds)" if cls.minimal
          else "required: one budget or a list (one result per ε); in an audit the threats give it"),
         ("targeted", "yes (targeted=True)" if info["targeted"] else "no"),
+    ]
+    _echo_detail(f"{cls.name}: {cls.description}", fields, params)
+
+
+def _poisoning_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> None:
+    from gauntlet.attacks.poisoning import BackdoorAttack
+
+    backdoor = issubclass(cls, BackdoorAttack)
+    info = {
+        "name": cls.name,
+        "description": cls.description,
+        "reference": cls.reference or None,
+        "kind": cls.kind,
+        "backdoor": backdoor,
+        "needs_model": cls.needs_model,
+        "parameters": [{**row, "default": _jsonable(row["default"])} for row in params],
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    fields = [("reference", cls.reference)] if cls.reference else []
+    fields += [
+        ("kind", "poisoning: poison(x_train, y_train, seed=...) returns a PoisonedDataset"
+         + ("; apply_trigger(x) stamps the backdoor's trigger" if backdoor else "")),
+        ("needs", "the victim's or a surrogate model: poison(..., model=...)" if cls.needs_model else "the training data only"),
     ]
     _echo_detail(f"{cls.name}: {cls.description}", fields, params)
 
@@ -279,15 +308,20 @@ def _defense_detail(name: str, kind: str | None, as_json: bool) -> None:
 @app.command()
 def attacks(
     name: str | None = typer.Argument(None, metavar="NAME", help="Show one attack in detail: parameters, defaults, norms, needs, paper."),
+    kind: str | None = typer.Option(None, "--kind", help="Only attacks of this kind: evasion or poisoning."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the registered attacks with one-line descriptions, or show one in detail."""
     from gauntlet.attacks import describe_attacks
+    from gauntlet.errors import GauntletError
 
     if name is not None:
         _attack_detail(name, as_json)
         return
-    table = describe_attacks()
+    try:
+        table = describe_attacks(kind)
+    except GauntletError as err:
+        _fail(err, as_json)
     if as_json:
         typer.echo(json.dumps(table, indent=2))
         return

@@ -83,6 +83,7 @@ class Attack(abc.ABC):
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     reference: ClassVar[str] = ""  # the paper it follows: authors, "title", venue year, URL
+    kind: ClassVar[str] = "evasion"  # the registry's kind (poisoning attacks have their own base)
     requires: ClassVar[frozenset[str]] = frozenset({"gradients"})
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
     minimal: ClassVar[bool] = False  # minimal-norm attack: eps is optional
@@ -251,7 +252,7 @@ class Attack(abc.ABC):
         missing = self.requires - model.capabilities
         if missing:
             alternatives = [
-                n for n in list_attacks() if get_attack_class(n).requires <= model.capabilities
+                n for n in list_attacks("evasion") if get_attack_class(n).requires <= model.capabilities
             ]
             alt = f"; use {' or '.join(repr(a) for a in alternatives)} instead" if alternatives else ""
             if "scores" in missing and "hopskipjump" not in alternatives:

@@ -1,18 +1,21 @@
-"""One registry of attacks: creation, listing and lookup by name."""
+"""One registry of attacks: creation, listing and lookup by name.
+
+Every attack class has a ``kind``: ``"evasion"`` (inference time, :class:`~gauntlet.attacks.Attack`,
+``run(model, x, y)``) or ``"poisoning"`` (training time,
+:class:`~gauntlet.attacks.poisoning.PoisoningAttack`, ``poison(x_train, y_train)``).
+"""
 
 from __future__ import annotations
 
 import difflib
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from gauntlet._validation import check_param_names
 from gauntlet.errors import ConfigError, UnknownNameError
 
-if TYPE_CHECKING:
-    from gauntlet.attacks.base import Attack
-
-_REGISTRY: dict[str, type[Attack]] = {}
-A = TypeVar("A", bound="type[Attack]")
+_REGISTRY: dict[str, Any] = {}
+A = TypeVar("A", bound=type)
+KINDS: tuple[str, ...] = ("evasion", "poisoning")
 
 
 def register(cls: A) -> A:
@@ -20,6 +23,8 @@ def register(cls: A) -> A:
     name = getattr(cls, "name", "")
     if not name or not name.replace("_", "").isalnum() or name.lower() != name:
         raise ConfigError(f"attack class {cls.__name__} needs a lower_snake_case `name`, got {name!r}")
+    if getattr(cls, "kind", "") not in KINDS:
+        raise ConfigError(f"attack class {cls.__name__} needs a `kind` in {KINDS}, got {getattr(cls, 'kind', '')!r}")
     if name in _REGISTRY and _REGISTRY[name] is not cls:
         raise ConfigError(f"attack name {name!r} is registered twice ({_REGISTRY[name].__name__} and {cls.__name__})")
     _REGISTRY[name] = cls
@@ -28,19 +33,33 @@ def register(cls: A) -> A:
 
 def _load_all() -> None:
     # importing the package registers every attack module in it
-    import gauntlet.attacks.evasion  # noqa: F401
+    import gauntlet.attacks.evasion
+    import gauntlet.attacks.poisoning  # noqa: F401
 
 
-def get_attack_class(name: str) -> type[Attack]:
+def _check_kind(kind: str | None, where: str) -> None:
+    if kind is not None and kind not in KINDS:
+        raise ConfigError(f"{where}: kind must be one of {KINDS}, got {kind!r}")
+
+
+def get_attack_class(name: str, kind: str | None = None) -> Any:
+    """The attack class registered as ``name``; with ``kind``, one of that kind only (an
+    evasion spec naming a poisoning attack is told so)."""
     _load_all()
+    _check_kind(kind, "get_attack_class")
+    pool = [n for n, c in _REGISTRY.items() if kind is None or c.kind == kind]
     if not isinstance(name, str) or name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
+        close = difflib.get_close_matches(str(name), pool, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise UnknownNameError(f"unknown attack {name!r}{hint} (gauntlet attacks lists all)")
-    return _REGISTRY[name]
+        what = f"{kind} attack" if kind else "attack"
+        raise UnknownNameError(f"unknown {what} {name!r}{hint} (gauntlet attacks lists all)")
+    cls = _REGISTRY[name]
+    if kind is not None and cls.kind != kind:
+        raise ConfigError(f"{name!r} is a {cls.kind} attack, not an {kind} attack (gauntlet attacks --kind {kind} lists those)")
+    return cls
 
 
-def create(name: str, **params: Any) -> Attack:
+def create(name: str, **params: Any) -> Any:
     """Build a registered attack from its name and keyword hyperparameters.
 
     A keyword the attack does not take is a :class:`~gauntlet.errors.ConfigError` that names the
@@ -51,13 +70,13 @@ def create(name: str, **params: Any) -> Attack:
     return klass(**params)
 
 
-def list_attacks() -> list[str]:
-    """Names of every registered attack, sorted."""
+def list_attacks(kind: str | None = None) -> list[str]:
+    """Names of every registered attack (of one ``kind``: ``"evasion"`` or ``"poisoning"``), sorted."""
     _load_all()
-    return sorted(_REGISTRY)
+    _check_kind(kind, "list_attacks")
+    return sorted(n for n, c in _REGISTRY.items() if kind is None or c.kind == kind)
 
 
-def describe_attacks() -> dict[str, str]:
-    """Name → one-line description."""
-    _load_all()
-    return {n: _REGISTRY[n].description for n in sorted(_REGISTRY)}
+def describe_attacks(kind: str | None = None) -> dict[str, str]:
+    """Name → one-line description (of one ``kind`` when given)."""
+    return {n: _REGISTRY[n].description for n in list_attacks(kind)}

@@ -10,6 +10,8 @@ which interface it offers (each kind's own base class lives in its subpackage):
 ``"detector"``       ``fit(model, x_clean, fpr=...)`` calibrates, ``detect(x)`` flags inputs.
 ``"ensemble"``       ``wrap(models)`` combines several models into one attackable model.
 ``"certification"``  ``certify(model, x, y, seed=...)`` returns certified radii per sample.
+``"sanitizer"``      ``detect(model, x_train, y_train, seed=...)`` scores every training row for
+                     being poison and flags a removal set (training-data defenses).
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from torch import Tensor
 from gauntlet._validation import Constraint, validate_params
 from gauntlet.errors import DataError
 
-Kind = Literal["training", "preprocessing", "detector", "ensemble", "certification"]
-KINDS: tuple[str, ...] = ("training", "preprocessing", "detector", "ensemble", "certification")
+Kind = Literal["training", "preprocessing", "detector", "ensemble", "certification", "sanitizer"]
+KINDS: tuple[str, ...] = ("training", "preprocessing", "detector", "ensemble", "certification", "sanitizer")
 
 
 class Defense:

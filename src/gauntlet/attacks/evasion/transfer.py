@@ -28,7 +28,7 @@ from gauntlet import norms as N
 from gauntlet._validation import Check, Constraint, Interval, IsNone
 from gauntlet.attacks.base import STEPS, Attack, Context
 from gauntlet.attacks.registry import create, get_attack_class, register
-from gauntlet.errors import CapabilityError, ConfigError, UnknownNameError
+from gauntlet.errors import CapabilityError, ConfigError
 from gauntlet.models.base import InputSpec, Model
 from gauntlet.models.wrapped import WrappedModel
 
@@ -218,8 +218,8 @@ class Transfer(Attack):
 
     def _inner_attack(self) -> Attack:
         try:
-            klass = get_attack_class(self.attack)
-        except UnknownNameError as exc:
+            klass = get_attack_class(self.attack, kind="evasion")
+        except ConfigError as exc:
             raise ConfigError(f"transfer: attack: {exc}") from None
         if klass is Transfer or "gradients" not in klass.requires or klass.minimal:
             raise ConfigError(

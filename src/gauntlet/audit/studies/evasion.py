@@ -354,7 +354,7 @@ def resolve_attacks(spec: AuditSpec) -> list[AttackChoice]:
         for name, params in entries:
             place = f"attacks[{i}]"
             try:
-                cls = get_attack_class(name)
+                cls = get_attack_class(name, kind="evasion")
             except GauntletError as err:
                 hint = f"; for the preset write {{preset: {name}}}" if name in PRESETS else ""
                 raise ConfigError(f"{place}: {err}{hint}") from None

@@ -4,9 +4,7 @@ Framework for Detecting Out-of-Distribution Samples and Adversarial Attacks", Ne
 from __future__ import annotations
 
 import contextlib
-import difflib
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +15,7 @@ from gauntlet.defenses.detection._base import Detector
 from gauntlet.defenses.registry import register
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.base import Model
+from gauntlet.models.features import capture, hook_target
 from gauntlet.models.torch_model import TorchModel
 
 
@@ -112,43 +111,10 @@ class MahalanobisDetector(Detector):
         self._hook_target(model.module)
 
     def _hook_target(self, module: nn.Module) -> nn.Module:
-        named = dict(module.named_modules())
-        if self.layer is None:
-            linears = [m for m in named.values() if isinstance(m, nn.Linear)]
-            if not linears:
-                raise ConfigError(
-                    f"{self.name}: the network has no nn.Linear layer to read penultimate features from; "
-                    "pass layer='<submodule name>'"
-                )
-            return linears[-1]
-        if self.layer not in named or self.layer == "":
-            close = difflib.get_close_matches(self.layer, [k for k in named if k], n=3, cutoff=0.5)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-            raise ConfigError(f"{self.name}: the network has no submodule named {self.layer!r}{hint}")
-        return named[self.layer]
+        return hook_target(module, self.layer, self.name)
 
-    @contextlib.contextmanager
-    def _capture(self, module: nn.Module) -> Iterator[list[Tensor]]:
-        target = self._hook_target(module)
-        seen: list[Tensor] = []
-        if self.layer is None:
-
-            def pre_hook(_m: nn.Module, args: tuple[Any, ...]) -> None:
-                seen.append(args[0])
-
-            handle = target.register_forward_pre_hook(pre_hook)
-        else:
-
-            def hook(_m: nn.Module, _args: tuple[Any, ...], out: Any) -> None:
-                if not isinstance(out, Tensor):
-                    raise ConfigError(f"{self.name}: submodule {self.layer!r} does not return a tensor")
-                seen.append(out)
-
-            handle = target.register_forward_hook(hook)
-        try:
-            yield seen
-        finally:
-            handle.remove()
+    def _capture(self, module: nn.Module) -> contextlib.AbstractContextManager[list[Tensor]]:
+        return capture(module, self.layer, self.name)
 
     def features(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """``(φ(x) (N, D), model scores on x)`` from one forward pass (keeps autograd's graph)."""
