@@ -51,8 +51,7 @@ def get_attack_class(name: str, kind: str | None = None) -> Any:
     if not isinstance(name, str) or name not in _REGISTRY:
         close = difflib.get_close_matches(str(name), pool, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        what = f"{kind} attack" if kind else "attack"
-        raise UnknownNameError(f"unknown {what} {name!r}{hint} (gauntlet attacks lists all)")
+        raise UnknownNameError(f"unknown attack {name!r}{hint} (gauntlet attacks lists all)")
     cls = _REGISTRY[name]
     if kind is not None and cls.kind != kind:
         raise ConfigError(f"{name!r} is a {cls.kind} attack, not an {kind} attack (gauntlet attacks --kind {kind} lists those)")
