@@ -72,6 +72,23 @@ def loss_and_grad(
     return loss.detach(), grad, logits.detach()
 
 
+def record_queries(ctx: Context, used: Tensor, fooled: Tensor | None = None) -> None:
+    """Append one batch's per-sample query counts to ``ctx.info["queries_per_sample"]``.
+
+    Black-box attacks call it once per ``_attack`` call; :meth:`Attack.run` shapes the result
+    ``(E, N)`` for a list of ε (see ``per_sample_info``).  With ``fooled`` (bool, per sample) the
+    counts of the points fooled are kept in ``queries_successful`` with their mean and median.
+    """
+    used = used.detach().cpu().clone()
+    prev = ctx.info.get("queries_per_sample")
+    ctx.info["queries_per_sample"] = used if prev is None else torch.cat([prev, used])
+    if fooled is not None:
+        ok = torch.cat([ctx.info.get("queries_successful", torch.zeros(0, dtype=torch.int64)), used[fooled.detach().cpu()]])
+        ctx.info["queries_successful"] = ok
+        ctx.info["mean_queries_successful"] = float(ok.double().mean()) if ok.numel() else float("nan")
+        ctx.info["median_queries_successful"] = float(ok.double().median()) if ok.numel() else float("nan")
+
+
 class Attack(abc.ABC):
     """Base class of every attack.
 
@@ -87,6 +104,9 @@ class Attack(abc.ABC):
     requires: ClassVar[frozenset[str]] = frozenset({"gradients"})
     norms: ClassVar[tuple[str, ...]] = ("linf", "l2", "l1")
     minimal: ClassVar[bool] = False  # minimal-norm attack: eps is optional
+    #: ``info`` entries an attack appends per sample, ``_attack`` call after call (ε by ε, batch by
+    #: batch); for a list of ε, ``run`` reshapes each from ``(E·N,)`` to ``(E, N)`` like ``success``
+    per_sample_info: ClassVar[tuple[str, ...]] = ("queries_per_sample",)
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
 
     # ---------------------------------------------------------------------------------------
@@ -209,6 +229,11 @@ class Attack(abc.ABC):
                 succ.append(pred == target if targeted else pred != y)  # type: ignore[operator]
                 nrm.append(N.norm(adv - x, norm))
         seconds = time.perf_counter() - t0
+        if multi:
+            for key in self.per_sample_info:
+                v = ctx.info.get(key)
+                if isinstance(v, Tensor) and v.dim() == 1 and v.numel() == len(eps_values) * x.shape[0]:
+                    ctx.info[key] = v.view(len(eps_values), -1)
         stack = (lambda t: torch.stack(t)) if multi else (lambda t: t[0])
         return AttackResult(
             attack=self.name,

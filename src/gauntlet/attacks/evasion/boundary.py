@@ -40,7 +40,7 @@ import torch
 from torch import Tensor
 
 from gauntlet._validation import Constraint, Interval, Options
-from gauntlet.attacks.base import Attack, Context
+from gauntlet.attacks.base import Attack, Context, record_queries
 from gauntlet.attacks.evasion.hopskipjump import (
     INIT,
     INIT_CANDIDATES,
@@ -48,7 +48,6 @@ from gauntlet.attacks.evasion.hopskipjump import (
     MAX_QUERIES,
     LabelOracle,
     boundary_search,
-    record_queries,
     starting_points,
     stop_radius,
 )
@@ -163,7 +162,7 @@ class Boundary(Attack):
     def _attack(self, ctx: Context, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
         with torch.inference_mode():
             best, used = self._search(ctx, x, y)
-        record_queries(ctx, used.clone())
+        record_queries(ctx, used)
         return best.clone().reshape(x.shape)
 
     def _search(self, ctx: Context, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:

@@ -45,8 +45,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gauntlet._validation import Boolean, Constraint, Interval, IsNone
-from gauntlet.attacks.base import POSITIVE, Attack, Context
-from gauntlet.attacks.evasion.nes import MAX_QUERIES, log_probabilities, record_queries
+from gauntlet.attacks.base import POSITIVE, Attack, Context, record_queries
+from gauntlet.attacks.evasion.nes import MAX_QUERIES, log_probabilities
 from gauntlet.attacks.registry import register
 from gauntlet.errors import DataError
 from gauntlet.models.estimated_gradients import MAX_BATCH
@@ -168,7 +168,7 @@ class GenAttack(Attack):
         t = ctx.target if ctx.targeted else None
         with torch.inference_mode():
             adv, used, fooled, generations = self._search(ctx, x, y, t, eps)
-        record_queries(ctx, self.eps, used.clone(), fooled.clone())
+        record_queries(ctx, used, fooled)
         ctx.info["generations"] = max(ctx.info.get("generations", 0), generations)
         return adv.clone()
 

@@ -47,7 +47,7 @@ import torch
 from torch import Tensor
 
 from gauntlet._validation import Constraint, Interval, Options
-from gauntlet.attacks.base import Attack, Context
+from gauntlet.attacks.base import Attack, Context, record_queries
 from gauntlet.attacks.registry import register
 from gauntlet.errors import BudgetExceeded
 from gauntlet.threat import as_eps_tuple
@@ -244,13 +244,6 @@ def boundary_search(
     return _project(x0, p, hi, box)
 
 
-def record_queries(ctx: Context, used: Tensor) -> None:
-    """Append one batch's per-sample query counts to ``ctx.info['queries_per_sample']``."""
-    prev = ctx.info.get("queries_per_sample")
-    used = used.cpu()
-    ctx.info["queries_per_sample"] = used if prev is None else torch.cat([prev, used])
-
-
 def _norm(d: Tensor, norm: str) -> Tensor:
     return d.abs().amax(dim=1) if norm == "linf" else d.norm(dim=1)
 
@@ -334,7 +327,7 @@ class HopSkipJump(Attack):
     def _attack(self, ctx: Context, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
         with torch.inference_mode():
             best, used = self._search(ctx, x, y)
-        record_queries(ctx, used.clone())
+        record_queries(ctx, used)
         return best.clone().reshape(x.shape)
 
     # -----------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from gauntlet import norms as N
 from gauntlet._validation import Constraint, Interval, Options
-from gauntlet.attacks.base import OPTIONAL_POSITIVE, Attack, Context
+from gauntlet.attacks.base import OPTIONAL_POSITIVE, Attack, Context, record_queries
 from gauntlet.attacks.losses import margin
 from gauntlet.attacks.registry import register
 from gauntlet.models.estimated_gradients import MAX_BATCH, SAMPLES, SIGMA, estimate_gradient
@@ -50,24 +50,6 @@ def score_loss(name: str, scores: Tensor, y: Tensor, target: Tensor | None, outp
     if target is None:
         return margin(scores, y)
     return -margin(scores, target)
-
-
-def record_queries(ctx: Context, eps: Any, used: Tensor, fooled: Tensor) -> None:
-    """Append one batch's per-sample query counts to ``ctx.info``.
-
-    ``queries_per_sample`` is ``(N,)`` for one ε and ``(E, N)`` for a list of ε (the base class
-    calls ``_attack`` ε by ε, batch by batch, in that order); ``queries_successful`` holds the
-    counts of the points fooled, with their mean and median.
-    """
-    used, fooled = used.cpu(), fooled.cpu()
-    prev = ctx.info.get("queries_per_sample")
-    flat = used if prev is None else torch.cat([prev.flatten(), used])
-    e = len(eps) if isinstance(eps, (list, tuple)) else 1
-    ctx.info["queries_per_sample"] = flat.view(e, -1) if e > 1 and flat.numel() % e == 0 else flat
-    ok = torch.cat([ctx.info.get("queries_successful", torch.zeros(0, dtype=torch.int64)), used[fooled]])
-    ctx.info["queries_successful"] = ok
-    ctx.info["mean_queries_successful"] = float(ok.double().mean()) if ok.numel() else float("nan")
-    ctx.info["median_queries_successful"] = float(ok.double().median()) if ok.numel() else float("nan")
 
 
 class EstimatedGradientAttack(Attack):
@@ -108,7 +90,7 @@ class EstimatedGradientAttack(Attack):
         t = ctx.target if ctx.targeted else None
         with torch.inference_mode():
             adv, used, fooled = self._search(ctx, x, y, t, eps)
-        record_queries(ctx, self.get_params().get("eps"), used.clone(), fooled.clone())
+        record_queries(ctx, used, fooled)
         return adv.clone()
 
     def _search(

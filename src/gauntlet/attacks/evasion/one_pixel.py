@@ -44,8 +44,8 @@ import torch
 from torch import Tensor
 
 from gauntlet._validation import Constraint, Interval, IsNone, Options
-from gauntlet.attacks.base import Attack, Context
-from gauntlet.attacks.evasion.nes import MAX_QUERIES, log_probabilities, record_queries
+from gauntlet.attacks.base import Attack, Context, record_queries
+from gauntlet.attacks.evasion.nes import MAX_QUERIES, log_probabilities
 from gauntlet.attacks.registry import register
 from gauntlet.models.estimated_gradients import MAX_BATCH
 
@@ -154,7 +154,7 @@ class OnePixel(Attack):
         t = ctx.target if ctx.targeted else None
         with torch.inference_mode():
             adv, used, fooled, generations = self._search(ctx, x, y, t)
-        record_queries(ctx, None, used.clone(), fooled.clone())
+        record_queries(ctx, used, fooled)
         ctx.info["generations"] = max(ctx.info.get("generations", 0), generations)
         return adv.clone()
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gauntlet._validation import Constraint, Interval, Options
-from gauntlet.attacks.base import Attack, Context
+from gauntlet.attacks.base import Attack, Context, record_queries
 from gauntlet.attacks.losses import margin
 from gauntlet.attacks.registry import register
 
@@ -204,9 +204,7 @@ class Square(Attack):
 
         # per sample, everything included (the clean check and the search), in the order the base class
         # calls: batches within an ε, then the next ε
-        used = (queries + 1).cpu()
-        before = ctx.info.get("queries_per_sample")
-        ctx.info["queries_per_sample"] = used if before is None else torch.cat([before, used])
+        record_queries(ctx, queries + 1)
         # search queries (initial evaluation included) of every point this call fooled
         prev = ctx.info.get("queries_successful", torch.zeros(0, dtype=torch.int64))
         qs = torch.cat([prev, queries[fooled & (queries > 0)].cpu()])

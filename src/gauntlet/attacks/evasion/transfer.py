@@ -170,6 +170,7 @@ class Transfer(Attack):
     )
     requires: ClassVar[frozenset[str]] = frozenset()
     norms = ("linf", "l2", "l1")
+    per_sample_info: ClassVar[tuple[str, ...]] = ("surrogate_success",)
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "surrogate": [Check(lambda v: _surrogate_list(v) is not None, "a gauntlet Model or a non-empty list of them")],
         "attack": [Check(lambda v: isinstance(v, str) and bool(v), "the name of a registered gradient attack")],
@@ -284,9 +285,7 @@ class Transfer(Attack):
                 pred = plain.predict(x_adv, count=False)
         fooled = pred == ctx.target if ctx.targeted and ctx.target is not None else pred != y
         prev = ctx.info.get("surrogate_success")
-        flat = fooled.cpu() if prev is None else torch.cat([prev.flatten(), fooled.cpu()])
-        e = len(self.eps) if isinstance(self.eps, (list, tuple)) else 1
-        ctx.info["surrogate_success"] = flat.view(e, -1) if e > 1 and flat.numel() % e == 0 else flat
+        ctx.info["surrogate_success"] = fooled.cpu() if prev is None else torch.cat([prev, fooled.cpu()])
         ctx.info["surrogate_queries"] = ctx.info.get("surrogate_queries", 0) + surrogate.queries
         ctx.info["surrogate_grad_evals"] = ctx.info.get("surrogate_grad_evals", 0) + surrogate.grad_evals
         return x_adv

@@ -29,8 +29,8 @@ from torch import Tensor
 
 from gauntlet import norms as N
 from gauntlet._validation import Constraint, Interval
-from gauntlet.attacks.base import POSITIVE, Attack, Context
-from gauntlet.attacks.evasion.nes import MAX_QUERIES, log_probabilities, record_queries
+from gauntlet.attacks.base import POSITIVE, Attack, Context, record_queries
+from gauntlet.attacks.evasion.nes import MAX_QUERIES, log_probabilities
 from gauntlet.attacks.registry import register
 from gauntlet.models.estimated_gradients import MAX_BATCH
 
@@ -112,7 +112,7 @@ class ZOO(Attack):
         t = ctx.target if ctx.targeted else None
         with torch.inference_mode():
             adv, used, fooled = self._search(ctx, x, y, t, eps)
-        record_queries(ctx, self.eps, used.clone(), fooled.clone())
+        record_queries(ctx, used, fooled)
         return adv.clone()
 
     def _loss(self, ctx: Context, x: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
