@@ -300,13 +300,17 @@ class AuditSpec(Strict):
         """The spec file the spec was read from, if any."""
         return self._source
 
+    def resolve_path(self, p: str) -> Path:
+        """A path written in the spec (``~`` expanded), resolved against :attr:`base_dir` when relative."""
+        return _resolve(p, self._base_dir)
+
     def model_path(self) -> Path | None:
         """The model file resolved against :attr:`base_dir`; ``None`` for a ``url`` model."""
-        return None if self.model.path is None else _resolve(self.model.path, self._base_dir)
+        return None if self.model.path is None else self.resolve_path(self.model.path)
 
     def data_source(self) -> str | Path:
         """The dataset name, or its path resolved against :attr:`base_dir`."""
-        return self.data.name if self.data.name is not None else _resolve(self.data.path or "", self._base_dir)
+        return self.data.name if self.data.name is not None else self.resolve_path(self.data.path or "")
 
     def with_base_dir(self, base_dir: str | os.PathLike[str], source: str | None = None) -> AuditSpec:
         self._base_dir = Path(base_dir)

@@ -106,6 +106,18 @@ class ChoiceUnit:
     def describe(self) -> str:
         return f"{self.kind} {self.choice.name} [{self.start}:{self.stop}]"
 
+    @classmethod
+    def chunks(cls, choices: Sequence[Any], n: int, batch_size: int, spec_digest: str, seed: int) -> list[Any]:
+        """Units of this class over every choice (with an ``index``) × consecutive slices of
+        ``batch_size`` of ``n`` samples, keyed by ``kind``, the choice's index and the slice."""
+        out = []
+        for c in choices:
+            for start in range(0, n, batch_size):
+                stop = min(n, start + batch_size)
+                key = work_key(spec_digest, cls.kind, c.index, start, stop)
+                out.append(cls(key=key, choice=c, seed=work_seed(seed, key), start=start, stop=stop))
+        return out
+
     @property
     def cost(self) -> float:
         return float(self.stop - self.start)

@@ -43,8 +43,6 @@ from gauntlet.audit.studies.base import (
     Study,
     StudyOutput,
     Threshold,
-    work_key,
-    work_seed,
 )
 from gauntlet.errors import ConfigError, GauntletError
 
@@ -356,14 +354,7 @@ class CertifyStudy(ItemsStudy):
                 raise type(err)(msg if msg.startswith(c.place) else f"{c.place}: {msg}") from None
 
     def plan(self, env: AuditEnv, spec_digest: str) -> list[CertifyChunk]:
-        n = int(env.x.shape[0])
-        out = []
-        for c in self.choices:
-            for start in range(0, n, self.batch_size):
-                stop = min(n, start + self.batch_size)
-                key = work_key(spec_digest, "certify", c.index, start, stop)
-                out.append(CertifyChunk(key=key, choice=c, seed=work_seed(self.seed, key), start=start, stop=stop))
-        return out
+        return CertifyChunk.chunks(self.choices, int(env.x.shape[0]), self.batch_size, spec_digest, self.seed)
 
     def run(self, env: AuditEnv, unit: CertifyChunk) -> dict[str, Any]:
         """Certify samples ``unit.start:unit.stop``; a JSON-able record of the per-sample results."""

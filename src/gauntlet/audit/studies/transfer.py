@@ -37,6 +37,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 from pydantic import BeforeValidator, Field, model_validator
 
+from gauntlet._validation import check_param_names
 from gauntlet.audit.html import e, eps_text, pct
 from gauntlet.audit.report import COUNT, NON_NEGATIVE, SHARE, STRING, array_of
 from gauntlet.audit.spec import (
@@ -57,8 +58,6 @@ from gauntlet.audit.studies.base import (
     Study,
     StudyOutput,
     Threshold,
-    work_key,
-    work_seed,
 )
 from gauntlet.errors import ConfigError, GauntletError, ModelLoadError
 from gauntlet.models.base import InputSpec, Model
@@ -301,6 +300,7 @@ class TransferStudy(Study):
         self.batch_size = batch_size
         self.seed = seed
         self.surrogates: list[Model] = []
+        self._digests: list[str | None] | None = None
 
     @classmethod
     def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> TransferStudy:
@@ -316,20 +316,19 @@ class TransferStudy(Study):
                     raise ConfigError(f"{place}: {k!r} is set by the transfer block, not per attack")
             params = {"attack": a.name, "steps": block.steps, **params, "norm": block.norm, "eps": list(block.eps)}
             try:
-                from gauntlet._validation import check_param_names
-
                 check_param_names("transfer", params, [*Transfer._param_names()])
                 Transfer(surrogate=_Placeholder(), **params)
             except GauntletError as err:
                 raise ConfigError(f"{place}: {str(err).removeprefix('transfer: ')}") from None
             choices.append(TransferChoice(i, a.display, params))
-        paths = [Path(s.path).expanduser() if Path(s.path).expanduser().is_absolute() else spec.base_dir / s.path for s in block.surrogates]
-        return cls(block, choices, paths, spec.batch_size, spec.seed)
+        return cls(block, choices, [spec.resolve_path(s.path) for s in block.surrogates], spec.batch_size, spec.seed)
 
     def hash_payload(self) -> dict[str, Any]:
+        if self._digests is None:  # read each surrogate file once per audit, however often the spec is hashed
+            self._digests = [_file_digest(p) for p in self.paths]
         block = self.block.model_dump(mode="json")
         block["surrogates"] = [
-            {**s, "path": str(p), "sha256": _file_digest(p)} for s, p in zip(block["surrogates"], self.paths)
+            {**s, "path": str(p), "sha256": d} for s, p, d in zip(block["surrogates"], self.paths, self._digests)
         ]
         return {"transfer": block}
 
@@ -396,14 +395,7 @@ class TransferStudy(Study):
                 raise type(err)(f"{c.place}: {msg}") from None
 
     def plan(self, env: AuditEnv, spec_digest: str) -> list[TransferChunk]:
-        n = int(env.x.shape[0])
-        out = []
-        for c in self.choices:
-            for start in range(0, n, self.batch_size):
-                stop = min(n, start + self.batch_size)
-                key = work_key(spec_digest, "transfer", c.index, start, stop)
-                out.append(TransferChunk(key=key, choice=c, seed=work_seed(self.seed, key), start=start, stop=stop))
-        return out
+        return TransferChunk.chunks(self.choices, int(env.x.shape[0]), self.batch_size, spec_digest, self.seed)
 
     def run(self, env: AuditEnv, unit: TransferChunk) -> dict[str, Any]:
         sl = slice(unit.start, unit.stop)
@@ -438,7 +430,7 @@ class TransferStudy(Study):
                 succ = [bool(v) for r in recs for v in r["success"][k]]
                 surr = [bool(v) for r in recs for v in r["surrogate_success"][k]]
                 n = len(succ)
-                cc = clean[:n] if len(clean) >= n else [True] * n
+                cc = clean[:n]
                 attacked = sum(cc)
                 survived = sum(1 for ok, s in zip(cc, succ) if ok and not s)
                 fooled = sum(1 for ok, s in zip(cc, succ) if ok and s)
