@@ -8,6 +8,7 @@ and :func:`validate_params` checks a dict of values against them, raising
 from __future__ import annotations
 
 import difflib
+import inspect
 import math
 import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -15,6 +16,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from gauntlet.errors import ConfigError, GauntletError
+
+
+class Hyperparameters:
+    """Mixin of every configurable class (attacks, defenses): hyperparameters are the keyword-only
+    ``__init__`` arguments, stored unchanged on ``self``, so ``get_params`` rebuilds the object."""
+
+    @classmethod
+    def _param_names(cls) -> list[str]:
+        sig = inspect.signature(cls.__init__)
+        return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+
+    def get_params(self) -> dict[str, Any]:
+        """Hyperparameters exactly as given (or defaulted) at construction."""
+        return {k: getattr(self, k) for k in self._param_names()}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({args})"
 
 
 class Constraint:

@@ -9,7 +9,6 @@ success with the model, counts queries and gradient evaluations, and times the c
 from __future__ import annotations
 
 import abc
-import inspect
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,7 @@ from torch import Tensor
 
 from gauntlet import norms as N
 from gauntlet._batch import check_input_batch
-from gauntlet._validation import Constraint, Interval, IsNone, Options, validate_params
+from gauntlet._validation import Constraint, Hyperparameters, Interval, IsNone, Options, validate_params
 from gauntlet.attacks.result import AttackResult
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.base import Model
@@ -89,7 +88,7 @@ def record_queries(ctx: Context, used: Tensor, fooled: Tensor | None = None) -> 
         ctx.info["median_queries_successful"] = float(ok.double().median()) if ok.numel() else float("nan")
 
 
-class Attack(abc.ABC):
+class Attack(Hyperparameters, abc.ABC):
     """Base class of every attack.
 
     Subclasses set the class attributes below, take their hyperparameters as keyword-only
@@ -111,18 +110,6 @@ class Attack(abc.ABC):
 
     # ---------------------------------------------------------------------------------------
     # hyperparameters
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-    def get_params(self) -> dict[str, Any]:
-        """Hyperparameters exactly as given (or defaulted) at construction."""
-        return {k: getattr(self, k) for k in self._param_names()}
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
     def _validate(self) -> None:
         """Check hyperparameters; called at the end of every subclass ``__init__``."""

@@ -16,20 +16,19 @@ which interface it offers (each kind's own base class lives in its subpackage):
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from gauntlet._validation import Constraint, validate_params
+from gauntlet._validation import Constraint, Hyperparameters, validate_params
 from gauntlet.errors import DataError
 
 Kind = Literal["training", "preprocessing", "detector", "ensemble", "certification", "sanitizer"]
 KINDS: tuple[str, ...] = ("training", "preprocessing", "detector", "ensemble", "certification", "sanitizer")
 
 
-class Defense:
+class Defense(Hyperparameters):
     """Base class of every defense.
 
     Subclasses set ``name``, ``description`` and ``kind``, take their hyperparameters as
@@ -44,21 +43,9 @@ class Defense:
     kind: ClassVar[str] = ""
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
 
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-    def get_params(self) -> dict[str, Any]:
-        """Hyperparameters exactly as given (or defaulted) at construction."""
-        return {k: getattr(self, k) for k in self._param_names()}
 
     def _validate(self) -> None:
         validate_params(self.name, self.get_params(), self._parameter_constraints)
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
 
 def check_labels(y: object, n: int, num_classes: int | None, device: torch.device, owner: str) -> Tensor:

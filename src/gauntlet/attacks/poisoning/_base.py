@@ -16,7 +16,6 @@ subclass produced.  Subclasses implement :meth:`PoisoningAttack._poison`.
 from __future__ import annotations
 
 import abc
-import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -25,8 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from gauntlet._batch import check_input_batch
-from gauntlet._validation import Check, Constraint, Interval, IsNone, validate_params
+from gauntlet._validation import Check, Constraint, Hyperparameters, Interval, IsNone, validate_params
 from gauntlet.errors import ConfigError, DataError
 
 __all__ = ["FRACTION", "BackdoorAttack", "PoisonedDataset", "PoisoningAttack", "attack_success_rate", "precision_recall"]
@@ -109,7 +107,7 @@ class PoisonedDataset:
         return self.x[keep], self.y[keep]
 
 
-class PoisoningAttack(abc.ABC):
+class PoisoningAttack(Hyperparameters, abc.ABC):
     """Base class of poisoning attacks (registry ``kind`` ``"poisoning"``).
 
     Subclasses set ``name``/``description``/``reference``, take their hyperparameters as
@@ -127,18 +125,6 @@ class PoisoningAttack(abc.ABC):
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
 
     # -- hyperparameters ------------------------------------------------------------------------
-    @classmethod
-    def _param_names(cls) -> list[str]:
-        sig = inspect.signature(cls.__init__)
-        return [p.name for p in sig.parameters.values() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-
-    def get_params(self) -> dict[str, Any]:
-        """Hyperparameters exactly as given (or defaulted) at construction."""
-        return {k: getattr(self, k) for k in self._param_names()}
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.get_params().items())})"
-
     def _validate(self) -> None:
         constraints = {"fraction": FRACTION, "target_class": TARGET_CLASS, "bounds": BOUNDS, **self._parameter_constraints}
         validate_params(self.name, self.get_params(), constraints)
@@ -203,16 +189,10 @@ class PoisoningAttack(abc.ABC):
         return candidates[pick].sort().values
 
     def _check_data(self, x: Any, y: Any, what: str = "x") -> tuple[Tensor, Tensor]:
+        from gauntlet.defenses.training._base import check_training_data
+
         where = f"{self.name}.poison"
-        check_input_batch(x, where=where, what=what, bounds=self._bounds(), owner="the data", bounds_name="the attack's bounds",
-                          bounds_hint="rescale it (e.g. x / 255) or pass bounds=")
-        assert isinstance(x, Tensor)
-        if not isinstance(y, Tensor):
-            raise DataError(f"{where}: y must be a torch.Tensor of int64 labels, got {type(y).__name__}")
-        if y.dtype.is_floating_point or y.dtype == torch.bool or y.is_complex():
-            raise DataError(f"{where}: y must hold integer class labels, got dtype {y.dtype}; use y.long()")
-        if y.dim() != 1 or y.shape[0] != x.shape[0]:
-            raise DataError(f"{where}: y must have shape ({x.shape[0]},) to match {what}, got {tuple(y.shape)}")
+        check_training_data(x, y, bounds=self._bounds(), where=where, what=what)
         if int(y.min()) < 0:
             raise DataError(f"{where}: y holds negative labels (min {int(y.min())}); labels must be in [0, num_classes)")
         return x.detach(), y.detach().to(torch.int64)

@@ -260,9 +260,11 @@ def _jsonable(v: Any) -> Any:
 
 
 def check_training_data(
-    x: Any, y: Any, *, bounds: tuple[float, float], dtype: torch.dtype, device: torch.device, where: str, what: str = "x"
+    x: Any, y: Any, *, bounds: tuple[float, float], dtype: torch.dtype | None = None, device: torch.device | None = None,
+    where: str, what: str = "x",
 ) -> None:
-    """Raise a one-line :class:`DataError` unless ``x``/``y`` are a valid labelled training set."""
+    """Raise a one-line :class:`DataError` unless ``x``/``y`` are a valid labelled training set
+    (``dtype`` and ``device`` are checked when given)."""
     yname = "y" if what == "x" else what.replace("x", "y", 1)
     check_input_batch(
         x, where=where, what=what, dtype=dtype, device=device, bounds=bounds, owner="the module",
