@@ -15,8 +15,8 @@ from gauntlet import norms as N
 from gauntlet.attacks.base import loss_and_grad
 from gauntlet.attacks.evasion.transfer import TransferSurrogate, gaussian_kernel
 from gauntlet.errors import CapabilityError, ConfigError
-from gauntlet.models.base import InputSpec, Model
 from gauntlet.models.zoo import DigitsCNN, train_classifier
+from tests.test_hopskipjump import LabelsOnly
 
 
 @pytest.fixture(autouse=True)
@@ -41,23 +41,6 @@ def surrogate_nets(digits_train: gt.data.Dataset) -> list[nn.Module]:
 
 def wrap(net: nn.Module) -> gt.models.TorchModel:
     return gt.models.TorchModel(net, bounds=(0.0, 1.0), num_classes=10, input_shape=(1, 8, 8))
-
-
-class LabelsOnly(Model):
-    """A deployed API that answers labels only."""
-
-    capabilities = frozenset({"labels"})
-    output = "labels"
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-        self.input_spec = InputSpec((1, 8, 8), torch.float32, (0.0, 1.0))
-        self._num_classes = 10
-
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.net(x).argmax(dim=1)
 
 
 def test_transfer_never_queries_the_target_and_success_is_the_targets(digits_model, digits_batch, surrogate_nets) -> None:

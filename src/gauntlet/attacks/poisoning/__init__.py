@@ -13,11 +13,10 @@ from gauntlet.attacks.poisoning._base import (
     BackdoorAttack,
     PoisonedDataset,
     PoisoningAttack,
-    attack_success_rate,
     precision_recall,
 )
 
-__all__ = ["BackdoorAttack", "PoisonedDataset", "PoisoningAttack", "attack_success_rate", "precision_recall"]
+__all__ = ["BackdoorAttack", "PoisonedDataset", "PoisoningAttack", "precision_recall"]
 
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):

@@ -27,7 +27,7 @@ from torch import Tensor
 from gauntlet._validation import Check, Constraint, Hyperparameters, Interval, IsNone, validate_params
 from gauntlet.errors import ConfigError, DataError
 
-__all__ = ["FRACTION", "BackdoorAttack", "PoisonedDataset", "PoisoningAttack", "attack_success_rate", "precision_recall"]
+__all__ = ["FRACTION", "BackdoorAttack", "PoisonedDataset", "PoisoningAttack", "precision_recall"]
 
 #: a poison budget: a share of the training set in (0, 1)
 FRACTION: list[Constraint] = [Interval(float, 0, 1, closed="neither")]
@@ -218,8 +218,3 @@ class BackdoorAttack(PoisoningAttack):
             raise DataError(f"{self.name}: every test label is the target class {target}; ASR needs inputs of other classes")
         pred = model.predict(self.apply_trigger(x[keep]), count=False)
         return float((pred == target).double().mean())
-
-
-def attack_success_rate(attack: BackdoorAttack, model: Any, x: Tensor, y: Tensor) -> float:
-    """Module-level alias of :meth:`BackdoorAttack.attack_success_rate`."""
-    return attack.attack_success_rate(model, x, y)
