@@ -122,6 +122,13 @@ class PoisoningAttack(Hyperparameters, abc.ABC):
     reference: ClassVar[str] = ""
     kind: ClassVar[str] = "poisoning"
     needs_model: ClassVar[bool] = False
+    #: what the attacker aims at, which fixes what :meth:`success_rate` measures:
+    #: ``"backdoor"`` (triggered inputs of other classes go to ``target_class``), ``"targeted"``
+    #: (chosen target inputs, passed to ``poison(x_target=...)``, go to ``target_class``) or
+    #: ``"availability"`` (overall test accuracy falls; success is the test error)
+    goal: ClassVar[str] = "availability"
+    #: ``poison`` needs ``x_target`` (the attacker's target inputs; goal ``"targeted"``)
+    needs_target: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
 
     # -- hyperparameters ------------------------------------------------------------------------
@@ -130,7 +137,9 @@ class PoisoningAttack(Hyperparameters, abc.ABC):
         validate_params(self.name, self.get_params(), constraints)
 
     # -- the front door -------------------------------------------------------------------------
-    def poison(self, x: Tensor, y: Tensor, *, seed: int = 0, model: Any = None) -> PoisonedDataset:
+    def poison(
+        self, x: Tensor, y: Tensor, *, seed: int = 0, model: Any = None, x_target: Tensor | None = None
+    ) -> PoisonedDataset:
         """Poison the training set ``(x, y)``.
 
         Args:
@@ -138,12 +147,20 @@ class PoisoningAttack(Hyperparameters, abc.ABC):
             y: int64 labels ``(N,)``.
             seed: seeds the attack's own ``torch.Generator`` (which rows, trigger positions, ...).
             model: the victim's or a surrogate model, for attacks with ``needs_model``.
+            x_target: the attacker's target inputs ``(T, ...)`` (goal ``"targeted"``: the inputs
+                it wants classified as ``target_class`` at test time); kept in ``info["x_target"]``.
         """
         x, y = self._check_data(x, y)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ConfigError(f"{self.name}: seed must be an int >= 0, got {seed!r}")
         if self.needs_model and model is None:
             raise ConfigError(f"{self.name}: poison needs the victim's or a surrogate model: poison(x, y, model=...)")
+        if self.needs_target:
+            if x_target is None:
+                raise ConfigError(f"{self.name}: poison needs the attacker's target inputs: poison(x, y, x_target=...)")
+            x_target = self._check_target(x_target, x)
+        elif x_target is not None:
+            raise ConfigError(f"{self.name}: x_target is only for targeted attacks (goal 'targeted'), not goal {self.goal!r}")
         num_classes = int(y.max()) + 1
         target = getattr(self, "target_class", None)
         if target is not None and target >= max(num_classes, self._declared_classes()):
@@ -152,7 +169,13 @@ class PoisoningAttack(Hyperparameters, abc.ABC):
             )
         generator = torch.Generator(device=x.device).manual_seed(seed)
         t0 = time.perf_counter()
-        px, py, mask, info = self._poison(x, y, generator, model)
+        self._x_target = x_target
+        try:
+            px, py, mask, info = self._poison(x, y, generator, model)
+        finally:
+            self._x_target = None
+        if x_target is not None:
+            info = {**info, "x_target": x_target.detach().cpu()}
         lo, hi = self._bounds()
         px = px.detach().clamp(lo, hi).to(x.dtype)
         if px.shape[1:] != x.shape[1:] or py.shape != (px.shape[0],) or mask.shape != (px.shape[0],) or mask.dtype != torch.bool:
@@ -166,7 +189,26 @@ class PoisoningAttack(Hyperparameters, abc.ABC):
     def _poison(
         self, x: Tensor, y: Tensor, generator: torch.Generator, model: Any
     ) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
-        """Return ``(x_poisoned, y_poisoned, is_poison, info)`` for validated data."""
+        """Return ``(x_poisoned, y_poisoned, is_poison, info)`` for validated data (a targeted
+        attack reads its validated target inputs from ``self._x_target``)."""
+
+    # -- what the attacker achieved ----------------------------------------------------------
+    def success_rate(self, model: Any, x_test: Tensor, y_test: Tensor, poisoned: PoisonedDataset) -> float:
+        """How far the attacker got on a ``model`` trained on ``poisoned``, by :attr:`goal`:
+
+        * ``"availability"``: the test error ``1 - accuracy`` on ``(x_test, y_test)``;
+        * ``"targeted"``: the share of ``poisoned.info["x_target"]`` classified as ``target_class``;
+        * ``"backdoor"``: the ASR (see :meth:`BackdoorAttack.attack_success_rate`).
+        """
+        if self.goal == "targeted":
+            xt = poisoned.info.get("x_target")
+            if xt is None or poisoned.target_class is None:
+                raise DataError(f"{self.name}: this PoisonedDataset records no x_target/target_class to measure targeted success on")
+            pred = model.predict(xt.to(x_test.device), count=False)
+            return float((pred == int(poisoned.target_class)).double().mean())
+        x_test, y_test = self._check_data(x_test, y_test, what="x_test")
+        pred = model.predict(x_test, count=False)
+        return float((pred != y_test).double().mean())
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def _bounds(self) -> tuple[float, float]:
@@ -188,6 +230,18 @@ class PoisoningAttack(Hyperparameters, abc.ABC):
         pick = torch.randperm(candidates.numel(), generator=generator, device=candidates.device)[:k]
         return candidates[pick].sort().values
 
+    def _check_target(self, x_target: Any, x: Tensor) -> Tensor:
+        from gauntlet._batch import check_input_batch
+
+        where = f"{self.name}.poison"
+        check_input_batch(x_target, where=where, owner="x_target")
+        if tuple(x_target.shape[1:]) != tuple(x.shape[1:]):
+            raise DataError(f"{where}: x_target has per-sample shape {tuple(x_target.shape[1:])} but x has {tuple(x.shape[1:])}")
+        lo, hi = self._bounds()
+        if float(x_target.min()) < lo or float(x_target.max()) > hi:
+            raise DataError(f"{where}: x_target has values outside the bounds ({lo}, {hi}); scale it like the training data")
+        return x_target.detach().to(x.device, x.dtype)
+
     def _check_data(self, x: Any, y: Any, what: str = "x") -> tuple[Tensor, Tensor]:
         from gauntlet.defenses.training._base import check_training_data
 
@@ -201,6 +255,12 @@ class PoisoningAttack(Hyperparameters, abc.ABC):
 class BackdoorAttack(PoisoningAttack):
     """A poisoning attack that plants a trigger: inputs carrying it are classified as
     ``target_class`` by a model trained on the poison, while clean inputs are not affected."""
+
+    goal: ClassVar[str] = "backdoor"
+
+    def success_rate(self, model: Any, x_test: Tensor, y_test: Tensor, poisoned: PoisonedDataset) -> float:
+        """The ASR on ``(x_test, y_test)`` (``poisoned`` is not needed: the trigger is the attack's)."""
+        return self.attack_success_rate(model, x_test, y_test)
 
     @abc.abstractmethod
     def apply_trigger(self, x: Tensor) -> Tensor:
