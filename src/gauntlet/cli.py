@@ -585,6 +585,74 @@ def audit(
          baseline=baseline, alpha=alpha)
 
 
+@app.command()
+def poison(
+    model: str = typer.Argument(..., help="The model file whose architecture is retrained (loaded like an audit's model: --arch, --trust)."),
+    attack: list[str] = typer.Option(  # noqa: B008 - typer declares options as defaults
+        ..., "--attack", "-a", help="A poisoning attack (gauntlet attacks --kind poisoning), repeatable; its --param options follow it."
+    ),
+    param: list[str] = typer.Option(  # noqa: B008 - typer declares options as defaults
+        [], "--param", "-p", help="An attack hyperparameter key=value (YAML scalar) for every --attack, e.g. fraction=0.01 (repeatable)."
+    ),
+    defense: list[str] = typer.Option([], "--defense", "-d", help="A training-data defense (gauntlet defenses --kind sanitizer), repeatable."),  # noqa: B008 - typer declares options as defaults
+    arch: str | None = typer.Option(None, "--arch", help="Architecture of the model file (a zoo name or 'module.path:Class')."),
+    train_data: str = typer.Option("digits", "--train", help="The victim's training set: 'digits' or a path (its train split)."),
+    data: str = typer.Option("digits", "--data", help="Test data the attack success and clean accuracy are measured on (its test split)."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Use a random subset of n test samples."),
+    method: str = typer.Option("standard", "--method", "-m", help="Training recipe: a training method (gauntlet defenses --kind training)."),
+    train_param: list[str] = typer.Option([], "--train-param", help="A training hyperparameter key=value, e.g. epochs=10 (repeatable)."),  # noqa: B008 - typer declares options as defaults
+    init: str = typer.Option("scratch", "--init", help="scratch (re-initialise the architecture) or finetune_last (retrain only the last layer)."),
+    targets: int = typer.Option(10, "--targets", min=1, help="Targeted attacks: how many target inputs (one poisoning and training each)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the audit (poison rows, initial weights, shuffling)."),
+    out: Path = typer.Option(Path("gauntlet-report"), "--out", "-o", help="Folder for report.json and report.html."),  # noqa: B008 - typer declares options as defaults
+    store: str = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    trust: bool = typer.Option(False, "--trust", help="Allow pickle model files (runs code from the file: trusted files only)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Poison a training set, retrain the model's architecture on it and report what the attack achieved
+    and what each training-data defense removes: the same as an audit spec with a poisoning block.
+
+    Running the same command again after a crash or Ctrl-C resumes from the finished stages.
+    """
+    from gauntlet.audit.spec import load_spec
+    from gauntlet.errors import GauntletError
+
+    _threads(threads)
+    try:
+        params = _parse_train_params(param)
+        train_params = _parse_train_params(train_param)
+        from gauntlet.data.loader import BUILTIN
+
+        def source(v: str) -> dict[str, str]:  # a builtin dataset by name, anything else is a path
+            return {"name": v} if v.strip().lower() in BUILTIN else {"path": str(Path(v).expanduser().resolve())}
+
+        block: dict[str, Any] = {
+            "train": {**source(train_data), "split": "train"},
+            "attacks": [{"name": a, **params} for a in attack],
+            "training": {"method": method, **train_params},
+            "init": init,
+            "targets": targets,
+            "defenses": list(defense),
+        }
+        spec_dict: dict[str, Any] = {
+            "model": {"path": str(Path(model).expanduser().resolve()), **({"arch": arch} if arch else {})},
+            "data": {**source(data), **({"n": n} if n else {})},
+            "poisoning": block,
+            "seed": seed,
+        }
+        spec_obj = load_spec(spec_dict)
+    except GauntletError as err:
+        _fail(err, as_json)
+    except Exception as exc:  # noqa: BLE001 - an unexpected crash is one line and exit 2
+        _unexpected(exc, as_json)
+    args = ["gauntlet", "poison", model, *[w for a in attack for w in ("--attack", a)], *[w for p in param for w in ("--param", p)]]
+    args += [w for d in defense for w in ("--defense", d)] + ["--train", train_data, "--data", data, "--method", method]
+    args += [w for p in train_param for w in ("--train-param", p)] + ["--init", init, "--seed", str(seed), "--out", str(out)]
+    args += ["--store", _safe(store)] + (["--arch", arch] if arch else []) + (["--n", str(n)] if n else []) + (["--trust"] if trust else [])
+    _run(spec_obj, out=out, store=store, fail_under=[], max_regression=None, trust=trust, as_json=as_json, command=shlex.join(args))
+
+
 def _threads(n: int | None) -> None:
     if n is not None:
         import torch

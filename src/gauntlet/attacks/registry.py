@@ -54,7 +54,10 @@ def get_attack_class(name: str, kind: str | None = None) -> Any:
         raise UnknownNameError(f"unknown attack {name!r}{hint} (gauntlet attacks lists all)")
     cls = _REGISTRY[name]
     if kind is not None and cls.kind != kind:
-        raise ConfigError(f"{name!r} is a {cls.kind} attack, not an {kind} attack (gauntlet attacks --kind {kind} lists those)")
+        def a(word: str) -> str:
+            return f"an {word}" if word[:1] in "aeiou" else f"a {word}"
+
+        raise ConfigError(f"{name!r} is {a(cls.kind)} attack, not {a(kind)} attack (gauntlet attacks --kind {kind} lists those)")
     return cls
 
 
