@@ -13,6 +13,7 @@ LeNet5 itself, the white-box reference).  L∞ at ε = 0.1, 0.2, 0.3, 10 steps, 
 * ``fgsm``: one step;
 * ``mifgsm``: MI-FGSM (Dong et al. 2018), μ = 1, step ε/10;
 * ``mi_di``: MI-FGSM with input diversity (Xie et al. 2019), p = 0.5, shrink to ≥ 0.9× and pad back (a fixed-size model);
+* ``mi_di_bilinear``: the same with bilinear resizing (``interpolation="bilinear"``, as torchattacks' DIFGSM);
 * ``mi_di_ti``: MI-DI with translation-invariant gradients (Dong et al. 2019), 5×5 kernel;
 * torchattacks' ``MIFGSM`` and ``DIFGSM`` (its M-DI²-FGSM: decay 1, p = 0.5) when installed, as
   peers on the same points and budgets.
@@ -57,6 +58,7 @@ def ours(steps: int) -> dict[str, dict[str, Any]]:
         "pgd": {"attack": "pgd", "steps": steps},
         "mifgsm": {"attack": "mifgsm", "steps": steps},
         "mi_di": {"attack": "mifgsm", "steps": steps, "diversity": 0.5},
+        "mi_di_bilinear": {"attack": "mifgsm", "steps": steps, "diversity": 0.5, "interpolation": "bilinear"},
         "mi_di_ti": {"attack": "mifgsm", "steps": steps, "diversity": 0.5, "ti_kernel": 5},
     }
 

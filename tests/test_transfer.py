@@ -117,6 +117,22 @@ def test_input_diversity_resizes_and_pads_but_keeps_the_shape(digits_batch, surr
     assert torch.equal(never._diverse(x), x)
 
 
+def test_bilinear_input_diversity_blends_pixels_where_nearest_only_copies_them(surrogate_nets) -> None:
+    # a 0/1 checkerboard: nearest-neighbour resizing only ever copies 0s and 1s, bilinear mixes them
+    ii, jj = torch.meshgrid(torch.arange(8), torch.arange(8), indexing="ij")
+    x = ((ii + jj) % 2).float().view(1, 1, 8, 8).repeat(4, 1, 1, 1)
+    for mode, mixed in (("nearest", False), ("bilinear", True)):
+        s = TransferSurrogate(
+            [wrap(surrogate_nets[0])], generator=torch.Generator().manual_seed(3), diversity=1.0, resize_rate=0.75, interpolation=mode,
+        )
+        out = [s._diverse(x) for _ in range(6)]
+        inner = [((o > 1e-6) & (o < 1 - 1e-6)).any() for o in out]
+        assert all(o.shape == x.shape and float(o.min()) >= 0 and float(o.max()) <= 1 for o in out)
+        assert any(inner) is mixed, mode
+    with pytest.raises(ConfigError, match="interpolation"):
+        gt.attacks.create("transfer", surrogate=wrap(surrogate_nets[0]), eps=0.1, interpolation="bicubic")
+
+
 def test_mi_di_ti_is_deterministic_per_seed_and_bounded(digits_model, digits_batch, surrogate_nets) -> None:
     x, y = digits_batch
     attack = gt.attacks.create(
