@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import typer
 from typer.core import TyperCommand
 
+from gauntlet import cli_data
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -367,6 +369,9 @@ def defenses(
     width = max(map(len, table))
     for key, row in table.items():
         typer.echo(f"{key:<{width}}  {row['kind']:<13}  {row['description']}")
+
+
+app.add_typer(cli_data.app, name="data")  # gauntlet data hash | verify | history
 
 
 # ------------------------------------------------------------------------------------------------

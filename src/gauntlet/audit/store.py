@@ -11,7 +11,9 @@ back.  SQLite runs in WAL mode.
 The ``units`` and ``extras`` tables of stores written before the study plug-ins (spec hash
 schema 1) are kept as they are: their finished audits stay in the history, and opening such a
 store adds the ``records`` table (``create_all`` creates missing tables and leaves existing ones
-alone).
+alone).  The same holds for the ``manifests`` table (data manifests, ``gauntlet data hash
+--name``): a store opened read-only before it exists has no manifests, and the first
+:meth:`Store.save_manifest` creates it.
 """
 
 from __future__ import annotations
@@ -132,12 +134,29 @@ def _tables() -> Any:
             Column("created_at", String(32), nullable=False),
             UniqueConstraint("audit_id", "key", name="uq_records_audit_key"),
         )
+        Table(  # data manifests (gauntlet data hash --name --version): one per dataset name and version
+            "manifests",
+            md,
+            Column("id", Integer, primary_key=True),
+            Column("name", String(255), nullable=False, index=True),
+            Column("version", String(255), nullable=False),
+            Column("sha256", String(64), nullable=False),  # the manifest's dataset_sha256
+            Column("files", Integer, nullable=False),
+            Column("bytes", Integer, nullable=False),
+            Column("created_at", String(32), nullable=False),
+            Column("manifest_json", Text, nullable=False),
+            UniqueConstraint("name", "version", name="uq_manifests_name_version"),
+        )
         _TABLES = (md, models, audits, units)
     return _TABLES
 
 
 def _records_table() -> Any:
     return _tables()[0].tables["records"]
+
+
+def _manifests_table() -> Any:
+    return _tables()[0].tables["manifests"]
 
 
 def _owner() -> str:
@@ -504,6 +523,105 @@ class Store:
         with self._tx("read the audit history") as conn:
             rows = conn.execute(q).all()
         return [(int(i), json.loads(text)) for i, text in reversed(rows)]
+
+
+    # -- data manifests ------------------------------------------------------------------------
+    def _has_manifests(self) -> bool:
+        from sqlalchemy import inspect
+
+        with self._tx("read data manifests") as conn:
+            return bool(inspect(conn).has_table("manifests"))
+
+    def save_manifest(self, name: str, version: str | None, manifest: dict[str, Any]) -> dict[str, Any]:
+        """Keep a data manifest (:func:`gauntlet.data.provenance.build_manifest`) as ``name``/``version``.
+
+        ``version=None`` takes the newest version when its dataset hash is the same (nothing new is
+        stored), else the next integer version.  A version is never overwritten: saving other data
+        under an existing name and version is a :class:`StoreError`; saving the same data again
+        returns the stored row.  Returns the row (as :meth:`manifests` lists it) plus ``new``.
+        """
+        from sqlalchemy import insert, select
+        from sqlalchemy.exc import IntegrityError
+
+        if not isinstance(name, str) or not name.strip():
+            raise StoreError(f"a data manifest needs a dataset name, got {name!r}")
+        if version is not None and (not isinstance(version, str) or not version.strip()):
+            raise StoreError(f"a data manifest's version must be a non-empty string, got {version!r}")
+        t = _manifests_table()
+        sha = str(manifest["dataset_sha256"])
+        files = manifest.get("files") or []
+        values = {
+            "name": name,
+            "sha256": sha,
+            "files": len(files),
+            "bytes": sum(int(f.get("size") or 0) for f in files),
+            "created_at": _now(),
+            "manifest_json": json.dumps(manifest, separators=(",", ":")),
+        }
+        with self._tx("save the data manifest") as conn:
+            t.create(conn, checkfirst=True)  # a store made before the manifests table
+            if version is None:
+                rows = conn.execute(select(t.c.version, t.c.sha256).where(t.c.name == name).order_by(t.c.id.desc())).all()
+                if rows and rows[0][1] == sha:
+                    version = str(rows[0][0])
+                else:
+                    numbers = [int(v) for v, _ in rows if str(v).isdigit()]
+                    version = str(max(numbers, default=0) + 1)
+            row = conn.execute(select(t.c.sha256).where(t.c.name == name, t.c.version == version)).first()
+            if row is None:
+                try:
+                    with conn.begin_nested():
+                        conn.execute(insert(t).values(version=version, **values))
+                    new = True
+                except IntegrityError:  # another process saved this version this very moment
+                    row = conn.execute(select(t.c.sha256).where(t.c.name == name, t.c.version == version)).first()
+            if row is not None:
+                if row[0] != sha:
+                    raise StoreError(
+                        f"dataset {name!r} version {version!r} is already stored with other data (sha256 {row[0][:12]}, "
+                        f"this is {sha[:12]}); versions are never overwritten: pass a new --version"
+                    )
+                new = False
+        found = [m for m in self.manifests(name) if m["version"] == version]
+        return {**found[0], "new": new}
+
+    def manifests(self, name: str) -> list[dict[str, Any]]:
+        """The stored manifests of dataset ``name``, newest first (without the manifest JSON);
+        empty for a store made before the manifests table."""
+        from sqlalchemy import select
+
+        if not self._has_manifests():
+            return []
+        t = _manifests_table()
+        q = (
+            select(t.c.id, t.c.name, t.c.version, t.c.sha256, t.c.files, t.c.bytes, t.c.created_at)
+            .where(t.c.name == name)
+            .order_by(t.c.id.desc())
+        )
+        with self._tx("read data manifests") as conn:
+            rows = conn.execute(q).mappings().all()
+        return [
+            {"id": int(r["id"]), "name": r["name"], "version": r["version"], "sha256": r["sha256"],
+             "files": int(r["files"]), "bytes": int(r["bytes"]), "created_at": r["created_at"]}
+            for r in rows
+        ]
+
+    def get_manifest(self, name: str, version: str | None = None) -> dict[str, Any]:
+        """The stored manifest of ``name`` at ``version`` (the newest when None); :class:`StoreError` when absent."""
+        from sqlalchemy import select
+
+        t = _manifests_table()
+        q = select(t.c.version, t.c.manifest_json).where(t.c.name == name).order_by(t.c.id.desc())
+        if version is not None:
+            q = q.where(t.c.version == version)
+        row = None
+        if self._has_manifests():
+            with self._tx("read a data manifest") as conn:
+                row = conn.execute(q).first()
+        if row is None:
+            which = f"version {version!r} of dataset {name!r}" if version is not None else f"dataset {name!r}"
+            raise StoreError(f"store {safe_url(self.url)} has no manifest of {which}; gauntlet data history {name} lists them")
+        return dict(json.loads(row[1]))
 
 
 def _headline(report: dict[str, Any]) -> list[str]:
