@@ -130,6 +130,7 @@ def test_the_cli_lists_poisoning_attacks_by_kind_and_shows_one() -> None:
     assert res.exit_code == 0 and [line.split()[0] for line in res.stdout.splitlines()] == gt.attacks.list_attacks("poisoning")
     info = json.loads(invoke("attacks", "badnets", "--json").stdout)
     assert info["kind"] == "poisoning" and info["backdoor"] is True and info["needs_model"] is False
+    assert info["goal"] == "backdoor" and info["needs_target"] is False
     assert [p["name"] for p in info["parameters"]] == gt.attacks.get_attack_class("badnets")._param_names()
     res = invoke("attacks", "--kind", "backdoor")
     assert res.exit_code == 2 and "kind must be one of" in res.stderr

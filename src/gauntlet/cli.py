@@ -242,7 +242,9 @@ def _poisoning_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> 
         "reference": cls.reference or None,
         "kind": cls.kind,
         "backdoor": backdoor,
+        "goal": cls.goal,
         "needs_model": cls.needs_model,
+        "needs_target": cls.needs_target,
         "parameters": [{**row, "default": _jsonable(row["default"])} for row in params],
     }
     if as_json:
@@ -252,7 +254,14 @@ def _poisoning_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> 
     fields += [
         ("kind", "poisoning: poison(x_train, y_train, seed=...) returns a PoisonedDataset"
          + ("; apply_trigger(x) stamps the backdoor's trigger" if backdoor else "")),
-        ("needs", "the victim's or a surrogate model: poison(..., model=...)" if cls.needs_model else "the training data only"),
+        ("goal", {
+            "backdoor": "backdoor: triggered inputs of other classes go to target_class (success = attack success rate)",
+            "targeted": "targeted: the attacker's target inputs go to target_class (success = share of them)",
+        }.get(cls.goal, "availability: overall test accuracy falls (success = test error)")),
+        ("needs", "; ".join(
+            (["the victim's or a surrogate model: poison(..., model=...)"] if cls.needs_model else [])
+            + (["the attacker's target inputs: poison(..., x_target=...)"] if cls.needs_target else [])
+        ) or "the training data only"),
     ]
     _echo_detail(f"{cls.name}: {cls.description}", fields, params)
 
