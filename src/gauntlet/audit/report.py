@@ -163,7 +163,9 @@ _CORE_PROPERTIES: dict[str, Any] = {
     "data": {
         "type": "object",
         "required": ["name", "n", "sha256"],
-        "properties": {"name": STR_OR_NULL, "n": COUNT, "sha256": STR_OR_NULL},
+        # manifest_sha256 (optional, absent before it existed): the dataset hash of the data's
+        # files, the one ``gauntlet data hash PATH`` prints; null for a builtin dataset
+        "properties": {"name": STR_OR_NULL, "n": COUNT, "sha256": STR_OR_NULL, "manifest_sha256": STR_OR_NULL},
     },
     "clean_accuracy": SHARE,
     "flags": array_of(

@@ -193,6 +193,7 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
     nothing.
     """
     from gauntlet.data import load as load_data
+    from gauntlet.data.provenance import manifest_sha256
     from gauntlet.models import load as load_model
 
     studies = spec.studies
@@ -275,10 +276,13 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
         "bounds": list(model.bounds),
         "output": getattr(model, "output", None),
     }
+    source = spec.data_source()
     data_info = {
         "name": d.name if d.name is not None else Path(d.path or "").name,
         "n": int(x.shape[0]),
         "sha256": data_sha256(x, y),
+        # the dataset hash of the data's files, as gauntlet data hash prints it (None for a builtin)
+        "manifest_sha256": manifest_sha256(source) if isinstance(source, Path) else None,
         "shape": list(x.shape[1:]),
         "split": d.split,
         "seed": d.seed,
