@@ -350,3 +350,16 @@ def test_report_schema_accepts_the_data_manifest_hash_and_reports_without_it() -
     validate_report(build_report(outcome(data_info={**data_info, "manifest_sha256": None})))  # a builtin dataset
     with pytest.raises(DataError, match=r"^report.data.manifest_sha256: expected string or null"):
         validate_report(build_report(outcome(data_info={**data_info, "manifest_sha256": 5})))
+
+
+def test_a_broken_array_file_is_hashed_as_bytes_with_a_note_and_no_rows_hashes_files_only(tmp_path: Path) -> None:
+    (tmp_path / "broken.npy").write_bytes(b"not numpy at all")
+    np.save(tmp_path / "ok.npy", np.zeros((4, 2)))
+    m = build_manifest(tmp_path)
+    broken, ok = m["files"]
+    assert "arrays" not in broken and "hashed as bytes only" in broken["note"]
+    assert len(ok["arrays"][0]["rows"]) == 4
+    bare = build_manifest(tmp_path, rows=False)
+    assert all("arrays" not in f for f in bare["files"]) and bare["dataset_sha256"] == m["dataset_sha256"]
+    res = cli("hash", tmp_path, "--no-rows", "--json")
+    assert res.exit_code == 0 and json.loads(res.stdout)["rows"] == 0
