@@ -363,3 +363,15 @@ def test_a_broken_array_file_is_hashed_as_bytes_with_a_note_and_no_rows_hashes_f
     assert all("arrays" not in f for f in bare["files"]) and bare["dataset_sha256"] == m["dataset_sha256"]
     res = cli("hash", tmp_path, "--no-rows", "--json")
     assert res.exit_code == 0 and json.loads(res.stdout)["rows"] == 0
+
+
+def test_cifar_batches_get_row_hashes_through_the_restricted_unpickler(tmp_path: Path) -> None:
+    import pickle
+
+    data = np.random.default_rng(0).integers(0, 255, (4, 3072), dtype=np.uint8)
+    with open(tmp_path / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": data, b"labels": [0, 1, 2, 3]}, f, protocol=2)
+    m = build_manifest(tmp_path / "data_batch_1")
+    assert m["kind"] == "file" and m["files"][0]["format"] == "cifar"
+    assert rows_of(m, "data_batch_1", "data") == row_hashes(data.reshape(4, 3, 32, 32))
+    assert len(rows_of(m, "data_batch_1", "labels")) == 4
