@@ -96,6 +96,6 @@ def budget_params(name: str, eps: float = 0.1) -> dict:
     required parameters."""
     cls = gt.attacks.get_attack_class(name)
     out = required_params(name)
-    if "eps" in cls._param_names() and not cls.minimal:
+    if "eps" in cls._param_names() and not getattr(cls, "minimal", False):  # poisoning attacks have no minimal flag
         out["eps"] = eps
     return out

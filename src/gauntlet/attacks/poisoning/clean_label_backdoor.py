@@ -44,8 +44,11 @@ class CleanLabelBackdoor(BackdoorAttack):
         target_class: the class triggered inputs are sent to (and the class the poison comes from).
         eps: the PGD budget (``0``: no adversarial step); default 0.3 L∞ for [0, 1] MNIST-like data.
         norm: ``"linf"`` or ``"l2"``.
-        steps, step_size: PGD iterations and step (``None``: PGD's default for ``eps`` and ``steps``).
-        patch_size, pattern, margin: the BadNets trigger (``"checkerboard"``, ``"square"`` or ``"cross"``).
+        steps: PGD iterations.
+        step_size: the PGD step (``None``: PGD's default for ``eps`` and ``steps``).
+        patch_size: side of the square BadNets trigger in pixels.
+        pattern: the trigger pattern, ``"checkerboard"`` (default), ``"square"`` or ``"cross"``.
+        margin: pixels between the trigger and the image border.
         corners: 1 (bottom right) or 4 (every corner, mirrored).
         amplitude: trigger amplitude in the poison rows, in (0, 1].
         test_amplitude: trigger amplitude ``apply_trigger`` uses, in (0, 1].
