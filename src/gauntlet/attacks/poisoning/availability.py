@@ -138,11 +138,11 @@ class LinearSurrogate:
         return self.theta(est)
 
     def theta(self, est: Any) -> Tensor:
-        w = torch.as_tensor(np.asarray(est.coef_, dtype=np.float64)).reshape(self.rows, -1)
+        w = torch.tensor(np.array(est.coef_, dtype=np.float64)).reshape(self.rows, -1)
         if not self.fit_intercept:
             return w.clone()
         w = w.clone()
-        b = torch.as_tensor(np.asarray(est.intercept_, dtype=np.float64)).reshape(self.rows, 1) / self.intercept_scaling
+        b = torch.tensor(np.array(est.intercept_, dtype=np.float64)).reshape(self.rows, 1) / self.intercept_scaling
         return torch.cat([w, b], dim=1)
 
     # -- the objective in torch -----------------------------------------------------------------
@@ -515,7 +515,7 @@ class Availability(PoisoningAttack):
             vi = torch.randperm(int(x_val.shape[0]), generator=generator, device=dev)[:n_val]
             a = val_loss(theta, vi)
             (g,) = torch.autograd.grad(a, pc)
-            history.append(float(a))
+            history.append(float(a.detach()))
             xp[idx] = (pc.detach() + float(self.step_size) * _row_normalised(g)).clamp(lo, hi)
         return xp, {"surrogate": type(module).__name__, "val_loss": history}
 
