@@ -122,14 +122,17 @@ class LossMonitorSanitizer(Sanitizer):
     def _fresh_copy(self, model: Any, generator: torch.Generator) -> nn.Module:
         """The model's architecture, deep-copied and re-initialised from ``generator`` (the
         caller's global RNG state is left untouched)."""
-        module = copy.deepcopy(model.module)
+        # initialised on the CPU from the CPU generator alone (torch.manual_seed would also reseed
+        # every CUDA generator of the caller), then moved to the model's device
+        module = copy.deepcopy(model.module).cpu()
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)
             for m in module.modules():
                 reset = getattr(m, "reset_parameters", None)
                 if callable(reset):
                     reset()
+        module = module.to(model.device)
         for p in module.parameters():
             p.requires_grad_(True)
         if model.mean is not None or model.std is not None:
