@@ -82,6 +82,30 @@ def test_the_section_has_one_entry_per_attack_with_the_clean_baseline_beside_it(
     assert full["baseline_success_rate"] == tiny["baseline_success_rate"]
 
 
+def test_a_defense_stage_flags_on_the_poisoned_model_and_retraining_without_its_rows_lowers_the_success(
+    model_file: Path, tmp_path: Path
+) -> None:
+    spec = make_spec(model_file, tmp_path, poisoning={
+        "attacks": [BADNETS], "defenses": [{"name": "clustering", "space": "features", "expected_fraction": 0.05}],
+    })
+    rep = run_audit(load_spec(spec), store=None).report
+    validate_report(rep)
+    (t,) = rep["poisoning"]
+    (d,) = t["defenses"]
+    assert d["defense"] == "clustering" and d["params"] == {"space": "features", "expected_fraction": 0.05}
+    # it flags 1.5x the expected share; the rows it removes are mostly poison
+    assert d["removed"] == pytest.approx(1.5 * 0.05 * 1347, abs=10) and d["removed_per_poison"] == pytest.approx(d["removed"] / t["n_poison"])
+    # measured 0.70 / 0.47 (chance precision is the poison share, 0.05)
+    assert d["recall"] >= 0.55 and d["precision"] >= 0.35
+    assert d["success_rate"] < t["success_rate"] - 0.3, "retraining without the flagged rows must weaken the backdoor"
+    assert abs(d["clean_accuracy"] - t["baseline_clean_accuracy"]) <= 0.05
+    metrics = {(m.name, m.labels["defense"]): m.value for m in PoisoningStudy.metrics(rep)}
+    assert metrics[("poisoning_success_rate", "clustering")] == d["success_rate"]
+    gate = evaluate_gate(rep, [PoisoningThreshold(poisoning="badnets", defense="clustering", max_success_rate=d["success_rate"] + 0.01)])
+    assert gate["passed"] is True
+    assert "clustering" in render_html(rep)
+
+
 def test_report_renders_the_table_text_and_summary(report) -> None:
     html = render_html(report)
     assert "<section id='poisoning'>" in html and "badnets" in html

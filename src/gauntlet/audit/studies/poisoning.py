@@ -436,7 +436,8 @@ class PoisoningStudy(Study):
         assert unit.choice is not None
         x, y = self._train_data(env)
         atk = self._attack(unit.choice)
-        kwargs: dict[str, Any] = {"seed": unit.seed}
+        # the attack stage's seed, so a defense stage recomputes exactly the poison it trained on
+        kwargs: dict[str, Any] = {"seed": work_seed(self.seed, unit.attack_key)}
         if atk.needs_model:
             kwargs["model"] = env.base_model
         if atk.needs_target:
