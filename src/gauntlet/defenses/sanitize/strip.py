@@ -108,7 +108,7 @@ class Strip(Sanitizer):
         check_input_batch(x, where=where, what=what, shape=spec.shape, bounds=spec.bounds)
         return x.detach().to(model.device)
 
-    def entropy(self, model: Any, x: Tensor, pool: Tensor, generator: torch.Generator, *, same: bool = False) -> Tensor:
+    def _entropy(self, model: Any, x: Tensor, pool: Tensor, generator: torch.Generator, *, same: bool = False) -> Tensor:
         """Mean prediction entropy (bits) of every row of ``x`` over ``n_samples`` blends with
         images drawn uniformly from ``pool``; ``same=True`` when ``x`` *is* the pool, so a row is
         never blended with itself.  No validation: the public methods check their inputs."""
@@ -159,7 +159,7 @@ class Strip(Sanitizer):
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ConfigError(f"{where}: seed must be an int >= 0, got {seed!r}")
         g = torch.Generator().manual_seed(seed)
-        ent = self.entropy(model, x_clean, x_clean, g, same=True)
+        ent = self._entropy(model, x_clean, x_clean, g, same=True)
         self.threshold_, self.entropy_mean_, self.entropy_std_ = self._threshold(ent, robust=False)
         self.model_, self.pool_, self.calibration_entropy_ = model, x_clean, ent
         return self
@@ -173,7 +173,7 @@ class Strip(Sanitizer):
         x = self._check_x(self.model_, x, where)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
             raise ConfigError(f"{where}: seed must be an int >= 0, got {seed!r}")
-        ent = self.entropy(self.model_, x, self.pool_, torch.Generator().manual_seed(seed))
+        ent = self._entropy(self.model_, x, self.pool_, torch.Generator().manual_seed(seed))
         return ent < self.threshold_, ent
 
     def is_triggered(self, x: Tensor, *, seed: int = 0) -> Tensor:
@@ -192,11 +192,11 @@ class Strip(Sanitizer):
                     "or use an unfitted STRIP (the training rows are then the overlay pool)"
                 )
             assert self.pool_ is not None and self.threshold_ is not None
-            ent = self.entropy(model, x, self.pool_, generator)
+            ent = self._entropy(model, x, self.pool_, generator)
             threshold, pool = float(self.threshold_), "fitted"
             mu, sigma = self.entropy_mean_, self.entropy_std_
         else:
-            ent = self.entropy(model, x, x, generator, same=True)
+            ent = self._entropy(model, x, x, generator, same=True)
             threshold, mu, sigma = self._threshold(ent, robust=True)
             pool = "training rows"
         flagged = ent < threshold
