@@ -49,7 +49,7 @@ from gauntlet.attacks.poisoning._base import PoisoningAttack
 from gauntlet.attacks.registry import register
 from gauntlet.errors import ConfigError, DataError
 
-__all__ = ["Availability", "LinearSurrogate", "other_labels"]
+__all__ = ["Availability", "LinearSurrogate", "flip_gains", "other_labels"]
 
 LINEAR_MODELS = "a LogisticRegression, LinearSVC or binary SVC(kernel='linear')"
 
@@ -273,6 +273,29 @@ class LinearSurrogate:
         return (margin - 1).abs() <= tol, margin < 1 - tol
 
 
+def flip_gains(sur: LinearSurrogate, x_tr: Tensor, y_tr: Tensor, weight: Tensor, x_val: Tensor, y_val: Tensor) -> tuple[Tensor, float]:
+    """The first-order increase of the validation loss when one training row's label is changed,
+    for every row and label, ``(n_tr, K)`` (``-inf`` at the row's own label), and the current
+    validation loss.  The surrogate is fitted on ``(x_tr, y_tr)`` with ``weight``; replacing
+    ``ℓ(x_i, y_i)`` by ``ℓ(x_i, l)`` moves the optimum by ``-H⁻¹ C w_i (∇ℓ(x_i, l) - ∇ℓ(x_i, y_i))``,
+    so ``ΔA ≈ -C w_i vᵀ(∇ℓ(x_i, l) - ∇ℓ(x_i, y_i))`` with ``v = H⁻¹ ∇A`` (one Hessian solve, one
+    forward-mode product per label)."""
+    from torch.func import jvp
+
+    theta = sur.fit(x_tr, y_tr, weight)
+    th = theta.clone().requires_grad_(True)
+    a = sur.outer(th, x_val, y_val, "loss")
+    (g_val,) = torch.autograd.grad(a, th)
+    v = sur.solve_hessian(theta, x_tr, y_tr, weight, g_val)
+    u = torch.stack([
+        jvp(lambda t, lab=lab: sur.losses(t, x_tr, torch.full_like(y_tr, lab)), (theta,), (v,))[1]  # type: ignore[misc]
+        for lab in range(sur.num_classes)
+    ], dim=1)
+    gain = -sur.C * weight.unsqueeze(1) * (u - u.gather(1, y_tr.unsqueeze(1)))
+    gain[torch.arange(gain.shape[0]), y_tr] = -math.inf
+    return gain, float(a.detach())
+
+
 def _row_normalised(g: Tensor) -> Tensor:
     norms = g.reshape(g.shape[0], -1).norm(dim=1).clamp_min(1e-12)
     return g / norms.view(-1, *([1] * (g.dim() - 1)))
@@ -384,8 +407,8 @@ class Availability(PoisoningAttack):
         perm = torch.randperm(n, generator=generator, device=x.device)
         val_rows, tr_rows = perm[:n_val].sort().values, perm[n_val:].sort().values
         init_rows = self.choose(tr_rows, k, generator)
-        xp0 = x[init_rows].clone()
         yp = other_labels(y[init_rows], num_classes, generator)
+        xp0 = x[init_rows].clone()
         split = (x[tr_rows], y[tr_rows], x[val_rows], y[val_rows])
         if method == "linear":
             xp, info = self._linear(model, xp0, yp, *split)

@@ -29,7 +29,7 @@ from torch import Tensor
 
 from gauntlet._validation import Constraint, Interval, IsNone, Options
 from gauntlet.attacks.poisoning._base import PoisonedDataset, PoisoningAttack
-from gauntlet.attacks.poisoning.availability import LinearSurrogate, other_labels
+from gauntlet.attacks.poisoning.availability import LinearSurrogate, flip_gains, other_labels
 from gauntlet.attacks.registry import register
 from gauntlet.errors import ConfigError, DataError
 
@@ -133,8 +133,6 @@ class LabelFlip(PoisoningAttack):
     def _greedy(
         self, x: Tensor, y: Tensor, k: int, num_classes: int, generator: torch.Generator, model: Any
     ) -> tuple[Tensor, Tensor, dict[str, Any]]:
-        from torch.func import jvp
-
         sur, feats = self._surrogate(model, x)
         if sur.num_classes != num_classes:
             raise DataError(f"{self.name}: the labels have {num_classes} classes but the model {sur.num_classes}")
@@ -151,19 +149,8 @@ class LabelFlip(PoisoningAttack):
         rounds = min(int(self.rounds), k)
         history: list[float] = []
         for r in range(rounds):
-            theta = sur.fit(f_tr, y_tr, weight)
-            th = theta.clone().requires_grad_(True)
-            a = sur.outer(th, f_val, y_val, "loss")
-            history.append(float(a.detach()))
-            (g_val,) = torch.autograd.grad(a, th)
-            v = sur.solve_hessian(theta, f_tr, y_tr, weight, g_val)
-            # u[i, l] = vᵀ ∇_θ ℓ(x_i, l; θ) for every label: one forward-mode product per label
-            u = torch.stack([
-                jvp(lambda t, lab=lab: sur.losses(t, f_tr, torch.full_like(y_tr, lab)), (theta,), (v,))[1]  # type: ignore[misc]
-                for lab in range(num_classes)
-            ], dim=1)
-            gain = -sur.C * weight.unsqueeze(1) * (u - u.gather(1, y_tr.unsqueeze(1)))
-            gain[torch.arange(gain.shape[0]), y_tr] = -math.inf
+            gain, loss = flip_gains(sur, f_tr, y_tr, weight, f_val, y_val)
+            history.append(loss)
             gain[flipped] = -math.inf
             best, label = gain.max(dim=1)
             b = math.ceil((k - int(flipped.sum())) / (rounds - r))
