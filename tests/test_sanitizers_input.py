@@ -81,6 +81,23 @@ def test_clustering_with_two_clusters_loses_the_core_when_poison_is_half_a_class
     assert auc(k3, poisoned_10) >= 0.97, auc(k3, poisoned_10)  # measured 0.995
 
 
+def test_clustering_ratio_score_finds_flipped_labels_that_sit_with_another_class(digits_train) -> None:
+    g = torch.Generator().manual_seed(0)
+    n = len(digits_train.y)
+    rows = torch.randperm(n, generator=g)[: round(0.05 * n)]
+    y = digits_train.y.clone()
+    y[rows] = (y[rows] + torch.randint(1, 10, (rows.numel(),), generator=g)) % 10  # another label
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[rows] = True
+    ratio = gt.defenses.create("clustering", score="ratio").detect(None, digits_train.x, y, seed=0)
+    spread = gt.defenses.create("clustering").detect(None, digits_train.x, y, seed=0)
+    a_ratio = float(roc_auc_score(mask.numpy(), ratio.scores.numpy()))
+    a_spread = float(roc_auc_score(mask.numpy(), spread.scores.numpy()))
+    assert a_ratio >= 0.93 and a_ratio > a_spread + 0.04, (a_ratio, a_spread)  # measured 0.968 vs 0.886
+    assert ratio.precision_recall(mask)["recall"] >= 0.6  # measured 0.72
+    assert float(ratio.scores[~mask].median()) < 1 < float(ratio.scores[mask].median()), "flipped rows sit with another class"
+
+
 def test_isolation_forest_finds_sparse_badnets_poison_in_input_space(digits_train) -> None:
     pd = badnets(digits_train, 0.01)  # 13 rows
     res = gt.defenses.create("isolation_forest", expected_fraction=0.01).detect(None, pd.x, pd.y, seed=0)
@@ -141,6 +158,7 @@ def test_single_row_classes_and_global_forest(digits_train) -> None:
         ("clustering", {"expected_fraction": 0.5, "removal_factor": 2.0}, None, ConfigError, "would flag every row"),
         ("isolation_forest", {"space": "pixels"}, None, ConfigError, "parameter 'space'"),
         ("clustering", {"n_clusters": 1}, None, ConfigError, "parameter 'n_clusters'"),
+        ("clustering", {"score": "silhouette"}, None, ConfigError, "parameter 'score'"),
         ("isolation_forest", {"space": "features"}, "no_model", ConfigError, "space='features' reads a network"),
         ("clustering", {"space": "features"}, "module", CapabilityError, "needs a gauntlet TorchModel"),
         ("isolation_forest", {}, "mismatch", DataError, r"must have shape \(100,\)"),

@@ -39,9 +39,14 @@ class ClusteringSanitizer(Sanitizer):
     forms the largest one (with ``n_clusters >= 3``; with 2 clusters a poison half of a class can
     win the core).  A row's score is its Euclidean distance to the core centroid divided by the
     core's spread, the median distance of the core's members to their centroid: about 1 for
-    typical clean rows, well above it for rows that do not look like their label.  The removal set
-    is the top ``expected_fraction × removal_factor`` of the scores over all rows (the scores are
-    in per-class spread units, so one ranking serves every class).
+    typical clean rows, well above it for rows that do not look like their label (``score=
+    "spread"``, default).  With ``score="ratio"`` it is instead the distance to the own class's
+    core centroid divided by the distance to the nearest core centroid of another class: below 1
+    for rows that sit with their class, above 1 for rows that look like another class, which is
+    what a flipped label is (on 8×8 digits with 5% flipped labels: AUC 0.97 against 0.89 for
+    ``"spread"``; for BadNets ``"spread"`` is better, 0.996 against 0.96).  The removal set is the
+    top ``expected_fraction × removal_factor`` of the scores over all rows (both scores are
+    dimensionless, so one ranking serves every class).
 
     The small-cluster rule of activation clustering (flag clusters holding less than a share of
     their class) is not used: on 8×8 digits BadNets poison at 10% fills half of the target class
@@ -51,6 +56,9 @@ class ClusteringSanitizer(Sanitizer):
         space: ``"input"`` (the flattened inputs; ``model`` may be ``None``) or ``"features"``
             (the penultimate layer, or ``layer``, of a gauntlet ``TorchModel`` passed to ``detect``).
         n_clusters: k-means clusters per class (fewer when a class has fewer rows).
+        score: ``"spread"`` (distance to the class's core in units of the core's spread; for
+            backdoors) or ``"ratio"`` (distance to the own core over the distance to the nearest
+            other class's core; for flipped labels).
         n_init: k-means restarts per class (the best inertia is kept).
         expected_fraction: the share of poison the defender expects, in (0, 1).
         removal_factor: how many times ``expected_fraction`` is flagged.
@@ -68,6 +76,7 @@ class ClusteringSanitizer(Sanitizer):
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "space": [Options(SPACES)],
         "n_clusters": [Interval(int, 2, None)],
+        "score": [Options(("spread", "ratio"))],
         "n_init": [Interval(int, 1, None)],
         "expected_fraction": EXPECTED_FRACTION,
         "removal_factor": REMOVAL_FACTOR,
@@ -80,6 +89,7 @@ class ClusteringSanitizer(Sanitizer):
         *,
         space: str = "input",
         n_clusters: int = 3,
+        score: str = "spread",
         n_init: int = 10,
         expected_fraction: float = 0.05,
         removal_factor: float = 1.5,
@@ -88,6 +98,7 @@ class ClusteringSanitizer(Sanitizer):
     ) -> None:
         self.space = space
         self.n_clusters = n_clusters
+        self.score = score
         self.n_init = n_init
         self.expected_fraction = expected_fraction
         self.removal_factor = removal_factor
@@ -103,6 +114,8 @@ class ClusteringSanitizer(Sanitizer):
         feats = representation(where, self.space, model, x, layer=self.layer, batch_size=int(self.batch_size))
         labels = y.cpu().numpy()
         scores = np.zeros(len(labels))
+        own = np.zeros(len(labels))  # distance to the own class's core centroid
+        cores: dict[int, np.ndarray] = {}
         core_share: dict[int, float] = {}
         for c in np.unique(labels):
             rows = np.flatnonzero(labels == c)
@@ -111,6 +124,7 @@ class ClusteringSanitizer(Sanitizer):
             k = min(int(self.n_clusters), distinct)
             if k < 2:  # a single row, or identical rows: nothing to tell apart
                 core_share[int(c)] = 1.0
+                cores[int(c)] = feats[rows[0]]
                 continue
             km = KMeans(n_clusters=k, n_init=int(self.n_init), random_state=state).fit(feats[rows])
             assign = km.labels_
@@ -119,7 +133,21 @@ class ClusteringSanitizer(Sanitizer):
             dist = np.linalg.norm(feats[rows] - km.cluster_centers_[core], axis=1)
             spread = float(np.median(dist[assign == core]))
             scores[rows] = dist / max(spread, 1e-12)
+            own[rows] = dist
+            cores[int(c)] = km.cluster_centers_[core]
             core_share[int(c)] = float(sizes[core] / rows.size)
+        if self.score == "ratio" and len(cores) > 1:
+            classes = sorted(cores)
+            centres = np.stack([cores[c] for c in classes])
+            col = np.searchsorted(classes, labels)
+            other = np.empty(len(labels))
+            for s0 in range(0, len(labels), 4096):  # (rows × classes) distances, in chunks
+                d = np.linalg.norm(feats[s0 : s0 + 4096, None, :] - centres[None], axis=2)
+                d[np.arange(d.shape[0]), col[s0 : s0 + 4096]] = np.inf
+                other[s0 : s0 + 4096] = d.min(1)
+            scores = own / np.maximum(other, 1e-12)
+        elif self.score == "ratio":
+            scores = np.zeros(len(labels))  # one class: no other class to compare with
         s = torch.from_numpy(scores).float()
         flagged, n_flag = flag_top(s, self.expected_fraction, self.removal_factor)
-        return s, flagged, {"space": self.space, "core_share": core_share, "n_flagged": n_flag}
+        return s, flagged, {"space": self.space, "score": self.score, "core_share": core_share, "n_flagged": n_flag}
