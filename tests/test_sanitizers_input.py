@@ -62,12 +62,14 @@ def test_both_are_registered_sanitizers_that_need_no_model_in_input_space() -> N
 def test_clustering_finds_badnets_poison_in_input_space_even_when_it_is_half_the_target_class(digits_train, poisoned_10) -> None:
     # 5%: the poison is a third of class 0; 10%: as many poison rows as clean zeros (135 vs 133)
     for pd in (badnets(digits_train, 0.05), poisoned_10):
-        res = gt.defenses.create("clustering", expected_fraction=pd.fraction).detect(None, pd.x, pd.y, seed=0)
+        res = gt.defenses.create("clustering", score="spread", expected_fraction=pd.fraction).detect(None, pd.x, pd.y, seed=0)
         pr = res.precision_recall(pd.is_poison)
         # measured: AUC 0.996 / 0.995, recall 1.00 / 1.00, precision 0.66 / 0.67 (at most 1/1.5 by the quota)
         assert auc(res, pd) >= 0.97, auc(res, pd)
         assert pr["recall"] >= 0.9 and pr["precision"] >= 0.6, pr
         assert res.n_flagged == round(pd.fraction * 1.5 * len(pd))
+        ratio = gt.defenses.create("clustering", expected_fraction=pd.fraction).detect(None, pd.x, pd.y, seed=0)
+        assert auc(ratio, pd) >= 0.93, auc(ratio, pd)  # the default score: measured 0.960 / 0.966
         in0 = pd.y == 0
         clean_share = float((in0 & ~pd.is_poison).sum() / in0.sum())
         assert abs(res.info["core_share"][0] - clean_share) < 0.05, "the clean zeros, not the scattered poison, are class 0's core"
@@ -75,8 +77,8 @@ def test_clustering_finds_badnets_poison_in_input_space_even_when_it_is_half_the
 
 def test_clustering_with_two_clusters_loses_the_core_when_poison_is_half_a_class(poisoned_10) -> None:
     # the reason the default is 3: with k=2 the poison half of class 0 can be its largest cluster
-    k2 = gt.defenses.create("clustering", n_clusters=2, expected_fraction=0.1).detect(None, poisoned_10.x, poisoned_10.y)
-    k3 = gt.defenses.create("clustering", n_clusters=3, expected_fraction=0.1).detect(None, poisoned_10.x, poisoned_10.y)
+    k2 = gt.defenses.create("clustering", score="spread", n_clusters=2, expected_fraction=0.1).detect(None, poisoned_10.x, poisoned_10.y)
+    k3 = gt.defenses.create("clustering", score="spread", n_clusters=3, expected_fraction=0.1).detect(None, poisoned_10.x, poisoned_10.y)
     assert auc(k2, poisoned_10) < 0.6, auc(k2, poisoned_10)  # measured 0.29
     assert auc(k3, poisoned_10) >= 0.97, auc(k3, poisoned_10)  # measured 0.995
 
@@ -89,8 +91,8 @@ def test_clustering_ratio_score_finds_flipped_labels_that_sit_with_another_class
     y[rows] = (y[rows] + torch.randint(1, 10, (rows.numel(),), generator=g)) % 10  # another label
     mask = torch.zeros(n, dtype=torch.bool)
     mask[rows] = True
-    ratio = gt.defenses.create("clustering", score="ratio").detect(None, digits_train.x, y, seed=0)
-    spread = gt.defenses.create("clustering").detect(None, digits_train.x, y, seed=0)
+    ratio = gt.defenses.create("clustering").detect(None, digits_train.x, y, seed=0)  # the default score
+    spread = gt.defenses.create("clustering", score="spread").detect(None, digits_train.x, y, seed=0)
     a_ratio = float(roc_auc_score(mask.numpy(), ratio.scores.numpy()))
     a_spread = float(roc_auc_score(mask.numpy(), spread.scores.numpy()))
     assert a_ratio >= 0.93 and a_ratio > a_spread + 0.04, (a_ratio, a_spread)  # measured 0.968 vs 0.886
@@ -117,7 +119,7 @@ def test_isolation_forest_ranks_poison_above_clean_at_5_percent(digits_train) ->
 
 def test_feature_space_views_of_a_backdoored_network_find_its_poison(poisoned_10, victim_10) -> None:
     pd = poisoned_10
-    cl = gt.defenses.create("clustering", space="features", expected_fraction=0.1).detect(victim_10, pd.x, pd.y, seed=0)
+    cl = gt.defenses.create("clustering", space="features", score="spread", expected_fraction=0.1).detect(victim_10, pd.x, pd.y, seed=0)
     pr = cl.precision_recall(pd.is_poison)
     assert auc(cl, pd) >= 0.93 and pr["recall"] >= 0.7, (auc(cl, pd), pr)  # measured 0.967, recall 0.84
     iso = gt.defenses.create("isolation_forest", space="features", expected_fraction=0.1).detect(victim_10, pd.x, pd.y, seed=0)

@@ -1,6 +1,6 @@
 """Clustering sanitizer: per-class k-means on the inputs or penultimate features; a class's
-*core* is its largest cluster, and rows far from the core (in units of the core's own spread)
-are suspected poison."""
+*core* is its largest cluster, and rows far from their class's core (relative to the nearest
+other class's core, or to the core's own spread) are suspected poison."""
 
 from __future__ import annotations
 
@@ -37,16 +37,23 @@ class ClusteringSanitizer(Sanitizer):
     other classes carrying a trigger) is spread over several modes, so even when the poison is as
     large as the clean part of its target class it is split among the other clusters and never
     forms the largest one (with ``n_clusters >= 3``; with 2 clusters a poison half of a class can
-    win the core).  A row's score is its Euclidean distance to the core centroid divided by the
-    core's spread, the median distance of the core's members to their centroid: about 1 for
-    typical clean rows, well above it for rows that do not look like their label (``score=
-    "spread"``, default).  With ``score="ratio"`` it is instead the distance to the own class's
-    core centroid divided by the distance to the nearest core centroid of another class: below 1
-    for rows that sit with their class, above 1 for rows that look like another class, which is
-    what a flipped label is (on 8×8 digits with 5% flipped labels: AUC 0.97 against 0.89 for
-    ``"spread"``; for BadNets ``"spread"`` is better, 0.996 against 0.96).  The removal set is the
-    top ``expected_fraction × removal_factor`` of the scores over all rows (both scores are
-    dimensionless, so one ranking serves every class).
+    win the core).  Rows far from their class's core are suspected poison; ``score`` says far in
+    which units:
+
+    * ``"ratio"`` (default): the distance to the own class's core centroid divided by the
+      distance to the nearest core centroid of another class.  Below 1 for rows that sit with their
+      class, above 1 for rows that look like another class, which is what BadNets poison (a digit
+      of another class relabelled) and flipped labels are.  Scale-free, so one ranking over all
+      classes is fair: on MNIST with 1% BadNets it ranks the poison at AUC 0.97 (precision 0.46,
+      recall 0.68 at 1.5% removed); on 8×8 digits 0.95-0.97 for BadNets at 1-10% and 0.97 for 5%
+      flipped labels.
+    * ``"spread"``: the distance to the core centroid divided by the core's spread (the median
+      distance of the core's members to their centroid): about 1 for typical clean rows.  Best on
+      8×8 digits BadNets (AUC 0.996-0.999 at 1-10%, recall 0.92-1.0), but classes of very
+      different spread do not share one scale: on MNIST the tight class of 1s takes the whole
+      removal budget (AUC 0.86, nothing flagged is poison).
+
+    The removal set is the top ``expected_fraction × removal_factor`` of the scores over all rows.
 
     The small-cluster rule of activation clustering (flag clusters holding less than a share of
     their class) is not used: on 8×8 digits BadNets poison at 10% fills half of the target class
@@ -56,9 +63,8 @@ class ClusteringSanitizer(Sanitizer):
         space: ``"input"`` (the flattened inputs; ``model`` may be ``None``) or ``"features"``
             (the penultimate layer, or ``layer``, of a gauntlet ``TorchModel`` passed to ``detect``).
         n_clusters: k-means clusters per class (fewer when a class has fewer rows).
-        score: ``"spread"`` (distance to the class's core in units of the core's spread; for
-            backdoors) or ``"ratio"`` (distance to the own core over the distance to the nearest
-            other class's core; for flipped labels).
+        score: ``"ratio"`` (distance to the own core over the distance to the nearest other
+            class's core) or ``"spread"`` (distance to the class's core in units of its spread).
         n_init: k-means restarts per class (the best inertia is kept).
         expected_fraction: the share of poison the defender expects, in (0, 1).
         removal_factor: how many times ``expected_fraction`` is flagged.
@@ -89,7 +95,7 @@ class ClusteringSanitizer(Sanitizer):
         *,
         space: str = "input",
         n_clusters: int = 3,
-        score: str = "spread",
+        score: str = "ratio",
         n_init: int = 10,
         expected_fraction: float = 0.05,
         removal_factor: float = 1.5,
