@@ -45,7 +45,7 @@ def test_poisons_keep_their_labels_stay_near_their_bases_and_collide_with_the_ta
 ) -> None:
     x, y = digits_train.x, digits_train.y
     xt = digits_test.x[digits_test.y == 3][:2]
-    atk = gt.attacks.create("feature_collision", n_poisons=2, target_class=5, max_iter=200)
+    atk = gt.attacks.create("feature_collision", n_poisons=2, target_class=5, max_iter=200, beta=0.25)
     pd = atk.poison(x, y, seed=0, model=digits_model, x_target=xt)
     rows = pd.info["rows"]
     assert rows.shape == (2, 2) and pd.n_poison == 4 and len(pd) == len(y)
@@ -81,6 +81,7 @@ def test_same_seed_same_poison_other_seed_other_bases_and_add_mode_appends(digit
     a = atk.poison(x, y, seed=4, model=digits_model, x_target=xt)
     b = atk.poison(x, y, seed=4, model=digits_model, x_target=xt)
     assert torch.equal(a.x, b.x) and torch.equal(a.is_poison, b.is_poison)
+    assert a.info["beta"] == 0.25 * (2048 / 64) ** 2, "the paper's beta0 * 2048^2 / dim_b^2 by default"
     assert not torch.equal(atk.poison(x, y, seed=5, model=digits_model, x_target=xt).is_poison, a.is_poison)
     add = gt.attacks.create("feature_collision", n_poisons=3, target_class=1, max_iter=20, mode="add").poison(
         x, y, seed=4, model=digits_model, x_target=xt
@@ -106,7 +107,7 @@ def test_a_victim_retraining_its_last_layer_on_the_poison_misclassifies_the_targ
     hits = base_hits = 0
     for i in idx:
         tc = int((ys[i] + 1 + torch.randint(9, (1,), generator=g)) % 10)
-        atk = gt.attacks.create("feature_collision", n_poisons=10, target_class=tc, max_iter=200)
+        atk = gt.attacks.create("feature_collision", n_poisons=10, target_class=tc, max_iter=200, beta=0.25)
         pd = atk.poison(x, y, seed=0, model=digits_model, x_target=xs[i : i + 1])
         hits += int(retrain_head(digits_model, pd.x, pd.y)(features(digits_model, xs[i : i + 1])).argmax()) == tc
         # the same ten base images, unperturbed, added once more: no collision, no harm

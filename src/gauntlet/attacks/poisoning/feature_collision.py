@@ -112,8 +112,10 @@ class FeatureCollision(PoisoningAttack):
         target_class: the class the target should be classified as; the bases are of this class.
         max_iter: forward-backward iterations.
         learning_rate: the initial step size λ of the forward (gradient) step.
-        beta0: β = ``beta0 · (feature_dim / input_dim)²`` — the paper's ``β0 · 2048² / dim_b²``,
-            whose 2048 is its InceptionV3 feature dimension; β0 = 0.25 in the paper.
+        beta0: β = ``beta0 · 2048² / dim_b²`` as in the paper (``dim_b`` the number of input
+            values, 2048 the paper's InceptionV3 feature width; β0 = 0.25).  The right β depends on
+            the pixel scale and feature norms, so check ``info["feature_distance"]`` and the
+            distance to the base and pass ``beta`` when the default pulls too hard or too little.
         beta: β itself, overriding the scaled ``beta0``.
         opacity: watermark the target onto each base before optimising,
             ``b' = (1 - opacity) · b + opacity · t`` (the paper uses 0.3 end-to-end; 0 = off).
@@ -208,7 +210,7 @@ class FeatureCollision(PoisoningAttack):
         base = x[flat].clone()
         if self.opacity > 0:
             base = ((1 - self.opacity) * base + self.opacity * xt[tidx]).clamp(lo, hi)
-        beta = float(self.beta) if self.beta is not None else float(self.beta0) * (ft.shape[1] / x[0].numel()) ** 2
+        beta = float(self.beta) if self.beta is not None else float(self.beta0) * (2048 / x[0].numel()) ** 2
         poisons, lr, d0, d1 = self._collide(model, base, ft[tidx].to(x.dtype), beta, owner)
         label = torch.full((flat.numel(),), int(self.target_class), dtype=y.dtype, device=y.device)
         if self.mode == "replace":
