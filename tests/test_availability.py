@@ -75,10 +75,10 @@ def test_the_gradient_through_the_training_optimum_matches_finite_differences(di
         est = LinearSVC(C=0.1, tol=1e-10, max_iter=100000)
     else:
         est = LogisticRegression(tol=1e-10, max_iter=5000)
-    n_tr, k = (100, 3) if kind == "svc_hinge" else (300, 10)
+    n_tr, k = (100, 3) if kind == "svc_hinge" else (200, 8)
     x_tr, y_tr = x[:n_tr], y[:n_tr]
     xp, yp = x[n_tr : n_tr + k].clone(), (y[n_tr : n_tr + k] + 1) % int(y.max() + 1)
-    x_val, y_val = x[n_tr + k : n_tr + k + 150], y[n_tr + k : n_tr + k + 150]
+    x_val, y_val = x[n_tr + k : n_tr + k + 100], y[n_tr + k : n_tr + k + 100]
     sur = LinearSurrogate(est.fit(_flat(x_tr), y_tr.numpy()), "test")
     weight = torch.cat([torch.full((n_tr,), 1.3, dtype=torch.float64), torch.ones(k, dtype=torch.float64)])
 
