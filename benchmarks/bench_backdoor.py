@@ -184,17 +184,21 @@ def main() -> None:
                {"test_alpha_0.2": atk.apply_trigger, "test_alpha_0.3": strong.apply_trigger}, time.perf_counter() - t0)
 
     # -- clean-label ----------------------------------------------------------------------------------
-    if want("clean_label_pgd") or want("clean_label_no_pgd"):
-        surrogate = gt.models.TorchModel(C.load_model("lenet5_advtrained"), bounds=(0.0, 1.0), num_classes=10, input_shape=(1, 28, 28))
-        for name, eps in (("clean_label_pgd", 0.3), ("clean_label_no_pgd", 0.0)):
+    if want("clean_label_pgd") or want("clean_label_no_pgd") or "clean_label_pgd_clean_surrogate" in only:
+        adv_trained = gt.models.TorchModel(C.load_model("lenet5_advtrained"), bounds=(0.0, 1.0), num_classes=10, input_shape=(1, 28, 28))
+        for name, eps in (("clean_label_pgd", 0.3), ("clean_label_no_pgd", 0.0), ("clean_label_pgd_clean_surrogate", 0.3)):
+            if name == "clean_label_pgd_clean_surrogate" and name not in only:
+                continue  # opt-in: --only clean_label_pgd_clean_surrogate
             if not want(name):
                 continue
+            surrogate = clean if name.endswith("clean_surrogate") else adv_trained
             atk = gt.attacks.create("clean_label_backdoor", fraction=0.05, target_class=TARGET, eps=eps)
             t0, c0 = time.perf_counter(), time.process_time()
             pd = atk.poison(x, y, seed=SEED, model=surrogate)
             poison_s, poison_cpu = time.perf_counter() - t0, time.process_time() - c0
             assert torch.equal(pd.y, y), "clean-label poison keeps every label"
-            setting = "5% (class 0 only), " + ("PGD L-inf 0.3 x40 on the adv-trained LeNet5" if eps else "trigger only (eps=0)")
+            which = "the clean LeNet5 (the victim's twin)" if surrogate is clean else "the adv-trained LeNet5"
+            setting = "5% (class 0 only), " + (f"PGD L-inf 0.3 x40 on {which}" if eps else "trigger only (eps=0)")
             record(name, "gauntlet", setting, pd.x, pd.y, pd.is_poison, {"trigger": atk.apply_trigger}, poison_s,
                    {"poison_cpu_s": poison_cpu, "surrogate_fooled": pd.info.get("surrogate_fooled")})
 
