@@ -86,13 +86,13 @@ def test_a_defense_stage_flags_on_the_poisoned_model_and_retraining_without_its_
     model_file: Path, tmp_path: Path
 ) -> None:
     spec = make_spec(model_file, tmp_path, poisoning={
-        "attacks": [BADNETS], "defenses": [{"name": "clustering", "space": "features", "expected_fraction": 0.05}],
+        "attacks": [BADNETS], "defenses": [{"name": "clustering", "space": "features", "score": "spread", "expected_fraction": 0.05}],
     })
     rep = run_audit(load_spec(spec), store=None).report
     validate_report(rep)
     (t,) = rep["poisoning"]
     (d,) = t["defenses"]
-    assert d["defense"] == "clustering" and d["params"] == {"space": "features", "expected_fraction": 0.05}
+    assert d["defense"] == "clustering" and d["params"] == {"space": "features", "score": "spread", "expected_fraction": 0.05}
     # it flags 1.5x the expected share; the rows it removes are mostly poison
     assert d["removed"] == pytest.approx(1.5 * 0.05 * 1347, abs=10) and d["removed_per_poison"] == pytest.approx(d["removed"] / t["n_poison"])
     # measured 0.70 / 0.47 (chance precision is the poison share, 0.05)
