@@ -92,21 +92,21 @@ def test_the_gradient_through_the_training_optimum_matches_finite_differences(di
         assert float((rebuilt - theta).abs().max()) < 1e-5
     grad = Availability._linear_grad(sur, theta, xp, yp, x_tr, y_tr, weight, x_val, y_val, "loss")
     g = torch.Generator().manual_seed(0)
-    for _ in range(2):
-        d = torch.randn(xp.shape, generator=g, dtype=torch.float64)
-        d /= d.norm()
-        eps = 1e-3
-        fd = (val_loss(xp + eps * d)[0] - val_loss(xp - eps * d)[0]) / (2 * eps)
-        assert float((grad * d).sum()) == pytest.approx(fd, rel=0.1, abs=1e-5)
+    d = torch.randn(xp.shape, generator=g, dtype=torch.float64)  # a random direction: central differences
+    d /= d.norm()
+    eps = 1e-3
+    fd = (val_loss(xp + eps * d)[0] - val_loss(xp - eps * d)[0]) / (2 * eps)
+    assert abs(fd) > 1e-4, "the direction moves the loss measurably"
+    assert float((grad * d).sum()) == pytest.approx(fd, rel=0.1, abs=1e-5)
 
 
 def test_availability_poison_lowers_digits_lr_accuracy_more_than_random_flips(digits_train, digits_test, digits_lr) -> None:
     x, y, xt, yt = digits_train.x, digits_train.y, digits_test.x, digits_test.y
     clean = _lr_accuracy(x, y, xt, yt)
-    pd = gt.attacks.create("availability", fraction=0.05, steps=20).poison(x, y, model=digits_lr, seed=0)
+    pd = gt.attacks.create("availability", fraction=0.05, steps=12).poison(x, y, model=digits_lr, seed=0)
     flip = gt.attacks.create("label_flip", fraction=0.05).poison(x, y, seed=0)
     acc_poison, acc_flip = _lr_accuracy(pd.x, pd.y, xt, yt), _lr_accuracy(flip.x, flip.y, xt, yt)
-    # measured: clean 96.9%, random flips 96.0%, availability (20 steps) ~91%
+    # measured: clean 96.9%, random flips 96.0%, availability 90.2% (12 steps; 90.0% at 60)
     assert acc_poison <= clean - 0.04, (acc_poison, clean)
     assert acc_poison <= acc_flip - 0.02, (acc_poison, acc_flip)
     assert pd.n_poison == flip.n_poison

@@ -73,7 +73,7 @@ def test_targeted_flips_only_source_rows_to_the_target_and_measures_source_to_ta
 
 def test_greedy_flips_beat_random_flips_on_the_held_out_loss_they_maximise(digits_train, digits_test, digits_lr) -> None:
     x, y = digits_train.x, digits_train.y
-    atk = gt.attacks.create("label_flip", fraction=0.05, strategy="greedy", rounds=4)
+    atk = gt.attacks.create("label_flip", fraction=0.05, strategy="greedy", rounds=2)
     greedy = atk.poison(x, y, seed=0, model=digits_lr)
     rand = gt.attacks.create("label_flip", fraction=0.05).poison(x, y, seed=0)
     assert greedy.n_poison == rand.n_poison == round(0.05 * len(y))
@@ -86,7 +86,7 @@ def test_greedy_flips_beat_random_flips_on_the_held_out_loss_they_maximise(digit
         p = torch.as_tensor(_fit_lr(pd.x, pd.y).predict_proba(_flat(xs)))
         return float(F.nll_loss(p.clamp_min(1e-12).log(), ys))
 
-    # measured: validation CE 0.14 (random) vs 0.33 (greedy); test CE 0.24 vs 0.30
+    # measured: validation CE 0.20 (random) vs 0.34 (greedy); test CE 0.24 vs 0.30
     assert held_out_loss(greedy, x[val], y[val]) >= held_out_loss(rand, x[val], y[val]) + 0.08
     assert held_out_loss(greedy, digits_test.x, digits_test.y) >= held_out_loss(rand, digits_test.x, digits_test.y) + 0.03
     assert greedy.info["val_loss"][-1] > 2 * greedy.info["val_loss"][0]
