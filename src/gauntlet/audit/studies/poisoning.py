@@ -437,9 +437,9 @@ class PoisoningStudy(Study):
         x, y = self._train_data(env)
         atk = self._attack(unit.choice)
         # the attack stage's seed, so a defense stage recomputes exactly the poison it trained on
-        kwargs: dict[str, Any] = {"seed": work_seed(self.seed, unit.attack_key)}
-        if atk.needs_model:
-            kwargs["model"] = env.base_model
+        # every attack may read the audited weights (the adversary's pretrained copy): those with
+        # needs_model must, others use it only in some modes (greedy label flipping)
+        kwargs: dict[str, Any] = {"seed": work_seed(self.seed, unit.attack_key), "model": env.base_model}
         if atk.needs_target:
             assert unit.target is not None
             kwargs["x_target"] = env.x[unit.target : unit.target + 1]
