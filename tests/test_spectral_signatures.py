@@ -7,6 +7,7 @@ and bad input is a one-line error."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -147,7 +148,7 @@ class NoLinear(nn.Module):
 def test_bad_input_is_one_line(backdoored, case, error, match) -> None:
     _, pd, model = backdoored
     x, y = pd.x[:50], pd.y[:50]
-    with pytest.raises(error, match=match) as info:
+    with pytest.raises(error, match=re.escape(match)) as info:
         if case == "fraction0":
             gt.defenses.create("spectral_signatures", expected_fraction=0.0)
         elif case == "budget":
