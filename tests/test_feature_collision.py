@@ -97,6 +97,17 @@ def test_same_seed_same_poison_other_seed_other_bases_and_add_mode_appends(digit
     assert float(near) <= float((features(digits_model, x[ones]) - features(digits_model, digits_test.x[:1])).norm(dim=1).median())
 
 
+def test_the_watermark_blends_the_target_into_the_base_the_proximal_step_anchors_to(digits_train, digits_test, digits_model) -> None:
+    x, y = digits_train.x, digits_train.y
+    xt = digits_test.x[:2]
+    # a huge beta pins each poison to its (watermarked) base: b' = 0.7 b + 0.3 t
+    pd = gt.attacks.create("feature_collision", n_poisons=2, target_class=4, max_iter=5, beta=1e6, opacity=0.3).poison(
+        x, y, seed=0, model=digits_model, x_target=xt
+    )
+    r = pd.info["rows"].flatten()
+    assert torch.allclose(pd.x[r], 0.7 * x[r] + 0.3 * xt[pd.info["target_index"]], atol=1e-3)
+
+
 def test_a_victim_retraining_its_last_layer_on_the_poison_misclassifies_the_target(digits_train, digits_test, digits_model) -> None:
     x, y = digits_train.x, digits_train.y
     clean = retrain_head(digits_model, x, y)
