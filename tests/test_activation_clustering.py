@@ -20,9 +20,12 @@ from gauntlet.models.zoo import DigitsCNN, train_classifier
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> Iterator[None]:
+    from threadpoolctl import threadpool_limits  # scikit-learn's KMeans/FastICA threads, too
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
-    yield
+    with threadpool_limits(limits=1):
+        yield
     torch.set_num_threads(before)
 
 
