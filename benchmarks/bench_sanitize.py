@@ -224,10 +224,17 @@ def main() -> None:
             else:
                 torch.manual_seed(args.seed)
                 np.random.seed(args.seed)
-                flagged, r = run_art(name, dict(params), net, pd)
+                try:
+                    flagged, r = run_art(name, dict(params), net, pd)
+                except Exception as exc:  # noqa: BLE001 - a peer's own failure is a result to report
+                    flagged, r = None, {"params": params, "error": f"{type(exc).__name__}: {exc}"}
             r = {"tool": tool, "method": name, **r}
             CACHE.mkdir(parents=True, exist_ok=True)
             torch.save((flagged, r), done)
+        if flagged is None:
+            log(f"  failed: {r['error']}")
+            rows.append(r)
+            continue
         log(f"  recall {r['recall']:.3f} removed/poison {r['removed_per_poison']:.2f} precision {r['precision']:.3f} "
             f"({r['cpu_s']:.0f} cpu s)")
         if retrain and not args.no_retrain:
@@ -253,6 +260,10 @@ def table(out: dict[str, Any]) -> str:
     for r in out["results"]:
         p = {k: v for k, v in r["params"].items()}
         after = r.get("after_retraining", {})
+        if "error" in r:
+            rows.append([r["tool"], r["method"], ", ".join(f"{k}={v}" for k, v in p.items()), "failed: " + r["error"][:60],
+                         None, None, None, None, None])
+            continue
         rows.append([r["tool"], r["method"], ", ".join(f"{k}={v}" for k, v in p.items()) or "defaults", f"{r['recall']:.3f}",
                      f"{r['removed_per_poison']:.2f}", f"{r['precision']:.3f}", after.get("asr"), after.get("clean_accuracy"),
                      f"{r['cpu_s']:.1f}"])
