@@ -100,6 +100,26 @@ def test_the_gradient_through_the_training_optimum_matches_finite_differences(di
     assert float((grad * d).sum()) == pytest.approx(fd, rel=0.1, abs=1e-5)
 
 
+def test_conjugate_gradient_on_exact_hessian_vector_products_solves_like_the_explicit_hessian(digits_train) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    x, y = digits_train.x[:300], digits_train.y[:300]
+    sur = LinearSurrogate(LogisticRegression(max_iter=1000).fit(x.reshape(300, -1).numpy(), y.numpy()), "test")
+    w = torch.ones(300, dtype=torch.float64)
+    theta = sur.fit(x, y, w)
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(theta.shape, generator=g, dtype=torch.float64)
+    h = sur.hessian(theta, x, y, w)
+    hv = (h @ v.reshape(-1)).reshape(theta.shape)
+    assert torch.allclose(sur.hvp(theta, x, y, w, v), hv, rtol=1e-9, atol=1e-9 * float(hv.abs().max()))
+    rhs = torch.randn(theta.shape, generator=g, dtype=torch.float64)
+    rhs -= rhs.mean(dim=0, keepdim=True)  # orthogonal to the flat direction (a common shift of the intercepts)
+    explicit = sur.solve_hessian(theta, x, y, w, rhs)
+    sur.EXPLICIT_MAX = 10  # force conjugate gradient
+    cg = sur.solve_hessian(theta, x, y, w, rhs)
+    assert float((cg - explicit).norm() / explicit.norm()) < 1e-5
+
+
 def test_availability_poison_lowers_digits_lr_accuracy_more_than_random_flips(digits_train, digits_test, digits_lr) -> None:
     x, y, xt, yt = digits_train.x, digits_train.y, digits_test.x, digits_test.y
     clean = _lr_accuracy(x, y, xt, yt)
