@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gauntlet.audit import load_spec, run_audit
-from gauntlet.audit.gate import evaluate_gate
+from gauntlet.audit.gate import evaluate_gate, parse_threshold
 from gauntlet.audit.html import render_html
 from gauntlet.audit.report import validate_report
 from gauntlet.audit.studies.poisoning import PoisoningStudy, PoisoningThreshold, default_cache_dir
@@ -121,6 +121,12 @@ def test_gate_rule_on_attack_success_fails_a_model_the_backdoor_takes_over(repor
     assert gate["passed"] is False
     assert len(gate["violations"]) == 1 and "badnets" in gate["violations"][0]
     assert ok.describe() == "poisoning:tiny:none=0.9"
+    # the --fail-under syntax is a maximum, like detect's: with or without the defense
+    assert parse_threshold("poisoning:badnets=10%") == bad
+    assert parse_threshold(" poisoning : tiny : none = 0.9 ") == ok
+    assert parse_threshold("poisoning:badnets:clustering=5%") == PoisoningThreshold(poisoning="badnets", defense="clustering", max_success_rate=0.05)
+    with pytest.raises(ConfigError, match="max_success_rate"):
+        parse_threshold("poisoning:badnets=150%")
     spec = make_spec(model_file, tmp_path, thresholds=[{"poisoning": "nope", "max_success_rate": 0.1}])
     with pytest.raises(ConfigError, match=r"thresholds\[0\]\.poisoning: no poisoning attack is labelled 'nope'"):
         load_spec(spec)
@@ -234,6 +240,14 @@ def test_gauntlet_poison_runs_the_study_from_the_command_line(model_file: Path, 
     assert res.exit_code == 0, res.stdout + res.stderr
     out = json.loads(res.stdout)
     assert out["poisoning"][0]["name"] == "badnets" and out["poisoning"][0]["training"] == {"method": "standard", "epochs": 3}
+    success = out["poisoning"][0]["success_rate"]
+    # the same run (its stages reused from the store) gated on a maximum below and above what it reached
+    gated = invoke(*args, "--store", f"sqlite:///{tmp_path / 'g.db'}", "--out", str(tmp_path / "rep"), "--json",
+                   "--fail-under", f"poisoning:badnets={max(0.0, success - 0.01):.4f}")
+    assert gated.exit_code == 1 and json.loads(gated.stdout)["gate"]["passed"] is False
+    passed = invoke(*args, "--store", f"sqlite:///{tmp_path / 'g.db'}", "--out", str(tmp_path / "rep"), "--json",
+                    "--fail-under", f"poisoning:badnets={min(1.0, success + 0.01):.4f}")
+    assert passed.exit_code == 0 and json.loads(passed.stdout)["gate"]["passed"] is True
     assert (tmp_path / "rep" / "report.html").exists() and any((tmp_path / "cache" / "poisoning").iterdir())
     res = invoke("poison", str(model_file), "--arch", "digits_cnn", "--attack", "fgsm", "--store", f"sqlite:///{tmp_path / 'g.db'}")
     assert res.exit_code == 2 and "'fgsm' is an evasion attack" in res.stderr

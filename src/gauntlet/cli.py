@@ -618,6 +618,9 @@ def poison(
     init: str = typer.Option("scratch", "--init", help="scratch (re-initialise the architecture) or finetune_last (retrain only the last layer)."),
     targets: int = typer.Option(10, "--targets", min=1, help="Targeted attacks: how many target inputs (one poisoning and training each)."),
     seed: int = typer.Option(0, "--seed", min=0, help="Seed of the audit (poison rows, initial weights, shuffling)."),
+    fail_under: list[str] = typer.Option(  # noqa: B008 - typer declares options as defaults
+        [], "--fail-under", help="Gate: poisoning:ATTACK[:DEFENSE]=MAX, the most attack success allowed, e.g. 'poisoning:badnets=10%' (repeatable; exit 1 when exceeded)."
+    ),
     out: Path = typer.Option(Path("gauntlet-report"), "--out", "-o", help="Folder for report.json and report.html."),  # noqa: B008 - typer declares options as defaults
     store: str = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
     trust: bool = typer.Option(False, "--trust", help="Allow pickle model files (runs code from the file: trusted files only)."),
@@ -664,7 +667,8 @@ def poison(
     args += [w for d in defense for w in ("--defense", d)] + ["--train", train_data, "--data", data, "--method", method]
     args += [w for p in train_param for w in ("--train-param", p)] + ["--init", init, "--seed", str(seed), "--out", str(out)]
     args += ["--store", _safe(store)] + (["--arch", arch] if arch else []) + (["--n", str(n)] if n else []) + (["--trust"] if trust else [])
-    _run(spec_obj, out=out, store=store, fail_under=[], max_regression=None, trust=trust, as_json=as_json, command=shlex.join(args))
+    args += [w for t in fail_under for w in ("--fail-under", t)]
+    _run(spec_obj, out=out, store=store, fail_under=fail_under, max_regression=None, trust=trust, as_json=as_json, command=shlex.join(args))
 
 
 def _threads(n: int | None) -> None:

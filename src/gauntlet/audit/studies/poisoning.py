@@ -30,13 +30,16 @@ accuracy beside the clean baseline's, the attack's success (ASR for backdoors, t
 or the test error for availability attacks) beside the clean model's, and per defense its
 precision and recall against the poison mask, the rows it removed and the clean accuracy and
 success after retraining.  Gate: ``{poisoning: badnets, max_success_rate: 0.1}`` (optionally
-``defense: spectral_signatures``, the success after that defense).
+``defense: spectral_signatures``, the success after that defense), or ``--fail-under
+poisoning:badnets=10%`` / ``poisoning:badnets:spectral_signatures=10%`` (a maximum, like
+``detect:...``).
 """
 
 from __future__ import annotations
 
 import copy
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -359,6 +362,22 @@ class PoisoningStudy(Study):
         names = [d for d, _ in self.defenses]
         if th.defense != "none" and th.defense not in names:
             raise ConfigError(f"{place}.defense: the poisoning block has no defense {th.defense!r}; it has {', '.join(map(repr, ['none', *names]))}")
+
+    @classmethod
+    def parse_threshold(cls, text: str) -> PoisoningThreshold | None:
+        """``poisoning:LABEL=MAX`` or ``poisoning:LABEL:DEFENSE=MAX`` (a maximum attack success, as
+        ``detect:...=max`` is; ``10%`` or ``0.1``)."""
+        m = re.fullmatch(r"\s*poisoning\s*:\s*([^:=\s]+)\s*(?::\s*([^:=\s]+)\s*)?=\s*([^\s%]+)\s*(%?)\s*", text or "")
+        if not m:
+            return None
+        label, defense, max_s, percent = m.groups()
+        try:
+            maximum = float(max_s) / (100.0 if percent else 1.0)
+        except ValueError:
+            raise ConfigError(f"--fail-under {text!r}: the maximum attack success must be a number") from None
+        return PoisoningThreshold.from_text(  # type: ignore[no-any-return]
+            text, poisoning=label, defense=defense or "none", max_success_rate=maximum
+        )
 
     # -- data and models ---------------------------------------------------------------------------
     def _train_data(self, env: AuditEnv) -> tuple[Tensor, Tensor]:
