@@ -13,15 +13,97 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from gauntlet._batch import check_input_batch
+from gauntlet._validation import Check, Constraint, Interval, IsNone
 from gauntlet.attacks.poisoning._base import precision_recall
 from gauntlet.defenses.base import Defense, check_labels
-from gauntlet.errors import ConfigError
+from gauntlet.errors import CapabilityError, ConfigError
 
-__all__ = ["SanitizationResult", "Sanitizer"]
+__all__ = [
+    "EXPECTED_FRACTION",
+    "LAYER",
+    "REMOVAL_FACTOR",
+    "SPACES",
+    "SanitizationResult",
+    "Sanitizer",
+    "check_removal",
+    "flag_top",
+    "read_features",
+    "representation",
+    "seed_from",
+]
+
+# -- what several sanitizers share: the removal budget, the feature space, scikit-learn seeds ------
+#: where the rows are compared: the raw inputs or the penultimate features of a TorchModel
+SPACES = ("input", "features")
+#: the share of poison the defender expects, in (0, 1)
+EXPECTED_FRACTION: list[Constraint] = [Interval(float, 0, 1, closed="neither")]
+#: how many times the expected poison share is removed (Tran et al. 2018 remove 1.5 ε)
+REMOVAL_FACTOR: list[Constraint] = [Interval(float, 0, None, closed="neither")]
+#: the submodule whose output is the feature space (None: the input of the last nn.Linear)
+LAYER: list[Constraint] = [Check(lambda v: isinstance(v, str) and v != "", "a submodule name"), IsNone()]
+
+
+def check_removal(owner: str, expected_fraction: float, removal_factor: float) -> None:
+    """One-line :class:`ConfigError` when the removal set would be the whole training set."""
+    if float(expected_fraction) * float(removal_factor) >= 1.0:
+        raise ConfigError(
+            f"{owner}: expected_fraction × removal_factor = {float(expected_fraction) * float(removal_factor):g} "
+            "would flag every row; it must be < 1 (lower one of them)"
+        )
+
+
+def flag_top(scores: Tensor, expected_fraction: float, removal_factor: float) -> tuple[Tensor, int]:
+    """The removal set: the ``k = round(expected_fraction × removal_factor × N)`` rows with the
+    highest scores (at least one; ties broken by row order), and ``k``."""
+    n = int(scores.shape[0])
+    k = min(n, max(1, round(float(expected_fraction) * float(removal_factor) * n)))
+    order = torch.sort(scores.double(), descending=True, stable=True).indices
+    flagged = torch.zeros(n, dtype=torch.bool)
+    flagged[order[:k].cpu()] = True
+    return flagged, k
+
+
+def seed_from(generator: torch.Generator) -> int:
+    """A non-negative 31-bit seed drawn from ``generator`` (for scikit-learn's ``random_state``)."""
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
+
+
+def read_features(owner: str, model: Any, x: Tensor, layer: str | None, batch_size: int) -> Tensor:
+    """The representations ``(N, D)`` (float64) a feature-space sanitizer works on: the input of
+    the last ``nn.Linear`` of a gauntlet ``TorchModel`` (or the output of the submodule ``layer``),
+    after checking that ``x`` fits the model (per-sample shape, dtype, device, bounds, finite)."""
+    from gauntlet.attacks.base import check_batch
+    from gauntlet.models.features import features
+    from gauntlet.models.torch_model import TorchModel
+
+    if not isinstance(model, TorchModel):
+        raise CapabilityError(
+            f"{owner}: reads the penultimate layer of the network trained on the data, so it needs a gauntlet "
+            f"TorchModel (gt.models.TorchModel(net, ...)), got {type(model).__name__}"
+        )
+    check_batch(x, model, where=f"{owner}.detect")
+    feats = features(model, x, layer=layer, batch_size=batch_size, owner=owner)
+    if not bool(torch.isfinite(feats).all()):
+        raise ConfigError(f"{owner}: the network's features hold NaN or inf; check the model (or pass another layer=)")
+    return feats.to(torch.float64)
+
+
+def representation(owner: str, space: str, model: Any, x: Tensor, *, layer: str | None, batch_size: int) -> np.ndarray:
+    """The rows of ``x`` as float64 vectors ``(N, D)``: the flattened inputs (``space="input"``,
+    ``model`` unused) or :func:`read_features` of ``model`` (``space="features"``)."""
+    if space == "input":
+        return x.detach().flatten(1).double().cpu().numpy()
+    if model is None:
+        raise ConfigError(
+            f"{owner}: space='features' reads a network trained on the data: pass detect(model, x, y) "
+            "with a gauntlet TorchModel, or use space='input'"
+        )
+    return read_features(owner, model, x, layer, batch_size).cpu().numpy()
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from torch import Tensor
 
 from gauntlet._validation import Constraint, Interval, Options
 from gauntlet.defenses.registry import register
-from gauntlet.defenses.sanitize._base import Sanitizer
-from gauntlet.defenses.sanitize.spectral_signatures import LAYER, read_features
+from gauntlet.defenses.sanitize._base import LAYER, Sanitizer, read_features
 
 __all__ = ["ActivationClustering"]
 

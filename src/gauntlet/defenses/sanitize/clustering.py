@@ -12,12 +12,12 @@ from torch import Tensor
 
 from gauntlet._validation import Constraint, Interval, Options
 from gauntlet.defenses.registry import register
-from gauntlet.defenses.sanitize._base import Sanitizer
-from gauntlet.defenses.sanitize.isolation_forest import (
+from gauntlet.defenses.sanitize._base import (
     EXPECTED_FRACTION,
     LAYER,
     REMOVAL_FACTOR,
     SPACES,
+    Sanitizer,
     check_removal,
     flag_top,
     representation,

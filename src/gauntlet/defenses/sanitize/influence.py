@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
@@ -50,7 +49,7 @@ from gauntlet._batch import check_input_batch
 from gauntlet._validation import Check, Constraint, Interval, IsNone, Options, validate_params
 from gauntlet.defenses.base import check_labels
 from gauntlet.defenses.registry import register
-from gauntlet.defenses.sanitize._base import Sanitizer
+from gauntlet.defenses.sanitize._base import EXPECTED_FRACTION, REMOVAL_FACTOR, Sanitizer, flag_top, seed_from
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 
 __all__ = ["MAX_EXACT_PARAMS", "Influence", "InfluenceSanitizer", "influence_on_test", "self_influence"]
@@ -443,7 +442,7 @@ def _check_options(options: dict[str, Any], owner: str) -> None:
 class InfluenceSanitizer(Sanitizer):
     """Self-influence sanitizer (Koh & Liang 2017, §5.4): score every training row by
     ``∇L(z)ᵀ (H + δI)⁻¹ ∇L(z)`` at the model trained on the (possibly poisoned) data and flag the
-    ``round(expected_fraction · removal_factor · n)`` highest.
+    ``round(expected_fraction · removal_factor · n)`` highest (at least one).
 
     Args:
         expected_fraction: the share of poison (or mislabelled rows) the defender budgets for.
@@ -466,8 +465,8 @@ class InfluenceSanitizer(Sanitizer):
         "https://arxiv.org/abs/1703.04730"
     )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "expected_fraction": [Interval(float, 0, 1, closed="neither")],
-        "removal_factor": [Interval(float, 0, None, closed="neither")],
+        "expected_fraction": EXPECTED_FRACTION,
+        "removal_factor": REMOVAL_FACTOR,
         **CONSTRAINTS,
     }
 
@@ -507,11 +506,7 @@ class InfluenceSanitizer(Sanitizer):
 
     def _detect(self, model: Any, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Any]]:
         options = {k: v for k, v in self.get_params().items() if k in CONSTRAINTS}
-        seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        inf = Influence(model, x, y, seed=seed, owner=f"{self.name}.detect", **options)
+        inf = Influence(model, x, y, seed=seed_from(generator), owner=f"{self.name}.detect", **options)
         scores = inf.self_influence().float()
-        n = int(x.shape[0])
-        k = min(n, math.floor(self.expected_fraction * self.removal_factor * n + 0.5))
-        flagged = torch.zeros(n, dtype=torch.bool)
-        flagged[torch.topk(scores, k).indices] = True
+        flagged, k = flag_top(scores, self.expected_fraction, self.removal_factor)
         return scores, flagged, {**inf.info, "n_flagged": k}

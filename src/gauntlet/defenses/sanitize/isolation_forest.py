@@ -2,9 +2,8 @@
 anomalies (Liu, Ting and Zhou 2008), fitted per class (default) on the inputs or on a network's
 penultimate features.
 
-Also holds the pieces the input-space sanitizers share: :func:`representation` (the rows as
-vectors, in input or feature space) and :func:`flag_top` (the removal set: the highest scores,
-``expected_fraction × removal_factor`` of the rows).
+The pieces the sanitizers share (the rows in input or feature space, the removal set, the budget
+constraints) live in :mod:`gauntlet.defenses.sanitize._base`.
 """
 
 from __future__ import annotations
@@ -15,65 +14,22 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gauntlet._validation import Boolean, Check, Constraint, Interval, IsNone, Options
+from gauntlet._validation import Boolean, Constraint, Interval, IsNone, Options
 from gauntlet.defenses.registry import register
-from gauntlet.defenses.sanitize._base import Sanitizer
+from gauntlet.defenses.sanitize._base import (
+    EXPECTED_FRACTION,
+    LAYER,
+    REMOVAL_FACTOR,
+    SPACES,
+    Sanitizer,
+    check_removal,
+    flag_top,
+    representation,
+    seed_from,
+)
 from gauntlet.errors import ConfigError
 
-__all__ = ["EXPECTED_FRACTION", "LAYER", "REMOVAL_FACTOR", "SPACES", "IsolationForestSanitizer", "check_removal", "flag_top", "representation", "seed_from"]
-
-#: where the rows are compared: the raw inputs or the penultimate features of a TorchModel
-SPACES = ("input", "features")
-#: the share of poison the defender expects, in (0, 1)
-EXPECTED_FRACTION: list[Constraint] = [Interval(float, 0, 1, closed="neither")]
-#: how many times the expected poison share is removed (Tran et al. 2018 remove 1.5 ε)
-REMOVAL_FACTOR: list[Constraint] = [Interval(float, 0, None, closed="neither")]
-#: the submodule whose output is the feature space (None: the input of the last nn.Linear)
-LAYER: list[Constraint] = [Check(lambda v: isinstance(v, str) and v != "", "a submodule name"), IsNone()]
-
-
-def check_removal(owner: str, expected_fraction: float, removal_factor: float) -> None:
-    """One-line :class:`ConfigError` when the removal set would be the whole training set."""
-    if float(expected_fraction) * float(removal_factor) >= 1.0:
-        raise ConfigError(
-            f"{owner}: expected_fraction × removal_factor = {float(expected_fraction) * float(removal_factor):g} "
-            "would flag every row; it must be < 1 (lower one of them)"
-        )
-
-
-def seed_from(generator: torch.Generator) -> int:
-    """A non-negative 31-bit seed drawn from ``generator`` (for scikit-learn's ``random_state``)."""
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-
-
-def representation(
-    owner: str, space: str, model: Any, x: Tensor, *, layer: str | None, batch_size: int
-) -> np.ndarray:
-    """The rows of ``x`` as float64 vectors ``(N, D)``: the flattened inputs (``space="input"``,
-    ``model`` unused) or the features of ``model`` at its penultimate layer / ``layer``
-    (``space="features"``; ``model`` must be a gauntlet ``TorchModel``)."""
-    if space == "input":
-        return x.detach().flatten(1).double().cpu().numpy()
-    if model is None:
-        raise ConfigError(
-            f"{owner}: space='features' reads a network trained on the data: pass detect(model, x, y) "
-            "with a gauntlet TorchModel, or use space='input'"
-        )
-    from gauntlet.models.features import features
-
-    return features(model, x, layer=layer, batch_size=batch_size, owner=owner).double().cpu().numpy()
-
-
-def flag_top(scores: Tensor, expected_fraction: float, removal_factor: float) -> tuple[Tensor, int]:
-    """The removal set: the ``k = round(expected_fraction × removal_factor × N)`` rows with the
-    highest scores (at least one; ties broken by row order), and ``k``."""
-    n = int(scores.shape[0])
-    k = min(n, max(1, round(float(expected_fraction) * float(removal_factor) * n)))
-    order = torch.sort(scores.double(), descending=True, stable=True).indices
-    flagged = torch.zeros(n, dtype=torch.bool)
-    flagged[order[:k]] = True
-    return flagged, k
-
+__all__ = ["IsolationForestSanitizer"]
 
 @register
 class IsolationForestSanitizer(Sanitizer):

@@ -14,8 +14,7 @@ from torch import Tensor, nn
 
 from gauntlet._validation import Constraint, Interval, Options
 from gauntlet.defenses.registry import register
-from gauntlet.defenses.sanitize._base import Sanitizer
-from gauntlet.defenses.sanitize.isolation_forest import EXPECTED_FRACTION, REMOVAL_FACTOR, check_removal, flag_top
+from gauntlet.defenses.sanitize._base import EXPECTED_FRACTION, REMOVAL_FACTOR, Sanitizer, check_removal, flag_top
 from gauntlet.errors import CapabilityError, ConfigError
 
 __all__ = ["LossMonitorSanitizer", "per_sample_loss"]

@@ -15,41 +15,11 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from gauntlet._validation import Boolean, Check, Constraint, Interval, Options
+from gauntlet._validation import Boolean, Constraint, Interval, Options
 from gauntlet.defenses.registry import register
-from gauntlet.defenses.sanitize._base import Sanitizer
-from gauntlet.errors import CapabilityError, ConfigError
+from gauntlet.defenses.sanitize._base import EXPECTED_FRACTION, LAYER, REMOVAL_FACTOR, Sanitizer, read_features
 
-__all__ = ["LAYER", "SpectralSignatures", "pooled_whitener", "read_features", "robust_scale"]
-
-
-def _is_layer(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and bool(value))
-
-
-#: the constraint of a ``layer`` hyperparameter: a submodule name, or ``None`` for the input of the
-#: last ``nn.Linear`` (the penultimate representation)
-LAYER: list[Constraint] = [Check(_is_layer, "a submodule name (a non-empty str) or None")]
-
-
-def read_features(owner: str, model: Any, x: Tensor, layer: str | None, batch_size: int) -> Tensor:
-    """The representations ``(N, D)`` (float64) a feature-space sanitizer works on: the input of
-    the last ``nn.Linear`` of a gauntlet ``TorchModel`` (or the output of the submodule ``layer``),
-    after checking that ``x`` fits the model (per-sample shape, dtype, device, bounds, finite)."""
-    from gauntlet.attacks.base import check_batch
-    from gauntlet.models.features import features
-    from gauntlet.models.torch_model import TorchModel
-
-    if not isinstance(model, TorchModel):
-        raise CapabilityError(
-            f"{owner}: reads the penultimate layer of the network trained on the data, so it needs a gauntlet "
-            f"TorchModel (gt.models.TorchModel(net, ...)), got {type(model).__name__}"
-        )
-    check_batch(x, model, where=f"{owner}.detect")
-    feats = features(model, x, layer=layer, batch_size=batch_size, owner=owner)
-    if not bool(torch.isfinite(feats).all()):
-        raise ConfigError(f"{owner}: the network's features hold NaN or inf; check the model (or pass another layer=)")
-    return feats.to(torch.float64)
+__all__ = ["SpectralSignatures", "pooled_whitener", "robust_scale"]
 
 
 def robust_scale(values: Tensor) -> tuple[Tensor, Tensor]:
@@ -127,8 +97,8 @@ class SpectralSignatures(Sanitizer):
         'Tran, Li and Madry, "Spectral Signatures in Backdoor Attacks", NeurIPS 2018, https://arxiv.org/abs/1811.00636'
     )
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "expected_fraction": [Interval(float, 0, 1, closed="neither")],
-        "removal_factor": [Interval(float, 0, None, closed="neither")],
+        "expected_fraction": EXPECTED_FRACTION,
+        "removal_factor": REMOVAL_FACTOR,
         "budget": [Options(("global", "per_class"))],
         "whiten": [Boolean()],
         "layer": LAYER,
