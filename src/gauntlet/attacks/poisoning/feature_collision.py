@@ -19,7 +19,7 @@ from gauntlet.attacks.poisoning._base import PoisoningAttack
 from gauntlet.attacks.registry import register
 from gauntlet.errors import CapabilityError, DataError
 
-__all__ = ["FeatureCollision", "pick_bases", "poison_budget", "torch_model"]
+__all__ = ["FeatureCollision", "pick_bases", "place_poisons", "poison_budget", "torch_model"]
 
 
 def torch_model(model: Any, owner: str) -> Any:
@@ -42,6 +42,20 @@ def poison_budget(attack: PoisoningAttack, n_train: int, n_targets: int) -> int:
     if n is not None:
         return int(n)
     return max(1, attack.n_poison(n_train) // n_targets)
+
+
+def place_poisons(x: Tensor, y: Tensor, rows: Tensor, poisons: Tensor, mode: str) -> tuple[Tensor, Tensor, Tensor]:
+    """The training set with the clean-label ``poisons`` made from base ``rows``: in place of their
+    bases (``mode="replace"``) or appended with the bases' (correct) labels (``"add"``), and the
+    poison mask."""
+    if mode == "replace":
+        px, py = x.clone(), y.clone()
+        px[rows] = poisons
+        mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+        mask[rows] = True
+        return px, py, mask
+    mask = torch.cat([torch.zeros(x.shape[0], dtype=torch.bool), torch.ones(rows.numel(), dtype=torch.bool)]).to(x.device)
+    return torch.cat([x, poisons]), torch.cat([y, y[rows]]), mask
 
 
 def pick_bases(
@@ -212,15 +226,7 @@ class FeatureCollision(PoisoningAttack):
             base = ((1 - self.opacity) * base + self.opacity * xt[tidx]).clamp(lo, hi)
         beta = float(self.beta) if self.beta is not None else float(self.beta0) * (2048 / x[0].numel()) ** 2
         poisons, lr, d0, d1 = self._collide(model, base, ft[tidx].to(x.dtype), beta, owner)
-        label = torch.full((flat.numel(),), int(self.target_class), dtype=y.dtype, device=y.device)
-        if self.mode == "replace":
-            px, py = x.clone(), y.clone()
-            px[flat] = poisons
-            mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            mask[flat] = True
-        else:
-            px, py = torch.cat([x, poisons]), torch.cat([y, label])
-            mask = torch.cat([torch.zeros(x.shape[0], dtype=torch.bool), torch.ones(flat.numel(), dtype=torch.bool)]).to(x.device)
+        px, py, mask = place_poisons(x, y, flat, poisons, str(self.mode))
         info = {
             "rows": rows.cpu(), "target_index": tidx.cpu(), "beta": beta, "learning_rate_final": lr.cpu(),
             "feature_distance_initial": d0.cpu(), "feature_distance": d1.cpu(),

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from gauntlet._validation import Constraint, Interval, IsNone, Options
 from gauntlet.attacks.poisoning._base import PoisoningAttack
-from gauntlet.attacks.poisoning.feature_collision import pick_bases, poison_budget, torch_model
+from gauntlet.attacks.poisoning.feature_collision import pick_bases, place_poisons, poison_budget, torch_model
 from gauntlet.attacks.registry import register
 from gauntlet.errors import ConfigError
 
@@ -179,15 +179,7 @@ class GradientMatching(PoisoningAttack):
             before.append(b0)
             after.append(b1)
         flat = rows.flatten()
-        px_rows = torch.cat(poisons)
-        if self.mode == "replace":
-            px, py = x.clone(), y.clone()
-            px[flat] = px_rows
-            mask = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-            mask[flat] = True
-        else:
-            px, py = torch.cat([x, px_rows]), torch.cat([y, y[flat]])
-            mask = torch.cat([torch.zeros(x.shape[0], dtype=torch.bool), torch.ones(flat.numel(), dtype=torch.bool)]).to(x.device)
+        px, py, mask = place_poisons(x, y, flat, torch.cat(poisons), str(self.mode))
         info = {
             "rows": rows.cpu(),
             "target_index": torch.arange(n_t).repeat_interleave(k),
