@@ -240,32 +240,34 @@ class FeatureCollision(PoisoningAttack):
         shape = (-1,) + (1,) * (base.dim() - 1)
         lr = torch.full((base.shape[0],), float(self.learning_rate), dtype=base.dtype, device=base.device)
 
-        def objective(xx: Tensor) -> tuple[Tensor, Tensor]:
-            feat = ((_features(model, xx, self.layer, owner) - ft) ** 2).sum(1)
-            return feat, feat + beta * ((xx - base) ** 2).sum(dims)
+        def evaluate(xx: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+            """The feature distance, the objective and the feature distance's input gradient of
+            every iterate, from one forward and backward pass."""
+            xg = xx.detach().requires_grad_(True)
+            feat = ((_features(model, xg, self.layer, owner) - ft) ** 2).sum(1)
+            (grad,) = torch.autograd.grad(feat.sum(), xg)
+            feat = feat.detach()
+            return feat, feat + beta * ((xx - base) ** 2).sum(dims), grad
 
         with model.attack_mode():
             cur = base.clone()
-            with torch.no_grad():
-                feat0, obj = objective(cur)
+            feat, obj, grad = evaluate(cur)
+            feat0 = feat
             # the objectives of the last `window` iterates (newest last; a rejected step repeats the current one)
             history = obj.unsqueeze(0).repeat(int(self.window), 1)
             filled = 1
             for _ in range(int(self.max_iter)):
-                xg = cur.detach().requires_grad_(True)
-                feat = ((_features(model, xg, self.layer, owner) - ft) ** 2).sum(1)
-                (grad,) = torch.autograd.grad(feat.sum(), xg)
+                step = lr.view(shape)
+                fwd = cur - step * grad  # forward step on ||f(x) - f(t)||²
+                new = ((fwd + step * beta * base) / (1 + step * beta)).clamp(lo, hi)  # proximal step on β||x - b||²
+                new_feat, new_obj, new_grad = evaluate(new)  # an accepted iterate's gradient is the next step's
                 with torch.no_grad():
-                    step = lr.view(shape)
-                    fwd = cur - step * grad  # forward step on ||f(x) - f(t)||²
-                    new = ((fwd + step * beta * base) / (1 + step * beta)).clamp(lo, hi)  # proximal step on β||x - b||²
-                    _, new_obj = objective(new)
                     ok = new_obj < history[-filled:].mean(0)
                     cur = torch.where(ok.view(shape), new, cur)
+                    grad = torch.where(ok.view(shape), new_grad, grad)
+                    feat = torch.where(ok, new_feat, feat)
                     lr = torch.where(ok, lr, lr * float(self.decay))
                     history = torch.cat([history[1:], torch.where(ok, new_obj, history[-1]).unsqueeze(0)])
                     filled = min(filled + 1, history.shape[0])
-            with torch.no_grad():
-                feat1, _ = objective(cur)
-        return cur.detach(), lr, feat0.sqrt(), feat1.sqrt()
+        return cur.detach(), lr, feat0.sqrt(), feat.sqrt()
 
