@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -22,6 +23,45 @@ def _stat(v: float | Sequence[float] | Tensor | None, name: str) -> Tensor | Non
     if name == "std" and (t <= 0).any():
         raise ConfigError("TorchModel: std must be > 0 in every channel")
     return t
+
+
+class Normalized(nn.Module):
+    """``inner((x - mean) / std)``: a :class:`TorchModel`'s input normalisation as a module, so a copy
+    of the network trains on the raw inputs the model is queried with (``mean``/``std`` may be
+    ``None``; they are buffers, so they follow ``.to(device)``)."""
+
+    def __init__(self, inner: nn.Module, mean: Tensor | None = None, std: Tensor | None = None) -> None:
+        super().__init__()
+        self.inner = inner
+        self.register_buffer("mean", None if mean is None else mean.detach().clone())
+        self.register_buffer("std", None if std is None else std.detach().clone())
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2) if x.dim() > 2 else (1, -1)
+        mean: Tensor | None = self.mean  # type: ignore[assignment]
+        std: Tensor | None = self.std  # type: ignore[assignment]
+        if mean is not None:
+            x = x - (mean.view(shape) if mean.dim() == 1 else mean)
+        if std is not None:
+            x = x / (std.view(shape) if std.dim() == 1 else std)
+        return self.inner(x)  # type: ignore[no-any-return]
+
+
+def reinitialise(module: nn.Module, seed: int) -> nn.Module:
+    """Re-draw the weights of every submodule of ``module`` that has ``reset_parameters``, from
+    ``seed`` alone: on the CPU from the CPU generator (``torch.manual_seed`` would also reseed the
+    caller's CUDA generators), inside a forked RNG so the caller's state is untouched; the module
+    goes back to its device afterwards.  Returns ``module``."""
+    p = next(iter(module.parameters()), None)
+    device = p.device if p is not None else torch.device("cpu")
+    module.cpu()
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(int(seed))
+        for m in module.modules():
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return module.to(device)
 
 
 class TorchModel(Model):
@@ -97,6 +137,16 @@ class TorchModel(Model):
 
     def _forward(self, x: Tensor) -> Tensor:
         return self.module(self._normalize(x))
+
+    def trainable_copy(self) -> Normalized:
+        """A deep copy of the network with this model's normalisation in front (:class:`Normalized`;
+        the network is its ``inner``), in train mode with every parameter trainable: what a
+        defense or study retrains without touching this model."""
+        copy_ = Normalized(copy.deepcopy(self.module), self.mean, self.std).to(self._device)
+        copy_.train()
+        for p in copy_.parameters():
+            p.requires_grad_(True)
+        return copy_
 
     @contextlib.contextmanager
     def attack_mode(self) -> Iterator[None]:

@@ -37,7 +37,6 @@ poisoning:badnets=10%`` / ``poisoning:badnets:spectral_signatures=10%`` (a maxim
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -186,27 +185,6 @@ class PoisonUnit:
     @property
     def cost(self) -> float:
         return 2.0 if self.stage == "defense" else 1.0
-
-
-class _Normalized(nn.Module):
-    """The audited model's normalisation in front of a copy of its module, so training sees inputs
-    in the model's bounds like the attacks do."""
-
-    def __init__(self, module: nn.Module, mean: Tensor | None, std: Tensor | None) -> None:
-        super().__init__()
-        self.inner = module
-        self.register_buffer("mean", None if mean is None else mean.detach().clone())
-        self.register_buffer("std", None if std is None else std.detach().clone())
-
-    def forward(self, x: Tensor) -> Tensor:
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        mean: Tensor | None = self.mean  # type: ignore[assignment]
-        std: Tensor | None = self.std  # type: ignore[assignment]
-        if mean is not None:
-            x = x - (mean.view(shape) if mean.dim() == 1 else mean)
-        if std is not None:
-            x = x / (std.view(shape) if std.dim() == 1 else std)
-        return self.inner(x)  # type: ignore[no-any-return]
 
 
 def _last_linear(module: nn.Module) -> nn.Linear | None:
@@ -407,25 +385,19 @@ class PoisoningStudy(Study):
     def _fresh(self, env: AuditEnv, seed: int) -> nn.Module:
         """A copy of the audited module to train: re-initialised (``scratch``) or with a fresh last
         layer and everything else frozen (``finetune_last``), seeded."""
-        base = env.base_model
-        module = _Normalized(copy.deepcopy(base.module), base.mean, base.std)
-        module.train()
-        for p in module.parameters():
-            p.requires_grad_(True)
-        with torch.random.fork_rng():
-            torch.manual_seed(seed)
-            if self.block.init == "scratch":
-                for m in module.modules():
-                    if hasattr(m, "reset_parameters") and callable(m.reset_parameters):
-                        m.reset_parameters()
-            else:
-                last = _last_linear(module)
-                assert last is not None  # checked in check()
-                for p in module.parameters():
-                    p.requires_grad_(False)
-                last.reset_parameters()
-                for p in last.parameters():
-                    p.requires_grad_(True)
+        from gauntlet.models.torch_model import reinitialise
+
+        module = env.base_model.trainable_copy()
+        if self.block.init == "scratch":
+            reinitialise(module, seed)
+        else:
+            last = _last_linear(module)
+            assert last is not None  # checked in check()
+            for p in module.parameters():
+                p.requires_grad_(False)
+            reinitialise(last, seed)
+            for p in last.parameters():
+                p.requires_grad_(True)
         return module
 
     def _wrap(self, env: AuditEnv, module: nn.Module) -> Any:

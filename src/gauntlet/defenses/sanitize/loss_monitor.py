@@ -5,7 +5,6 @@ whose early losses are abnormal: too low (backdoor poison is learned first, Li e
 
 from __future__ import annotations
 
-import copy
 from typing import Any, ClassVar
 
 import torch
@@ -32,19 +31,6 @@ def per_sample_loss(module: nn.Module, x: Tensor, y: Tensor, batch_size: int = 5
         for s in range(0, x.shape[0], batch_size):
             out.append(F.cross_entropy(module(x[s : s + batch_size]), y[s : s + batch_size], reduction="none"))
     return torch.cat(out).detach().float().cpu()
-
-
-class _Normalized(nn.Module):
-    """``module((x - mean) / std)``: a TorchModel's input normalisation as a module, so the copy
-    trains on the same raw inputs the model is queried with."""
-
-    def __init__(self, model: Any, module: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.inner = module
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.inner(self.model._normalize(x))
 
 
 @register
@@ -121,22 +107,9 @@ class LossMonitorSanitizer(Sanitizer):
     def _fresh_copy(self, model: Any, generator: torch.Generator) -> nn.Module:
         """The model's architecture, deep-copied and re-initialised from ``generator`` (the
         caller's global RNG state is left untouched)."""
-        # initialised on the CPU from the CPU generator alone (torch.manual_seed would also reseed
-        # every CUDA generator of the caller), then moved to the model's device
-        module = copy.deepcopy(model.module).cpu()
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(seed)
-            for m in module.modules():
-                reset = getattr(m, "reset_parameters", None)
-                if callable(reset):
-                    reset()
-        module = module.to(model.device)
-        for p in module.parameters():
-            p.requires_grad_(True)
-        if model.mean is not None or model.std is not None:
-            return _Normalized(model, module)
-        return module
+        from gauntlet.models.torch_model import reinitialise
+
+        return reinitialise(model.trainable_copy(), int(torch.randint(0, 2**62, (1,), generator=generator)))
 
     def _detect(self, model: Any, x: Tensor, y: Tensor, generator: torch.Generator) -> tuple[Tensor, Tensor, dict[str, Any]]:
         from gauntlet.defenses.registry import create
