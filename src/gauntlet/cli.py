@@ -207,6 +207,9 @@ def _attack_detail(name: str, as_json: bool) -> None:
     if cls.kind == "poisoning":
         _poisoning_detail(cls, params, as_json)
         return
+    if cls.kind == "extraction":
+        _extraction_detail(cls, params, as_json)
+        return
     info = {
         "name": cls.name,
         "description": cls.description,
@@ -266,6 +269,26 @@ def _poisoning_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> 
     _echo_detail(f"{cls.name}: {cls.description}", fields, params)
 
 
+def _extraction_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> None:
+    info = {
+        "name": cls.name,
+        "description": cls.description,
+        "reference": cls.reference or None,
+        "kind": cls.kind,
+        "needs": cls.needs,
+        "parameters": [{**row, "default": _jsonable(row["default"])} for row in params],
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    fields = [("reference", cls.reference)] if cls.reference else []
+    fields += [
+        ("kind", "extraction: run(target, seed=...) returns an ExtractionResult (the stolen copy, queries, fidelity(x))"),
+        ("needs", "the target's scores (probabilities or logits)" if cls.needs == "scores" else "the target's labels only"),
+    ]
+    _echo_detail(f"{cls.name}: {cls.description}", fields, params)
+
+
 def _defense_detail(name: str, kind: str | None, as_json: bool) -> None:
     from gauntlet.defenses import get_defense_class
     from gauntlet.defenses.certify import Certifier
@@ -319,7 +342,7 @@ def _defense_detail(name: str, kind: str | None, as_json: bool) -> None:
 @app.command()
 def attacks(
     name: str | None = typer.Argument(None, metavar="NAME", help="Show one attack in detail: parameters, defaults, norms, needs, paper."),
-    kind: str | None = typer.Option(None, "--kind", help="Only attacks of this kind: evasion or poisoning."),
+    kind: str | None = typer.Option(None, "--kind", help="Only attacks of this kind: evasion, poisoning or extraction."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the registered attacks with one-line descriptions, or show one in detail."""

@@ -2,7 +2,9 @@
 
 Every attack class has a ``kind``: ``"evasion"`` (inference time, :class:`~gauntlet.attacks.Attack`,
 ``run(model, x, y)``) or ``"poisoning"`` (training time,
-:class:`~gauntlet.attacks.poisoning.PoisoningAttack`, ``poison(x_train, y_train)``).
+:class:`~gauntlet.attacks.poisoning.PoisoningAttack`, ``poison(x_train, y_train)``) or
+``"extraction"`` (model stealing, :class:`~gauntlet.attacks.extraction.ExtractionAttack`,
+``run(target)`` returns a copy of the target).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from gauntlet.errors import ConfigError, UnknownNameError
 
 _REGISTRY: dict[str, Any] = {}
 A = TypeVar("A", bound=type)
-KINDS: tuple[str, ...] = ("evasion", "poisoning")
+KINDS: tuple[str, ...] = ("evasion", "poisoning", "extraction")
 
 
 def register(cls: A) -> A:
@@ -34,6 +36,7 @@ def register(cls: A) -> A:
 def _load_all() -> None:
     # importing the package registers every attack module in it
     import gauntlet.attacks.evasion
+    import gauntlet.attacks.extraction
     import gauntlet.attacks.poisoning  # noqa: F401
 
 
