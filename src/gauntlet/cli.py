@@ -88,6 +88,8 @@ _KIND_USE = {
     "detector": "fit(model, x_clean, fpr=...) calibrates, detect(x) flags inputs; spec: detect",
     "ensemble": "wrap(models) combines several models into one attackable model",
     "certification": "certify(model, x, y) certifies a radius per sample; spec: certify",
+    "output": "wrap(model, seed=...) returns the model as a black box whose released outputs are hardened",
+    "monitor": "wrap(model) watches the queries the model receives; alarm / fired_at report an extraction-like stream",
 }
 
 
@@ -382,7 +384,7 @@ def studies(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 @app.command()
 def defenses(
     name: str | None = typer.Argument(None, metavar="NAME", help="Show one defense in detail: parameters, defaults, how it is used, paper."),
-    kind: str | None = typer.Option(None, "--kind", help="Only one kind: training, preprocessing, detector, ensemble, certification."),
+    kind: str | None = typer.Option(None, "--kind", help="Only one kind: training, preprocessing, detector, ensemble, certification, sanitizer, output, monitor."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the registered defenses with their kind and a one-line description, or show one in detail."""

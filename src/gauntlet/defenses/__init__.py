@@ -1,9 +1,10 @@
 """Defenses: ``create(name, **params)``, ``list_defenses()``, and the ``Defense`` base class.
 
-Subpackages by kind: ``training``, ``preprocessing``, ``detection``, ``ensemble``, ``certify``.
+Subpackages by kind: ``training``, ``preprocessing``, ``detection``, ``ensemble``, ``certify``,
+``sanitize``, ``privacy`` (output hardening and query monitoring).
 """
 
-from gauntlet.defenses import certify, detection, ensemble, preprocessing, training
+from gauntlet.defenses import certify, detection, ensemble, preprocessing, privacy, training
 from gauntlet.defenses.base import KINDS, Defense
 from gauntlet.defenses.registry import create, describe_defenses, get_defense_class, list_defenses, register
 
@@ -18,6 +19,7 @@ __all__ = [
     "get_defense_class",
     "list_defenses",
     "preprocessing",
+    "privacy",
     "register",
     "training",
 ]

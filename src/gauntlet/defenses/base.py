@@ -12,6 +12,10 @@ which interface it offers (each kind's own base class lives in its subpackage):
 ``"certification"``  ``certify(model, x, y, seed=...)`` returns certified radii per sample.
 ``"sanitizer"``      ``detect(model, x_train, y_train, seed=...)`` scores every training row for
                      being poison and flags a removal set (training-data defenses).
+``"output"``         ``wrap(model, seed=...)`` returns the model as a black box whose released
+                     outputs are hardened against extraction and membership inference.
+``"monitor"``        ``wrap(model)`` watches every query a model receives and raises an alarm on
+                     an extraction-like stream (``fired_at``); ``monitor()`` for many clients.
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from torch import Tensor
 from gauntlet._validation import Constraint, Hyperparameters, validate_params
 from gauntlet.errors import DataError
 
-Kind = Literal["training", "preprocessing", "detector", "ensemble", "certification", "sanitizer"]
-KINDS: tuple[str, ...] = ("training", "preprocessing", "detector", "ensemble", "certification", "sanitizer")
+Kind = Literal["training", "preprocessing", "detector", "ensemble", "certification", "sanitizer", "output", "monitor"]
+KINDS: tuple[str, ...] = ("training", "preprocessing", "detector", "ensemble", "certification", "sanitizer", "output", "monitor")
 
 
 class Defense(Hyperparameters):

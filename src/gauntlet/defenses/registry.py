@@ -36,6 +36,7 @@ def _load_all() -> None:
     import gauntlet.defenses.detection
     import gauntlet.defenses.ensemble
     import gauntlet.defenses.preprocessing
+    import gauntlet.defenses.privacy
     import gauntlet.defenses.sanitize
     import gauntlet.defenses.training  # noqa: F401
 
