@@ -90,6 +90,12 @@ def test_the_same_seed_gives_the_same_copy(labels_only, digits_train, digits_tes
     assert not torch.equal(a.info["pool_indices"], c.info["pool_indices"])
 
 
+def test_a_scores_target_without_num_classes_gets_its_width_read_from_the_counted_answers(digits_net, digits_train) -> None:
+    anonymous = gt.models.CallableModel(digits_net, output="logits", input_shape=(1, 8, 8))
+    res = copycat(query_set=digits_train.x, max_queries=30, epochs=1).run(anonymous, seed=0)
+    assert res.model.num_classes == 10 and res.queries == anonymous.queries == 30
+
+
 # ------------------------------------------------------------------------------------------------
 # bad input
 def test_a_labels_only_target_without_num_classes_is_a_config_error(digits_net, digits_train) -> None:

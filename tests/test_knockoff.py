@@ -63,6 +63,18 @@ def test_a_pool_smaller_than_the_budget_is_queried_once_per_row(digits_model, di
     assert sorted(res.info["pool_indices"].tolist()) == list(range(50))
 
 
+def test_a_budget_smaller_than_the_rounds_is_still_spent(digits_model, digits_train) -> None:
+    res = knockoff(query_set=digits_train.x, max_queries=2, rounds=3, epochs=1).run(digits_model, seed=0)
+    assert res.queries == digits_model.queries == 2
+    assert [h["new_queries"] for h in res.info["history"]] == [1, 1]
+
+
+def test_a_target_that_declares_no_classes_is_read_from_its_answers_without_a_free_query(digits_net, digits_train) -> None:
+    anonymous = gt.models.CallableModel(digits_net, output="logits", input_shape=(1, 8, 8))
+    res = knockoff(query_set=digits_train.x, max_queries=30, epochs=1).run(anonymous, seed=0)
+    assert res.model.num_classes == 10 and res.queries == anonymous.queries == 30
+
+
 def test_rounds_split_the_budget_evenly_and_never_query_a_pool_row_twice(digits_model, digits_train) -> None:
     res = knockoff(query_set=digits_train.x, max_queries=100, rounds=3, selection="adaptive", epochs=1).run(
         digits_model, seed=0

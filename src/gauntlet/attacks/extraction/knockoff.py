@@ -258,19 +258,25 @@ class SurrogateExtraction(ExtractionAttack):
         """Whether the copy learns the target's probability vectors (``False``: its labels)."""
         return False
 
-    def _answers(self, target: QueryBudget, x: Tensor) -> Tensor:
+    def _answers(self, target: QueryBudget, x: Tensor, k: int | None) -> tuple[Tensor, int]:
         """The target's answers on ``x`` (every row one query): probability vectors ``(n, C)``
-        when training on soft labels, else labels ``(n,)``."""
+        when training on soft labels, else labels ``(n,)``; and the number of classes ``C`` (read
+        from the scores' width when ``k`` is ``None``, which only a scores target leaves undeclared)."""
         out = []
         with torch.no_grad():
             for s in range(0, x.shape[0], _QUERY_BATCH):
                 xb = x[s : s + _QUERY_BATCH].to(target.device, target.input_spec.dtype)
-                if self._soft():
+                if self._soft() or k is None:
                     z = target.scores(xb).detach().float().cpu()
-                    out.append(z if target.output == "probabilities" else F.softmax(z, dim=1))
+                    k = int(z.shape[1])
+                    if self._soft():
+                        out.append(z if target.output == "probabilities" else F.softmax(z, dim=1))
+                    else:
+                        out.append(z.argmax(dim=1))
                 else:
                     out.append(target.predict(xb).detach().cpu().to(torch.int64))
-        return torch.cat(out)
+        assert k is not None
+        return torch.cat(out), k
 
     def _input_shape(self, target: QueryBudget) -> tuple[int, ...]:
         shape = target.input_spec.shape
@@ -289,16 +295,16 @@ class SurrogateExtraction(ExtractionAttack):
             )
         return tuple(shape)
 
-    def _num_classes(self, target: QueryBudget, probe: Tensor) -> int:
+    def _declared_classes(self, target: QueryBudget) -> int | None:
+        """The target's declared number of classes; ``None`` for a scores target that declares none
+        (the width of its first answers is used: no uncounted probe query is made)."""
         k = target.num_classes
-        if k is not None:
-            return int(k)
-        if target.has("scores"):
-            return target.infer_num_classes(probe[:1].to(target.device, target.input_spec.dtype))
-        raise ConfigError(
-            f"{self.name}: the labels-only target does not declare num_classes, which the copy needs; "
-            "pass num_classes= to the target's adapter"
-        )
+        if k is None and not target.has("scores"):
+            raise ConfigError(
+                f"{self.name}: the labels-only target does not declare num_classes, which the copy needs; "
+                "pass num_classes= to the target's adapter"
+            )
+        return None if k is None else int(k)
 
     def _make_copy(self, shape: tuple[int, ...], k: int, generator: torch.Generator) -> nn.Module:
         base = self.surrogate if self.surrogate is not None else default_surrogate(shape, k)
@@ -342,8 +348,10 @@ class SurrogateExtraction(ExtractionAttack):
         def noise(n: int) -> Tensor:
             return lo + (hi - lo) * torch.rand((n, *shape), generator=generator)
 
-        k = self._num_classes(target, pool if pool is not None else noise(1))
-        module = self._make_copy(shape, k, generator)
+        k = self._declared_classes(target)
+        # the copy is built before any query when the number of classes is known (a surrogate
+        # that does not fit fails for free), else after the first answers give it
+        module = self._make_copy(shape, k, generator) if k is not None else None
 
         xs: list[Tensor] = []  # the transfer set: inputs and the target's answers
         answers: list[Tensor] = []
@@ -355,7 +363,7 @@ class SurrogateExtraction(ExtractionAttack):
             left = int(target.left)
             if left <= 0:
                 break
-            trained = r > 0
+            trained = module is not None and len(xs) > 0
             if self.query_strategy == "jacobian":
                 if r == 0:
                     n = min(left, -(-self.max_queries // 2 ** (self.rounds - 1)))
@@ -367,6 +375,7 @@ class SurrogateExtraction(ExtractionAttack):
                     else:
                         x_new = noise(n)
                 else:
+                    assert module is not None
                     x_all = torch.cat(xs)
                     y_all = torch.cat(answers)
                     y_lab = y_all.argmax(dim=1) if y_all.dim() == 2 else y_all
@@ -380,21 +389,27 @@ class SurrogateExtraction(ExtractionAttack):
             else:
                 assert pool is not None
                 free = (~used_rows).nonzero().flatten()
+                if free.numel() == 0:
+                    break
                 n = min(left // (self.rounds - r), int(free.numel()))
                 if n == 0:
-                    break
-                idx = free[self._select(module, pool[free], n, generator, trained)]
+                    continue
+                idx = free[self._select(module, pool, n, generator, trained, rows=free)]
                 used_rows[idx] = True
                 pool_indices.append(idx)
                 x_new = pool[idx]
             if x_new.shape[0] == 0:
                 continue
-            answers.append(self._answers(target, x_new))
+            y_new, k = self._answers(target, x_new, k)
+            answers.append(y_new)
             xs.append(x_new)
+            if module is None:
+                module = self._make_copy(shape, k, generator)
             record = self._train(module, torch.cat(xs), torch.cat(answers), (lo, hi), generator)
             record.update(round=r + 1, new_queries=int(x_new.shape[0]), queries=int(target.used))
             history.append(record)
 
+        assert module is not None and k is not None  # max_queries >= 1 and a non-empty pool: one round queried
         copy = TorchModel(module, bounds=(lo, hi), num_classes=k, input_shape=shape)
         info: dict[str, Any] = {
             "query_strategy": self.query_strategy,
@@ -407,14 +422,23 @@ class SurrogateExtraction(ExtractionAttack):
         }
         return copy, info
 
-    def _select(self, module: nn.Module, cand: Tensor, n: int, generator: torch.Generator, trained: bool) -> Tensor:
-        """Indices of ``n`` of the candidate rows ``cand``: at random, or (``"adaptive"``, once the
-        copy has been trained) the ``n`` on which the copy's softmax has the highest entropy."""
-        if n >= cand.shape[0]:
-            return torch.randperm(cand.shape[0], generator=generator)
-        if self.selection == "adaptive" and trained:
-            return torch.topk(_entropy(module, cand), n).indices
-        return torch.randperm(cand.shape[0], generator=generator)[:n]
+    def _select(
+        self, module: nn.Module | None, cand: Tensor, n: int, generator: torch.Generator, trained: bool,
+        rows: Tensor | None = None,
+    ) -> Tensor:
+        """Positions of ``n`` of the candidates (``cand[rows]``, or all of ``cand``; the pool is not
+        copied): at random, or (``"adaptive"``, once the copy has been trained) the ``n`` on which
+        the copy's softmax has the highest entropy."""
+        m = int(rows.numel()) if rows is not None else int(cand.shape[0])
+        if n >= m:
+            return torch.randperm(m, generator=generator)
+        if self.selection == "adaptive" and trained and module is not None:
+            if rows is None:
+                h = _entropy(module, cand)
+            else:
+                h = torch.cat([_entropy(module, cand[rows[s : s + 4096]]) for s in range(0, m, 4096)])
+            return torch.topk(h, n).indices
+        return torch.randperm(m, generator=generator)[:n]
 
     def _train(
         self, module: nn.Module, x: Tensor, answers: Tensor, bounds: tuple[float, float], generator: torch.Generator,
