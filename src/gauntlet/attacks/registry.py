@@ -4,7 +4,9 @@ Every attack class has a ``kind``: ``"evasion"`` (inference time, :class:`~gaunt
 ``run(model, x, y)``) or ``"poisoning"`` (training time,
 :class:`~gauntlet.attacks.poisoning.PoisoningAttack`, ``poison(x_train, y_train)``) or
 ``"extraction"`` (model stealing, :class:`~gauntlet.attacks.extraction.ExtractionAttack`,
-``run(target)`` returns a copy of the target).
+``run(target)`` returns a copy of the target) or ``"inference"`` (privacy: membership
+inference, :class:`~gauntlet.attacks.inference.MembershipAttack`, ``run(model, members=...,
+nonmembers=...)`` scores each candidate).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from gauntlet.errors import ConfigError, UnknownNameError
 
 _REGISTRY: dict[str, Any] = {}
 A = TypeVar("A", bound=type)
-KINDS: tuple[str, ...] = ("evasion", "poisoning", "extraction")
+KINDS: tuple[str, ...] = ("evasion", "poisoning", "extraction", "inference")
 
 
 def register(cls: A) -> A:
@@ -37,6 +39,7 @@ def _load_all() -> None:
     # importing the package registers every attack module in it
     import gauntlet.attacks.evasion
     import gauntlet.attacks.extraction
+    import gauntlet.attacks.inference
     import gauntlet.attacks.poisoning  # noqa: F401
 
 
