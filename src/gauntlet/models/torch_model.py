@@ -5,12 +5,14 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from gauntlet._validation import Interval, IsNone, Options, parse_bounds, parse_shape, validate_params
+from gauntlet._validation import Boolean, Interval, IsNone, Options, parse_bounds, parse_shape, validate_params
 from gauntlet.errors import ConfigError
+from gauntlet.models._fast import FrozenForward
 from gauntlet.models.base import InputSpec, Model
 
 
@@ -80,6 +82,10 @@ class TorchModel(Model):
         input_shape: per-sample input shape, checked on every attack call when given; with
             ``num_classes`` the module must run on one input of this shape at construction.
         output: ``"logits"`` (default) or ``"probabilities"``.
+        fast: forward-only queries (no gradient recorded, network in eval mode) run on a frozen,
+            inference-optimised TorchScript copy of the network, built on first use, checked
+            against eager and rebuilt when the weights change (:mod:`gauntlet.models._fast`);
+            ``False`` always runs the module eagerly.  ``fast_path`` says which is in use.
     """
 
     capabilities = frozenset({"gradients", "scores", "labels"})
@@ -94,6 +100,7 @@ class TorchModel(Model):
         std: float | Sequence[float] | Tensor | None = None,
         input_shape: Sequence[int] | None = None,
         output: str = "logits",
+        fast: bool = True,
     ) -> None:
         super().__init__()
         if not isinstance(module, nn.Module):
@@ -103,8 +110,12 @@ class TorchModel(Model):
             )
         validate_params(
             "TorchModel",
-            {"num_classes": num_classes, "output": output},
-            {"num_classes": [Interval(int, 2, None), IsNone()], "output": [Options(("logits", "probabilities"))]},
+            {"num_classes": num_classes, "output": output, "fast": fast},
+            {
+                "num_classes": [Interval(int, 2, None), IsNone()],
+                "output": [Options(("logits", "probabilities"))],
+                "fast": [Boolean()],
+            },
         )
         lo, hi = parse_bounds("TorchModel", bounds, finite=False)
         shape = parse_shape("TorchModel", input_shape) if input_shape else None
@@ -117,6 +128,8 @@ class TorchModel(Model):
         self._num_classes = num_classes
         self.mean = _stat(mean, "mean")
         self.std = _stat(std, "std")
+        self.fast = fast
+        self._frozen = FrozenForward()
         self._probe_outputs()
 
     @property
@@ -136,7 +149,23 @@ class TorchModel(Model):
         return x
 
     def _forward(self, x: Tensor) -> Tensor:
+        if self.fast and not torch.is_grad_enabled():  # gradient passes always run eagerly
+            out = self._frozen(self.module, self._normalize, x, bounds=self.bounds, extra=(self.mean, self.std))
+            if out is not None:
+                return out
         return self.module(self._normalize(x))
+
+    @property
+    def fast_path(self) -> str:
+        """``"off"`` (``fast=False``), ``"pending"`` (no forward-only query yet), ``"frozen"``, or
+        ``"eager: <reason>"`` when the frozen copy was refused."""
+        return "off" if not self.fast else self._frozen.status
+
+    def __getstate__(self) -> dict[str, Any]:
+        # a TorchScript copy does not pickle; the receiving process rebuilds it on first use
+        state = self.__dict__.copy()
+        state["_frozen"] = FrozenForward()
+        return state
 
     def trainable_copy(self) -> Normalized:
         """A deep copy of the network with this model's normalisation in front (:class:`Normalized`;
