@@ -209,8 +209,8 @@ def _attack_detail(name: str, as_json: bool) -> None:
     if cls.kind == "poisoning":
         _poisoning_detail(cls, params, as_json)
         return
-    if cls.kind == "extraction":
-        _extraction_detail(cls, params, as_json)
+    if cls.kind in ("extraction", "inference"):
+        _privacy_detail(cls, params, as_json)
         return
     info = {
         "name": cls.name,
@@ -271,7 +271,9 @@ def _poisoning_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> 
     _echo_detail(f"{cls.name}: {cls.description}", fields, params)
 
 
-def _extraction_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> None:
+def _privacy_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> None:
+    """Detail of an extraction or inference (membership) attack."""
+    population = bool(getattr(cls, "needs_population", False))
     info = {
         "name": cls.name,
         "description": cls.description,
@@ -280,14 +282,22 @@ def _extraction_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) ->
         "needs": cls.needs,
         "parameters": [{**row, "default": _jsonable(row["default"])} for row in params],
     }
+    if cls.kind == "inference":
+        info["needs_population"] = population
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     fields = [("reference", cls.reference)] if cls.reference else []
-    fields += [
-        ("kind", "extraction: run(target, seed=...) returns an ExtractionResult (the stolen copy, queries, fidelity(x))"),
-        ("needs", "the target's scores (probabilities or logits)" if cls.needs == "scores" else "the target's labels only"),
-    ]
+    use = (
+        "extraction: run(target, seed=...) returns an ExtractionResult (the stolen copy, queries, fidelity(x))"
+        if cls.kind == "extraction"
+        else "inference: run(model, members=(x, y), nonmembers=(x, y), seed=...) returns a MembershipResult "
+        "(scores, auc, tpr_at(fpr), roc())"
+    )
+    needs = "the target's scores (probabilities or logits)" if cls.needs == "scores" else "the target's labels only"
+    if population:
+        needs += "; attacker data disjoint from the candidates: run(..., population=(x, y))"
+    fields += [("kind", use), ("needs", needs)]
     _echo_detail(f"{cls.name}: {cls.description}", fields, params)
 
 
@@ -344,7 +354,7 @@ def _defense_detail(name: str, kind: str | None, as_json: bool) -> None:
 @app.command()
 def attacks(
     name: str | None = typer.Argument(None, metavar="NAME", help="Show one attack in detail: parameters, defaults, norms, needs, paper."),
-    kind: str | None = typer.Option(None, "--kind", help="Only attacks of this kind: evasion, poisoning or extraction."),
+    kind: str | None = typer.Option(None, "--kind", help="Only attacks of this kind: evasion, poisoning, extraction or inference."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the registered attacks with one-line descriptions, or show one in detail."""
