@@ -62,8 +62,8 @@ RTOL: dict[torch.dtype, float] = {
 Key = tuple[tuple[int, ...], torch.dtype, torch.device]
 PROBE_TRACE, PROBE_SIZES = 2, (1, 7)
 #: smaller batches run eagerly: there a TorchScript call and the MKLDNN layout conversions cost
-#: about what they save (measured here, one thread: the frozen copy is 0.6–1.3× eager below 16
-#: images depending on the network, ≥ 1.1× from 32 on every zoo architecture)
+#: about what they save (measured here, one thread, batch 1–16: 0.6–1.3× eager on DigitsCNN,
+#: SmallCNN and Wong–Kolter small; from 32 on: 0.9–1.2× on Wong–Kolter small, 1.6–3× on the others)
 MIN_BATCH = 32
 
 
