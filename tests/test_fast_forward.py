@@ -120,6 +120,15 @@ def test_predict_takes_the_fast_path_and_its_outputs_are_ordinary_tensors(digits
     out[0, 0] = 0.0  # callers may edit the scores in place, as they could eager ones
 
 
+def test_first_use_under_inference_mode_builds_the_copy_and_matches_eager(digits) -> None:
+    net, model = digits
+    x = rand(N, (1, 8, 8))
+    with torch.inference_mode():
+        out = model.scores(x)
+    assert model.fast_path == "frozen" and out.is_inference()
+    assert (out - eager(net, x)).abs().max() <= 1e-5
+
+
 # ------------------------------------------------------------------------------------------------
 # one build per weights
 def test_batch_sizes_from_1_to_1024_do_not_retrace(digits) -> None:
