@@ -10,7 +10,8 @@ answering with its logits.  The attacker's query pool is the 60,000 MNIST *train
 the 10,000 MNIST *test* images, never queried.  At budgets of 1k, 5k and 10k queries, with the
 same surrogate architecture (``wong_kolter_small``, a 2-conv CNN the attacker picks without
 knowing the target's), the same training (``--epochs`` epochs, batch 64, Adam, lr 1e-3) and the
-same random draw of the pool (``sampling_strategy="random"``):
+same selection, uniform without replacement from the same pool (``sampling_strategy="random"``;
+each library draws its rows from its own RNG, so the rows differ):
 
 * ``knockoff``: gauntlet's ``knockoff``, soft labels (the target's softmax probabilities), random
   selection, one round;
