@@ -109,7 +109,9 @@ class QueryBudget(WrappedModel):
     """The target as an extraction attack sees it: every query is counted and a query past
     ``max_queries`` raises :class:`~gauntlet.errors.BudgetExceeded` before reaching the target.
 
-    ``used`` is the number of inputs asked so far and ``left`` what remains (``None``: no
+    Every query counts, including ``count=False`` calls and the one forward pass
+    ``infer_num_classes`` makes: an attacker has no free queries.  ``used`` is the number of
+    inputs asked so far and ``left`` what remains (``None``: no
     budget).  Attacks ask ``left`` before a batch and send at most that many inputs.
     """
 
@@ -126,9 +128,7 @@ class QueryBudget(WrappedModel):
     def left(self) -> int | None:
         return None if self.max_queries is None else self.max_queries - self.used
 
-    def _spend(self, x: Tensor, count: bool) -> None:
-        if not count:
-            return
+    def _spend(self, x: Tensor) -> None:
         n = int(x.shape[0])
         if self.max_queries is not None and self.used + n > self.max_queries:
             raise BudgetExceeded(
@@ -137,16 +137,18 @@ class QueryBudget(WrappedModel):
         self.used += n
         self.queries += n
 
+    # every way in counts: an attacker has no free queries (``count=False`` is ignored here)
     def _forward(self, x: Tensor) -> Tensor:
-        return self.target._forward(x)
+        self._spend(x)
+        return self.target.scores(x) if self.target.has("scores") else self.target.predict(x)
 
     def scores(self, x: Tensor, *, count: bool = True) -> Tensor:
-        self._spend(x, count)
-        return self.target.scores(x, count=count)
+        self._spend(x)
+        return self.target.scores(x)
 
     def predict(self, x: Tensor, *, count: bool = True) -> Tensor:
-        self._spend(x, count)
-        return self.target.predict(x, count=count)
+        self._spend(x)
+        return self.target.predict(x)
 
 
 class ExtractionAttack(Hyperparameters, abc.ABC):
@@ -189,7 +191,7 @@ class ExtractionAttack(Hyperparameters, abc.ABC):
         generator = torch.Generator().manual_seed(seed)
         before = target.queries
         t0 = time.perf_counter()
-        with _no_grad_target(target):
+        with _target_attack_mode(target):
             copy, info = self._extract(budget, generator)
         seconds = time.perf_counter() - t0
         asked = target.queries - before
@@ -206,7 +208,7 @@ class ExtractionAttack(Hyperparameters, abc.ABC):
 
 
 @contextlib.contextmanager
-def _no_grad_target(target: Model) -> Iterator[None]:
+def _target_attack_mode(target: Model) -> Iterator[None]:
     """The target in attack mode (eval, frozen parameters): extraction never trains it."""
     with target.attack_mode():
         yield
