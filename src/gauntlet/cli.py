@@ -90,6 +90,7 @@ _KIND_USE = {
     "certification": "certify(model, x, y) certifies a radius per sample; spec: certify",
     "output": "wrap(model, seed=...) returns the model as a black box whose released outputs are hardened",
     "monitor": "wrap(model) watches the queries the model receives; alarm / fired_at report an extraction-like stream",
+    "watermark": "embed(module, x, y) trains the secret trigger set into a model; verify(model) gives the ownership p-value",
 }
 
 
@@ -394,7 +395,7 @@ def studies(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -
 @app.command()
 def defenses(
     name: str | None = typer.Argument(None, metavar="NAME", help="Show one defense in detail: parameters, defaults, how it is used, paper."),
-    kind: str | None = typer.Option(None, "--kind", help="Only one kind: training, preprocessing, detector, ensemble, certification, sanitizer, output, monitor."),
+    kind: str | None = typer.Option(None, "--kind", help="Only one kind: training, preprocessing, detector, ensemble, certification, sanitizer, output, monitor, watermark."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON."),
 ) -> None:
     """List the registered defenses with their kind and a one-line description, or show one in detail."""

@@ -16,6 +16,8 @@ which interface it offers (each kind's own base class lives in its subpackage):
                      outputs are hardened against extraction and membership inference.
 ``"monitor"``        ``wrap(model)`` watches every query a model receives and raises an alarm on
                      an extraction-like stream (``fired_at``); ``monitor()`` for many clients.
+``"watermark"``      ``embed(module, x, y)`` trains a secret trigger set into a model,
+                     ``verify(model)`` tests a suspect for it (a binomial p-value).
 """
 
 from __future__ import annotations
@@ -28,8 +30,8 @@ from torch import Tensor
 from gauntlet._validation import Constraint, Hyperparameters, validate_params
 from gauntlet.errors import DataError
 
-Kind = Literal["training", "preprocessing", "detector", "ensemble", "certification", "sanitizer", "output", "monitor"]
-KINDS: tuple[str, ...] = ("training", "preprocessing", "detector", "ensemble", "certification", "sanitizer", "output", "monitor")
+Kind = Literal["training", "preprocessing", "detector", "ensemble", "certification", "sanitizer", "output", "monitor", "watermark"]
+KINDS: tuple[str, ...] = ("training", "preprocessing", "detector", "ensemble", "certification", "sanitizer", "output", "monitor", "watermark")
 
 
 class Defense(Hyperparameters):

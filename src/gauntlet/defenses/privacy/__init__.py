@@ -1,6 +1,7 @@
 """Privacy and model-stealing defenses: output hardening (kind ``"output"``: ``top_k``,
 ``rounding``, ``labels_only``, ``output_noise``; ``wrap(model)`` returns the hardened black
-box) and query monitoring (kind ``"monitor"``: ``prada``).  See ``docs/privacy.md``."""
+box), query monitoring (kind ``"monitor"``: ``prada``) and ownership watermarking (kind
+``"watermark"``: ``watermark``).  See ``docs/privacy.md``."""
 
 from __future__ import annotations
 
