@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import gauntlet as gt
-from gauntlet.errors import CapabilityError, ConfigError
+from gauntlet.errors import CapabilityError, ConfigError, DataError
 
 
 def _tree(x: np.ndarray, y: np.ndarray, depth: int):
@@ -130,3 +130,13 @@ def test_bad_input_is_a_one_line_config_error() -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match="input_shape"):
         gt.attacks.create("tree_path_finding").run(gt.models.CallableModel(fn, output="probabilities"), seed=0)
+
+
+def test_a_smooth_target_is_refused_as_not_a_tree_within_a_bounded_number_of_queries() -> None:
+    w = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
+    target = gt.models.CallableModel(lambda v: torch.softmax(v @ w.T, dim=1), output="probabilities",
+                                     input_shape=(2,), num_classes=3)
+    with pytest.raises(DataError, match="not a decision tree") as info:
+        gt.attacks.create("tree_path_finding", max_outputs=200).run(target, seed=0)
+    assert "\n" not in str(info.value)
+    assert target.queries < 1000

@@ -131,6 +131,10 @@ class TreePathFinding(ExtractionAttack):
     Args:
         epsilon: precision of each threshold, as a fraction of the bounds' range (each split is
             bisected until its bracket is at most ``epsilon * (high - low)`` wide).
+        max_outputs: the most different output vectors the target may answer before the attack
+            decides it is not a decision tree (a tree has at most one per leaf; a smooth model
+            answers a new one at every point, which would make the line searches endless) and
+            raises :class:`~gauntlet.errors.DataError`.
         max_queries: the query budget (``None``: none); past it the attack stops cleanly with
             the leaves found so far (``info["complete"]`` is ``False``).
 
@@ -151,11 +155,13 @@ class TreePathFinding(ExtractionAttack):
     labels_alternative: ClassVar[str] = "copycat"
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "epsilon": [Interval(float, 0, 0.5, closed="right")],
+        "max_outputs": [Interval(int, 2, None)],
         "max_queries": OPTIONAL_MAX_QUERIES,
     }
 
-    def __init__(self, *, epsilon: float = 1e-3, max_queries: int | None = None) -> None:
+    def __init__(self, *, epsilon: float = 1e-3, max_outputs: int = 10_000, max_queries: int | None = None) -> None:
         self.epsilon = epsilon
+        self.max_outputs = max_outputs
         self.max_queries = max_queries
         self._validate()
 
@@ -172,7 +178,7 @@ class TreePathFinding(ExtractionAttack):
                 f"{self.name}: line searches need finite bounds, but the target's are {target.bounds}; "
                 "build the model with finite bounds="
             )
-        search = _Search(target, shape, (lo, hi), self.epsilon * (hi - lo))
+        search = _Search(target, shape, (lo, hi), self.epsilon * (hi - lo), self.max_outputs)
         stopped: str | None = None
         try:
             search.run(generator)
@@ -220,8 +226,10 @@ class _Search:
     """The state of one path-finding run: the queue of points to visit, the explored leaves
     (a point, identity and box each) and the split thresholds found per feature."""
 
-    def __init__(self, target: QueryBudget, shape: tuple[int, ...], bounds: tuple[float, float], eps: float) -> None:
+    def __init__(self, target: QueryBudget, shape: tuple[int, ...], bounds: tuple[float, float], eps: float,
+                 max_outputs: int) -> None:
         self.target = target
+        self.max_outputs = max_outputs
         self.shape = shape
         self.d = math.prod(shape)
         self.lo, self.hi = bounds
@@ -263,6 +271,12 @@ class _Search:
         ids = [row.tobytes() for row in keys]
         for row, ident in zip(out, ids, strict=True):
             self.outputs.setdefault(ident, row.copy())
+        if len(self.outputs) > self.max_outputs:
+            raise DataError(
+                f"tree_path_finding: the target answered more than max_outputs={self.max_outputs} different outputs, "
+                "so it is not a decision tree (path-finding needs outputs constant on boxes); use 'knockoff' for it, "
+                "or raise max_outputs for a tree that large"
+            )
         return ids
 
     # -- the algorithm -----------------------------------------------------------------------
