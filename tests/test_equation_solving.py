@@ -148,6 +148,17 @@ def test_bad_hyperparameters_and_a_target_without_input_shape() -> None:
 
 
 def test_same_seed_same_queries_and_copy(digits_lr) -> None:
-    a = gt.attacks.create("equation_solving").run(gt.models.SklearnModel(digits_lr, input_shape=(1, 8, 8)), seed=5)
-    b = gt.attacks.create("equation_solving").run(gt.models.SklearnModel(digits_lr, input_shape=(1, 8, 8)), seed=5)
-    assert torch.equal(a.info["weights"], b.info["weights"])
+    asked: list[torch.Tensor] = []
+
+    def proba(x: torch.Tensor) -> np.ndarray:
+        asked.append(x.clone())
+        return digits_lr.predict_proba(x.reshape(len(x), -1).double().numpy())
+
+    runs = []
+    for _ in range(2):
+        target = gt.models.CallableModel(proba, output="probabilities", input_shape=(1, 8, 8), num_classes=10)
+        runs.append(gt.attacks.create("equation_solving").run(target, seed=5))
+    assert torch.equal(asked[0], asked[1])  # the queries come from the seeded generator only
+    a, b = runs
+    assert a.info["reference_class"] == b.info["reference_class"]
+    assert torch.allclose(a.info["weights"], b.info["weights"], rtol=0, atol=1e-9)
