@@ -50,6 +50,7 @@ def test_registered() -> None:
     assert isinstance(atk, AttributeInference)
     assert atk.kind == "inference" and atk.needs == "scores"
     assert "Fredrikson" in atk.reference and "Yeom" in atk.reference
+    assert not hasattr(atk, "needs_population")  # the audit's privacy block takes membership attacks only
 
 
 def test_beats_the_prior_only_baseline_on_members(overfit: gt.models.SklearnModel, data: dict) -> None:

@@ -37,6 +37,7 @@ def test_registered() -> None:
     assert atk.kind == "inference" and atk.needs == "gradients"
     assert "Fredrikson" in atk.reference and "2015" in atk.reference
     assert atk.get_params()["steps"] == 10
+    assert not hasattr(atk, "needs_population")  # the audit's privacy block takes membership attacks only
 
 
 def test_reconstructions_in_bounds_confident_and_judged(digits_model: gt.models.TorchModel, judge: gt.models.SklearnModel) -> None:

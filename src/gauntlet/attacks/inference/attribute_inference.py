@@ -123,7 +123,8 @@ class AttributeInference(Hyperparameters):
     )
     kind: ClassVar[str] = "inference"
     needs: ClassVar[str] = "scores"
-    needs_population: ClassVar[bool] = False
+    # no ``needs_population``: the audit's privacy block recognises membership attacks by that
+    # attribute, and this attack's run() takes other arguments
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "prior": [Boolean()],
         "baseline": [Options(("majority", "classifier"))],

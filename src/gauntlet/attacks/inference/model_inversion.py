@@ -226,7 +226,8 @@ class ModelInversion(Hyperparameters):
     )
     kind: ClassVar[str] = "inference"
     needs: ClassVar[str] = "gradients"
-    needs_population: ClassVar[bool] = False
+    # no ``needs_population``: the audit's privacy block recognises membership attacks by that
+    # attribute, and this attack's run() takes other arguments
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "steps": [Interval(int, 1, None)],
         "lr": [Interval(float, 0, None, closed="neither")],
