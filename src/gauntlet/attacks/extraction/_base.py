@@ -31,7 +31,7 @@ from gauntlet.errors import BudgetExceeded, CapabilityError, ConfigError, DataEr
 from gauntlet.models.base import Model
 from gauntlet.models.wrapped import WrappedModel
 
-__all__ = ["MAX_QUERIES", "ExtractionAttack", "ExtractionResult", "QueryBudget", "agreement"]
+__all__ = ["MAX_QUERIES", "OPTIONAL_MAX_QUERIES", "ExtractionAttack", "ExtractionResult", "QueryBudget", "agreement"]
 
 #: a query budget: a positive number of queries (one per input sent to the target)
 MAX_QUERIES: list[Constraint] = [Interval(int, 1, None)]
