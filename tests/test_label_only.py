@@ -54,10 +54,16 @@ def test_augmentation_scores_are_shares_with_n_times_augmentations_queries(overf
     assert res.info == {"method": "augmentation", "augmentations": 6}
     again = gt.attacks.create("label_only", augmentations=6, shift=1).run(labels_only, members=members, nonmembers=nonmembers, seed=0)
     assert torch.equal(again.scores, res.scores)  # seeded
-    # without any shift every augmented query is the clean input: the score is 1 iff it is labelled right
-    plain = gt.attacks.create("label_only", augmentations=3, shift=0).run(labels_only, members=members, nonmembers=nonmembers)
+    # the first query is the candidate itself: without any shift, or with one query only, the
+    # score is 1 iff the candidate is labelled right (the gap attack)
     x, y = torch.cat([members[0], nonmembers[0]]), torch.cat([members[1], nonmembers[1]])
-    assert torch.equal(plain.scores, (model.predict(x, count=False) == y).double())
+    right = (model.predict(x, count=False) == y).double()
+    plain = gt.attacks.create("label_only", augmentations=3, shift=0).run(labels_only, members=members, nonmembers=nonmembers)
+    assert torch.equal(plain.scores, right)
+    gap = gt.attacks.create("label_only", augmentations=1, shift=3).run(labels_only, members=members, nonmembers=nonmembers)
+    assert torch.equal(gap.scores, right) and gap.queries == 400
+    # shifted queries lose some labels: the scores are no longer only 0 or 1
+    assert ((res.scores > 0) & (res.scores < 1)).any() and (res.scores <= right + 5 / 6 + 1e-9).all()
     # a CallableModel that answers labels only; flips and wrap-around translations too
     fn = gt.models.CallableModel(lambda t: model.predict(t, count=False), output="labels", num_classes=10, bounds=(0.0, 1.0))
     flipped = gt.attacks.create("label_only", augmentations=4, flip=True, mode="roll").run(fn, members=members, nonmembers=nonmembers, seed=1)

@@ -49,13 +49,15 @@ def translate(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, *, roll: bool, fi
 class LabelOnly(MembershipAttack):
     """Membership from the target's labels alone: members keep their label under perturbation.
 
-    ``method="augmentation"`` (the paper's data-augmentation attack): each candidate is
-    translated ``augmentations`` times by a random shift of up to ``±shift`` pixels per axis
+    ``method="augmentation"`` (the paper's data-augmentation attack): the target labels
+    ``augmentations`` versions of each candidate: the candidate itself (the paper's set of
+    augmentations includes the source image, so one query is the gap attack: member iff
+    labelled right), then translations by a random shift of up to ``±shift`` pixels per axis
     (drawn from the generator; ``mode="pad"`` fills the uncovered border with the lower input
-    bound, ``"roll"`` wraps it around) and, with ``flip=True``, mirrored left-right with
-    probability ½; the score is the share of these queries the target answers with the true
-    label.  A model fitted to its training points keeps labelling them right under small
-    shifts more often than unseen points.  Images only (inputs ``(N, ..., H, W)``); exactly
+    bound, ``"roll"`` wraps it around), each also mirrored left-right with probability ½ when
+    ``flip=True``; the score is the share of these queries answered with the true label.  A
+    model fitted to its training points keeps labelling them right under small shifts more
+    often than unseen points.  Images only (inputs ``(N, ..., H, W)``); exactly
     ``N × augmentations`` queries.
 
     ``method="boundary"`` (the paper's decision-boundary-distance attack): the L2 distance from
@@ -73,7 +75,7 @@ class LabelOnly(MembershipAttack):
 
     Args:
         method: ``"augmentation"`` or ``"boundary"``.
-        augmentations: augmented queries per candidate (augmentation).
+        augmentations: queries per candidate, the unchanged candidate included (augmentation).
         shift: largest translation in pixels per axis (augmentation).
         flip: also mirror left-right at random (augmentation; off by default, digits are not
             mirror-symmetric).
@@ -140,6 +142,7 @@ class LabelOnly(MembershipAttack):
         dy = torch.randint(-s, s + 1, (a, n), generator=generator)
         dx = torch.randint(-s, s + 1, (a, n), generator=generator)
         flip = (torch.rand((a, n), generator=generator) < 0.5) if self.flip else torch.zeros((a, n), dtype=torch.bool)
+        dy[0], dx[0], flip[0] = 0, 0, False  # the first query is the candidate itself
         correct = torch.zeros(n, dtype=torch.float64)
         for i in range(a):
             xa = translate(x, dy[i].to(x.device), dx[i].to(x.device), flip[i].to(x.device), roll=self.mode == "roll", fill=fill)
