@@ -92,6 +92,8 @@ def test_privacy_gate_rules_parse_from_the_command_line() -> None:
 def test_bad_privacy_blocks_are_refused_with_the_place(model_file, tmp_path) -> None:
     with pytest.raises(ConfigError, match=r"privacy\.attacks\[0\]"):
         load_spec(make_spec(model_file, tmp_path, privacy={"attacks": ["pgd"]}))
+    with pytest.raises(ConfigError, match="not a membership-inference attack"):
+        load_spec(make_spec(model_file, tmp_path, privacy={"attacks": ["model_inversion"]}))
     with pytest.raises(ConfigError, match=r"privacy\.attacks\[0\].*population"):
         load_spec(make_spec(model_file, tmp_path, privacy={"attacks": [{"name": "rmia"}]}))
     with pytest.raises(ConfigError, match=r"privacy\.attacks\[0\].*even"):

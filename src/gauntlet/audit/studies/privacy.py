@@ -239,7 +239,9 @@ class PrivacyStudy(Study):
                 create(a.name, **a.params)
             except GauntletError as err:
                 raise ConfigError(f"{place}: {err}") from None
-            if not hasattr(klass, "needs_population"):
+            from gauntlet.attacks.inference import MembershipAttack
+
+            if not issubclass(klass, MembershipAttack):
                 raise ConfigError(f"{place}: {a.name!r} is not a membership-inference attack; the privacy block runs those (gauntlet attacks --kind inference)")
             if klass.needs_population and block.population is None:
                 raise ConfigError(f"{place}: {a.name} needs attacker data disjoint from the candidates; add privacy.population")
