@@ -862,8 +862,11 @@ def _parse_train_params(items: list[str]) -> dict[str, Any]:
     return params
 
 
-def _save_weights(module: Any, out: Path) -> None:
-    """The module's state dict as safetensors (``.safetensors``) or ``torch.save`` (``.pt``/``.pth``), atomically."""
+def _save_weights(module: Any, out: Path, metadata: dict[str, str] | None = None) -> None:
+    """The module's state dict as safetensors (``.safetensors``) or ``torch.save`` (``.pt``/``.pth``), atomically.
+
+    ``metadata`` (e.g. the ε a DP model spent) goes into the safetensors header; a ``.pt`` file
+    holds only the state dict, so it is written beside it as ``<out>.json``."""
     import torch
 
     from gauntlet.errors import ConfigError
@@ -880,9 +883,11 @@ def _save_weights(module: Any, out: Path) -> None:
                 from safetensors.torch import save_file
             except ImportError:
                 raise ConfigError("--out *.safetensors needs the safetensors package (pip install gauntlet[safetensors]); or use a .pt name") from None
-            save_file(sd, str(tmp))
+            save_file(sd, str(tmp), metadata=metadata)
         else:
             torch.save(sd, tmp)
+            if metadata:
+                out.with_name(out.name + ".json").write_text(json.dumps(metadata, indent=2) + "\n")
         os.replace(tmp, out)
     finally:
         if tmp.exists():
@@ -918,6 +923,8 @@ def train(
     seed: int = typer.Option(0, "--seed", min=0, help="Seed for the initial weights, shuffling and random starts."),
     out: Path = typer.Option(Path("model.safetensors"), "--out", "-o", help="Trained weights (.safetensors or .pt); load with gauntlet.models.load(out, arch=...)."),  # noqa: B008 - typer declares options as defaults
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint file written after every epoch; rerunning the same command resumes from it."),  # noqa: B008 - typer declares options as defaults
+    target_epsilon: float | None = typer.Option(None, "--target-epsilon", help="dp_sgd only: the ε to reach after the epochs (Opacus computes the noise); same as --param target_epsilon=."),
+    delta: float | None = typer.Option(None, "--delta", help="dp_sgd only: the δ of the (ε, δ) guarantee (default 1e-5); same as --param delta=."),
     eval_eps: float | None = typer.Option(None, "--eval-eps", min=0.0, help="ε of the quick PGD-20 check, in the method's norm (default: the method's eps, none if it has none; 0 skips)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -946,6 +953,14 @@ def train(
             if "epochs" in params:
                 raise ConfigError("give the number of epochs once: --epochs or --param epochs=, not both")
             params["epochs"] = epochs
+        for flag, key, value in (("--target-epsilon", "target_epsilon", target_epsilon), ("--delta", "delta", delta)):
+            if value is None:
+                continue
+            if method != "dp_sgd":
+                raise ConfigError(f"{flag} is only for --method dp_sgd (differentially private training), not {method!r}")
+            if key in params:
+                raise ConfigError(f"give {key} once: {flag} or --param {key}=, not both")
+            params[key] = value
         trainer = create(method, **params)  # bad names and hyperparameters fail before any data is read
         if not isinstance(trainer, Trainer):
             raise ConfigError(f"--method {method!r} is a {trainer.kind} defense, not a training method")
@@ -963,7 +978,9 @@ def train(
             module, train_set.x, train_set.y, seed=seed, checkpoint=checkpoint, resume=True,
             progress=sys.stderr.isatty() and not as_json,
         )
-        _save_weights(module, out)
+        privacy = {k: result.info[k] for k in ("epsilon", "delta", "noise_multiplier", "accountant") if k in result.info}
+        meta = {"gauntlet.method": method, "gauntlet.privacy": json.dumps(privacy)} if privacy else None
+        _save_weights(module, out, meta)
         n_eval = min(1000, len(test_set))
         x_te, y_te = test_set.x[:n_eval], test_set.y[:n_eval]
         clean = accuracy(module, x_te, y_te)
@@ -989,7 +1006,9 @@ def train(
         f"{method} on {train_set.name} ({len(train_set)} samples, {result.params['epochs']} epochs, "
         f"{result.seconds:.1f}s): clean accuracy {_pct(clean).strip()}"
         + (f", PGD-20 {eval_norm} ε={eps_eval:g} robust accuracy {_pct(robust).strip()}" if robust is not None else "")
-        + f" on {n_eval} test samples; weights in {out}"
+        + f" on {n_eval} test samples"
+        + (f"; DP ε={privacy['epsilon']:.3f} spent at δ={privacy['delta']:g} ({privacy['accountant']} accountant)" if privacy else "")
+        + f"; weights in {out}"
     )
     if as_json:
         typer.echo(json.dumps({
@@ -1006,6 +1025,7 @@ def train(
             "robust_accuracy": robust,
             "eval_eps": eps_eval if robust is not None else None,
             "eval_norm": eval_norm if robust is not None else None,
+            "privacy": privacy or None,
             "seconds": result.seconds,
             "summary": line,
         }, indent=2))
