@@ -75,6 +75,15 @@ def test_the_prv_accountant_also_calibrates_to_the_target(digits_train: gt.data.
     assert res.info["accountant"] == "prv" and 2.5 < res.info["epsilon"] <= 3.0 + 1e-3
 
 
+def test_with_neither_target_nor_noise_the_default_target_is_epsilon_3(digits_train: gt.data.Dataset) -> None:
+    from gauntlet.defenses.training.dp_sgd import DEFAULT_EPSILON
+
+    trainer = gt.defenses.create("dp_sgd", epochs=1, batch_size=64)  # what `gauntlet defenses dp_sgd` defaults give
+    net = mlp()
+    res = trainer.fit(net, digits_train.x[:400], digits_train.y[:400], seed=0, progress=False)
+    assert DEFAULT_EPSILON == 3.0 and 2.5 < res.info["epsilon"] <= 3.0 + 1e-3
+
+
 def test_more_noise_spends_less_epsilon(digits_train: gt.data.Dataset) -> None:
     x, y = digits_train.x[:400], digits_train.y[:400]
     eps = [fit(x, y, epochs=1, noise_multiplier=s).info["epsilon"] for s in (0.7, 1.0, 2.0)]
@@ -155,7 +164,6 @@ def test_an_unreachable_target_epsilon_is_a_one_line_config_error(digits_train: 
     "params, message",
     [
         ({"target_epsilon": 3.0, "noise_multiplier": 1.0}, "exactly one of target_epsilon .* got both"),
-        ({}, "exactly one of target_epsilon .* got neither"),
         ({"target_epsilon": 0.0}, r"parameter 'target_epsilon' must be a finite number > 0 or None"),
         ({"noise_multiplier": -1.0}, r"parameter 'noise_multiplier' must be"),
         ({"target_epsilon": 3.0, "delta": 1.0}, r"parameter 'delta' must be a finite number > 0 and < 1"),
@@ -225,7 +233,7 @@ def test_cli_trains_with_a_target_epsilon_and_reports_the_epsilon_spent(tmp_path
         (["--method", "standard", "--target-epsilon", "3"], r"--target-epsilon is only for --method dp_sgd"),
         (["--method", "pgd_at", "--delta", "1e-5"], r"--delta is only for --method dp_sgd"),
         (["--method", "dp_sgd", "--target-epsilon", "3", "-p", "target_epsilon=2"], r"give target_epsilon once"),
-        (["--method", "dp_sgd"], r"exactly one of target_epsilon"),
+        (["--method", "dp_sgd", "--target-epsilon", "3", "-p", "noise_multiplier=1.0"], r"exactly one of target_epsilon .* got both"),
     ],
 )
 def test_cli_privacy_options_are_refused_in_one_line_where_they_do_not_apply(

@@ -273,7 +273,10 @@ def _poisoning_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> 
 
 
 def _privacy_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> None:
-    """Detail of an extraction or inference (membership) attack."""
+    """Detail of an extraction or inference attack (membership, inversion, attribute inference)."""
+    from gauntlet.attacks.inference import MembershipAttack
+
+    membership = issubclass(cls, MembershipAttack)
     population = bool(getattr(cls, "needs_population", False))
     info = {
         "name": cls.name,
@@ -283,19 +286,27 @@ def _privacy_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> No
         "needs": cls.needs,
         "parameters": [{**row, "default": _jsonable(row["default"])} for row in params],
     }
-    if cls.kind == "inference":
+    if membership:
         info["needs_population"] = population
     if as_json:
         typer.echo(json.dumps(info, indent=2))
         return
     fields = [("reference", cls.reference)] if cls.reference else []
-    use = (
-        "extraction: run(target, seed=...) returns an ExtractionResult (the stolen copy, queries, fidelity(x))"
-        if cls.kind == "extraction"
-        else "inference: run(model, members=(x, y), nonmembers=(x, y), seed=...) returns a MembershipResult "
-        "(scores, auc, tpr_at(fpr), roc())"
-    )
-    needs = "the target's scores (probabilities or logits)" if cls.needs == "scores" else "the target's labels only"
+    if cls.kind == "extraction":
+        use = "extraction: run(target, seed=...) returns an ExtractionResult (the stolen copy, queries, fidelity(x))"
+    elif membership:
+        use = (
+            "inference: run(model, members=(x, y), nonmembers=(x, y), seed=...) returns a MembershipResult "
+            "(scores, auc, tpr_at(fpr), roc())"
+        )
+    else:
+        first = (_rst(cls.__doc__ or "").strip().split("\n\n") or [""])[0]
+        use = "inference: " + " ".join(first.split()) + " (see docs/privacy.md)"
+    needs = {
+        "scores": "the target's scores (probabilities or logits)",
+        "labels": "the target's labels only",
+        "gradients": "the target's gradients (a white-box model)",
+    }.get(cls.needs, str(cls.needs))
     if population:
         needs += "; attacker data disjoint from the candidates: run(..., population=(x, y))"
     fields += [("kind", use), ("needs", needs)]

@@ -37,6 +37,8 @@ from gauntlet.errors import ConfigError, ModelLoadError
 
 ACCOUNTANTS = ("rdp", "prv")
 INSTALL_HINT = 'pip install "gauntlet[privacy]"'
+#: the ε dp_sgd aims at when neither target_epsilon nor noise_multiplier is given
+DEFAULT_EPSILON = 3.0
 
 
 def _opacus() -> Any:
@@ -129,7 +131,8 @@ class DPSGD(Trainer):
     way belong to the fixed architecture.
 
     Args:
-        target_epsilon: the ε to reach after ``epochs`` epochs (``None``: give ``noise_multiplier``).
+        target_epsilon: the ε to reach after ``epochs`` epochs (with neither it nor
+            ``noise_multiplier`` given: ε = 3, :data:`DEFAULT_EPSILON`).
         noise_multiplier: noise standard deviation over ``max_grad_norm`` (``None``: computed).
         delta: the δ of the guarantee (keep it below ``1 / N``).
         max_grad_norm: per-sample gradient clipping norm ``C``.
@@ -176,10 +179,9 @@ class DPSGD(Trainer):
         self.accountant = accountant
         self.fix_module = fix_module
         self._validate()
-        if (target_epsilon is None) == (noise_multiplier is None):
-            both = "both" if target_epsilon is not None else "neither"
+        if target_epsilon is not None and noise_multiplier is not None:
             raise ConfigError(
-                f"dp_sgd: give exactly one of target_epsilon (e.g. 3.0) and noise_multiplier (e.g. 1.1), got {both}"
+                "dp_sgd: give exactly one of target_epsilon (e.g. 3.0) and noise_multiplier (e.g. 1.1), got both"
             )
         _opacus()
 
@@ -255,7 +257,8 @@ class DPSGD(Trainer):
         if self.noise_multiplier is not None:
             sigma = float(self.noise_multiplier)
         else:
-            sigma = self._calibrate(float(self.target_epsilon or 0.0), sample_rate, steps, n)
+            target = DEFAULT_EPSILON if self.target_epsilon is None else float(self.target_epsilon)
+            sigma = self._calibrate(target, sample_rate, steps, n)
         # two child generators, so the sampler (always on the CPU) and the noise (on the
         # parameters' device) each have their own checkpointable stream
         seeds = torch.randint(0, 2**62, (2,), generator=ctx.generator, device=ctx.generator.device).tolist()
