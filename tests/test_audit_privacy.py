@@ -67,6 +67,7 @@ def test_the_privacy_block_reports_auc_low_fpr_tpr_and_a_log_log_roc(model_file,
         assert fprs[0] == pytest.approx(1e-4) and fprs[-1] == pytest.approx(1.0)
         assert all(b[1] >= a[1] for a, b in zip(t["roc"], t["roc"][1:], strict=False))  # TPR non-decreasing in FPR
     assert loss["queries"] == 200 and lira["info"]["reference_models"] == 2
+    assert loss["dp"] is None  # the model says nothing about differential privacy
     assert len(list((tmp_path / "cache").rglob("ref_*.pt"))) == 2  # reference models kept for the next run
     html = render_html(report)
     assert "<section id='privacy'>" in html and "<svg class='roc'" in html and "lira" in html
@@ -102,3 +103,22 @@ def test_bad_privacy_blocks_are_refused_with_the_place(model_file, tmp_path) -> 
         load_spec(make_spec(model_file, tmp_path, privacy={"attacks": ["loss_threshold", "loss_threshold"]}))
     with pytest.raises(ConfigError, match="no membership attack is labelled 'nope'"):
         load_spec(make_spec(model_file, tmp_path, thresholds=[{"privacy": "nope", "max_auc": 0.6}]))
+
+
+def test_a_model_trained_with_dp_sgd_has_its_epsilon_in_the_privacy_report(tmp_path) -> None:
+    pytest.importorskip("opacus")
+    from typer.testing import CliRunner
+
+    from gauntlet.cli import app
+
+    out = tmp_path / "dp.safetensors"
+    res = CliRunner().invoke(app, ["train", "--method", "dp_sgd", "--target-epsilon", "3", "--epochs", "1", "--threads", "1",
+                                   "--eval-eps", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    spec = make_spec(out, tmp_path / "cache", privacy={"attacks": ["loss_threshold"]})
+    report = run_audit(load_spec(spec), store=None).report
+    validate_report(report)
+    (t,) = report["privacy"]
+    assert 0 < t["dp"]["epsilon"] <= 3.0 + 1e-3 and t["dp"]["delta"] == 1e-5
+    assert "trained with DP-SGD" in render_html(report)
+    assert PrivacyStudy.text(report)[0].startswith("privacy: the model was trained with DP-SGD, epsilon ")

@@ -133,8 +133,36 @@ _PRIVACY = array_of(
         "tpr_at_0.1%_fpr": SHARE, "tpr_at_1%_fpr": SHARE, "members": COUNT, "nonmembers": COUNT,
         "queries": {"type": "number", "minimum": 0}, "roc": {"type": "array", "items": _POINT},
         "info": {"type": "object"}, "seconds": NON_NEGATIVE,
+        "dp": {"type": ["object", "null"]},
     },
 )
+
+
+def dp_metadata(path: Path) -> dict[str, Any] | None:
+    """What ``gauntlet train --method dp_sgd`` recorded beside a model's weights: ε, δ, noise and
+    accountant (the safetensors header's ``gauntlet.privacy``, or ``<file>.json`` beside a
+    ``.pt``); ``None`` when the model says nothing about differential privacy."""
+    import json
+
+    meta: Mapping[str, Any] | None = None
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+        elif path.with_name(path.name + ".json").is_file():
+            meta = json.loads(path.with_name(path.name + ".json").read_text())
+    except (OSError, ValueError, ImportError):
+        return None
+    raw = (meta or {}).get("gauntlet.privacy")
+    try:
+        privacy = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return None
+    if not isinstance(privacy, Mapping) or not isinstance(privacy.get("epsilon"), (int, float)):
+        return None
+    return {k: privacy[k] for k in ("epsilon", "delta", "noise_multiplier", "accountant") if k in privacy}
 
 
 def _entries(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
@@ -192,7 +220,13 @@ def _privacy_html(report: Mapping[str, Any]) -> str:
         for t in entries
     )
     n = entries[0].get("members")
-    note = (
+    dp = entries[0].get("dp")
+    dp_note = (
+        f"<p class='note'>The model says it was trained with DP-SGD: ε = {_num(dp.get('epsilon'))} at δ = {e(dp.get('delta'))} "
+        f"(the {e(dp.get('accountant', 'privacy'))} accountant's figure, recorded at training).</p>"
+        if isinstance(dp, Mapping) else ""
+    )
+    note = dp_note + (
         f"<p class='note'>Membership inference on {e(n)} training members and as many non-members. AUC 0.5 and a TPR equal to "
         "the FPR are what guessing gives; the log-log ROC shows how many members an attacker names with few false alarms "
         "(Carlini et al., 2022).</p>"
@@ -224,6 +258,7 @@ class PrivacyStudy(Study):
         self.spec = spec
         self.cache = spec.resolve_path(block.cache_dir) if block.cache_dir else None
         self._data: dict[str, tuple[Tensor, Tensor]] = {}
+        self.dp = dp_metadata(spec.resolve_path(spec.model.path)) if spec.model.path else None
 
     @classmethod
     def resolve(cls, spec: AuditSpec, resolved: Mapping[str, Study]) -> PrivacyStudy:
@@ -360,6 +395,7 @@ class PrivacyStudy(Study):
                 "attack": c.label, "name": c.label, "params": c.params,
                 **{k: r.get(k) for k in ("auc", "balanced_accuracy", "tpr_at_0.1%_fpr", "tpr_at_1%_fpr", "members", "nonmembers",
                                          "queries", "roc", "info", "seconds")},
+                "dp": self.dp,
             })
         return StudyOutput(sections={"privacy": entries})
 
@@ -387,7 +423,11 @@ class PrivacyStudy(Study):
     @classmethod
     def text(cls, report: Mapping[str, Any]) -> list[str]:
         lines = []
-        for t in _entries(report):
+        entries = _entries(report)
+        dp = entries[0].get("dp") if entries else None
+        if isinstance(dp, Mapping):
+            lines.append(f"privacy: the model was trained with DP-SGD, epsilon {_num(dp.get('epsilon'))} at delta {dp.get('delta')}")
+        for t in entries:
             def p(v: Any) -> str:
                 return f"{100 * float(v):.2f}%" if isinstance(v, (int, float)) else "–"
 
