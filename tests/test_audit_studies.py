@@ -245,3 +245,16 @@ def test_fail_under_reads_certify_and_detect_rules_and_the_gate_bounds_undetecte
     (row,) = compare_reports(lower, report, 0.02)["rows"]
     assert row["regression"] is True and row["delta"] == pytest.approx(0.22)
     assert compare_reports(report, lower, 0.02)["regressions"] == 0
+
+
+def test_split_rule_reads_labels_and_a_number_or_percentage() -> None:
+    from gauntlet.audit.studies.base import split_rule
+    from gauntlet.errors import ConfigError
+
+    assert split_rule("privacy:lira=0.6", "privacy", 1) == (["lira"], 0.6)
+    assert split_rule(" poisoning : badnets : clustering = 10% ", "poisoning", 1, 1) == (["badnets", "clustering"], pytest.approx(0.1))
+    assert split_rule("poisoning:badnets=5%", "poisoning", 1, 1) == (["badnets", None], pytest.approx(0.05))
+    assert split_rule("privacy:lira:extra=0.6", "privacy", 1) is None   # too many labels: not this syntax
+    assert split_rule("pgd:linf:0.1=50%", "privacy", 1) is None          # another study's rule
+    with pytest.raises(ConfigError, match="the maximum AUC must be a number"):
+        split_rule("privacy:lira=high", "privacy", 1, what="maximum AUC")

@@ -30,7 +30,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Union
@@ -156,6 +156,27 @@ class RegistryItem(Strict):
     @classmethod
     def _normalise(cls, v: Any) -> Any:
         return inline_params(v, ("name", *cls.own_keys))
+
+
+class LabelledItem(RegistryItem):
+    """A registry item that the report names by ``label`` (default: its registry name), so one
+    attack can appear twice with other parameters (``{name: lira, reference_models: 2, label: lira2}``)."""
+
+    own_keys = ("label",)
+
+    label: Text | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
+
+
+def unique_labels(items: Sequence[LabelledItem]) -> None:
+    """Raise ``ValueError`` (a place-named spec error) when two items share a label."""
+    labels = [a.display for a in items]
+    dup = sorted({x for x in labels if labels.count(x) > 1})
+    if dup:
+        raise ValueError(f"two attacks are labelled {dup[0]!r}; give one of them a label:")
 
 
 class DefenseSpec(RegistryItem):

@@ -47,6 +47,8 @@ __all__ = [
     "Study",
     "StudyOutput",
     "Threshold",
+    "load_block_data",
+    "split_rule",
     "work_key",
     "work_seed",
 ]
@@ -61,6 +63,55 @@ def work_key(spec_digest: str, *parts: Any) -> str:
 def work_seed(spec_seed: int, key: str) -> int:
     """A unit's seed: a deterministic function of the spec's seed and the unit key."""
     return int(hashlib.sha256(f"{spec_seed}/{key}".encode()).hexdigest()[:8], 16) % (2**31 - 1)
+
+
+def split_rule(text: str, prefix: str, labels: int, optional: int = 0, what: str = "bound") -> tuple[list[str | None], float] | None:
+    """A ``--fail-under`` text ``PREFIX:L1[:L2...]=VALUE`` split into its labels (``labels``
+    required ones, then up to ``optional`` more, ``None`` where absent) and its value, a number or
+    a percentage (``10%`` is 0.1).  ``None`` when the text is not in this syntax; a one-line
+    :class:`~gauntlet.errors.ConfigError` naming the text when the value is not a number."""
+    import re
+
+    from gauntlet.errors import ConfigError
+
+    label = r"\s*:\s*([^:=\s]+)"
+    pattern = rf"\s*{re.escape(prefix)}" + label * labels + "".join(rf"(?:{label})?" for _ in range(optional))
+    m = re.fullmatch(pattern + r"\s*=\s*([^\s%]+)\s*(%?)\s*", text or "")
+    if not m:
+        return None
+    *names, value, percent = m.groups()
+    try:
+        number = float(value) / (100.0 if percent else 1.0)
+    except ValueError:
+        raise ConfigError(f"--fail-under {text!r}: the {what} must be a number") from None
+    return list(names), number
+
+
+def load_block_data(spec: AuditSpec, data: Any, place: str, like: Tensor) -> tuple[Tensor, Tensor]:
+    """A study block's own data (a :class:`~gauntlet.audit.spec.DataSpec`: builtin ``name`` or
+    ``path``, ``split``, ``n``, ``seed``, ``options``) as ``(x, y)`` in the audited data's dtype;
+    loader failures and per-sample shapes unlike the audited data's (``like``) are one-line
+    errors that start with ``place``."""
+    import torch
+
+    from gauntlet.data import load as load_data
+    from gauntlet.errors import DataError, GauntletError
+
+    source = spec.resolve_path(data.path) if data.path else str(data.name)
+    try:
+        ds = load_data(source, split=data.split, n=data.n, seed=data.seed, **data.options)
+    except GauntletError as err:
+        raise type(err)(f"{place}: {err}") from None
+    except Exception as exc:  # noqa: BLE001 - a loader's own failure is one line
+        line = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise DataError(f"{place}: cannot load {str(source)!r} ({type(exc).__name__}: {line})") from None
+    x, y = ds.x, ds.y
+    if tuple(x.shape[1:]) != tuple(like.shape[1:]):
+        raise DataError(
+            f"{place}: the samples have shape {tuple(x.shape[1:])} but the audited data {tuple(like.shape[1:])}; "
+            "use the same kind of data for both"
+        )
+    return x.to(like.dtype), y.to(torch.int64)
 
 
 @dataclass

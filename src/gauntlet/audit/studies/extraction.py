@@ -24,11 +24,9 @@ Units: one per attack × budget, resumable.  Attacks that take a ``query_set`` g
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 import torch
@@ -37,24 +35,26 @@ from torch import Tensor
 
 from gauntlet.audit.html import e, pct
 from gauntlet.audit.report import COUNT, NON_NEGATIVE, SHARE, STRING, array_of
-from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, RegistryItem, Strict, Text
+from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, LabelledItem, RegistryItem, Strict, Text, unique_labels
 from gauntlet.audit.studies import register_study
-from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
-from gauntlet.errors import ConfigError, DataError, GauntletError
+from gauntlet.audit.studies.base import (
+    AuditEnv,
+    Metric,
+    Study,
+    StudyOutput,
+    Threshold,
+    load_block_data,
+    split_rule,
+    work_key,
+    work_seed,
+)
+from gauntlet.errors import ConfigError, GauntletError
 
 __all__ = ["ExtractionStudy", "ExtractionThreshold"]
 
 
-class ExtractionAttackSpec(RegistryItem):
+class ExtractionAttackSpec(LabelledItem):
     """An extraction attack item; ``label`` names it in the report."""
-
-    own_keys = ("label",)
-
-    label: Text | None = None
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
 
 
 class ExtractionSpec(Strict):
@@ -67,10 +67,7 @@ class ExtractionSpec(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> ExtractionSpec:
-        labels = [a.display for a in self.attacks]
-        dup = sorted({x for x in labels if labels.count(x) > 1})
-        if dup:
-            raise ValueError(f"two attacks are labelled {dup[0]!r}; give one of them a label:")
+        unique_labels(self.attacks)
         if len(set(self.budgets)) != len(self.budgets):
             raise ValueError("budgets: a budget is listed twice")
         return self
@@ -239,14 +236,10 @@ class ExtractionStudy(Study):
     @classmethod
     def parse_threshold(cls, text: str) -> ExtractionThreshold | None:
         """``extraction:LABEL=MAX`` (a maximum fidelity; ``90%`` or ``0.9``)."""
-        m = re.fullmatch(r"\s*extraction\s*:\s*([^:=\s]+)\s*=\s*([^\s%]+)\s*(%?)\s*", text or "")
-        if not m:
+        rule = split_rule(text, "extraction", 1, what="maximum fidelity")
+        if rule is None:
             return None
-        label, max_s, percent = m.groups()
-        try:
-            maximum = float(max_s) / (100.0 if percent else 1.0)
-        except ValueError:
-            raise ConfigError(f"--fail-under {text!r}: the maximum fidelity must be a number") from None
+        (label,), maximum = rule
         return ExtractionThreshold.from_text(text, extraction=label, max_fidelity=maximum)  # type: ignore[no-any-return]
 
     # -- data -----------------------------------------------------------------------------------
@@ -255,21 +248,7 @@ class ExtractionStudy(Study):
         if d is None:
             return None
         if self._pool is None:
-            from gauntlet.data import load as load_data
-
-            source: str | Path = self.spec.resolve_path(d.path) if d.path else str(d.name)
-            try:
-                ds = load_data(source, split=d.split, n=d.n, seed=d.seed, **d.options)
-            except GauntletError as err:
-                raise type(err)(f"extraction.query_set: {err}") from None
-            except Exception as exc:  # noqa: BLE001 - a loader's own failure is one line
-                line = (str(exc).strip().splitlines() or [""])[0][:200]
-                raise DataError(f"extraction.query_set: cannot load {str(source)!r} ({type(exc).__name__}: {line})") from None
-            x = ds.x.to(env.x.dtype)
-            if tuple(x.shape[1:]) != tuple(env.x.shape[1:]):
-                raise DataError(
-                    f"extraction.query_set: samples have shape {tuple(x.shape[1:])} but the audited data {tuple(env.x.shape[1:])}"
-                )
+            x, _ = load_block_data(self.spec, d, "extraction.query_set", env.x)
             self._pool = x
         return self._pool
 

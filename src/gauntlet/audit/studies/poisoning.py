@@ -38,7 +38,6 @@ poisoning:badnets=10%`` / ``poisoning:badnets:spectral_signatures=10%`` (a maxim
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +49,19 @@ from torch import Tensor, nn
 
 from gauntlet.audit.html import e, pct
 from gauntlet.audit.report import COUNT, NON_NEGATIVE, SHARE, STRING, array_of
-from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, RegistryItem, Strict, Text
+from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, LabelledItem, RegistryItem, Strict, Text, unique_labels
 from gauntlet.audit.studies import register_study
-from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
+from gauntlet.audit.studies.base import (
+    AuditEnv,
+    Metric,
+    Study,
+    StudyOutput,
+    Threshold,
+    load_block_data,
+    split_rule,
+    work_key,
+    work_seed,
+)
 from gauntlet.errors import ConfigError, DataError, GauntletError
 
 __all__ = ["PoisoningStudy", "PoisoningThreshold", "default_cache_dir"]
@@ -72,16 +81,8 @@ def default_cache_dir() -> Path:
 
 # ------------------------------------------------------------------------------------------------
 # spec
-class PoisonAttackSpec(RegistryItem):
+class PoisonAttackSpec(LabelledItem):
     """A poisoning attack item (``{name: badnets, fraction: 0.01}``); ``label`` names it in the report."""
-
-    own_keys = ("label",)
-
-    label: Text | None = None
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
 
 
 class TrainingSpec(RegistryItem):
@@ -113,10 +114,7 @@ class PoisoningSpec(Strict):
 
     @model_validator(mode="after")
     def _labels_unique(self) -> PoisoningSpec:
-        labels = [a.display for a in self.attacks]
-        dup = sorted({x for x in labels if labels.count(x) > 1})
-        if dup:
-            raise ValueError(f"two attacks are labelled {dup[0]!r}; give one of them a label:")
+        unique_labels(self.attacks)
         names = [d.name for d in self.defenses]
         dup = sorted({x for x in names if names.count(x) > 1})
         if dup:
@@ -289,6 +287,7 @@ class PoisoningStudy(Study):
         self.choices = choices
         self.seed = spec.seed
         self.batch_size = spec.batch_size
+        self.spec = spec
         self.data_source: str | Path = spec.resolve_path(block.train.path) if block.train.path else str(block.train.name)
         self.cache = spec.resolve_path(block.cache_dir) if block.cache_dir else default_cache_dir()
         self.defenses = [(d.name, dict(d.params)) for d in block.defenses]
@@ -345,14 +344,10 @@ class PoisoningStudy(Study):
     def parse_threshold(cls, text: str) -> PoisoningThreshold | None:
         """``poisoning:LABEL=MAX`` or ``poisoning:LABEL:DEFENSE=MAX`` (a maximum attack success, as
         ``detect:...=max`` is; ``10%`` or ``0.1``)."""
-        m = re.fullmatch(r"\s*poisoning\s*:\s*([^:=\s]+)\s*(?::\s*([^:=\s]+)\s*)?=\s*([^\s%]+)\s*(%?)\s*", text or "")
-        if not m:
+        rule = split_rule(text, "poisoning", 1, 1, "maximum attack success")
+        if rule is None:
             return None
-        label, defense, max_s, percent = m.groups()
-        try:
-            maximum = float(max_s) / (100.0 if percent else 1.0)
-        except ValueError:
-            raise ConfigError(f"--fail-under {text!r}: the maximum attack success must be a number") from None
+        (label, defense), maximum = rule
         return PoisoningThreshold.from_text(  # type: ignore[no-any-return]
             text, poisoning=label, defense=defense or "none", max_success_rate=maximum
         )
@@ -360,26 +355,11 @@ class PoisoningStudy(Study):
     # -- data and models ---------------------------------------------------------------------------
     def _train_data(self, env: AuditEnv) -> tuple[Tensor, Tensor]:
         if self._train is None:
-            from gauntlet.data import load as load_data
-
-            d = self.block.train
-            try:
-                ds = load_data(self.data_source, split=d.split, n=d.n, seed=d.seed, **d.options)
-            except GauntletError as err:
-                raise type(err)(f"poisoning.train: {err}") from None
-            except Exception as exc:  # noqa: BLE001 - a loader's own failure is one line
-                line = (str(exc).strip().splitlines() or [""])[0][:200]
-                raise DataError(f"poisoning.train: cannot load {str(self.data_source)!r} ({type(exc).__name__}: {line})") from None
-            x, y = ds.x, ds.y
-            if tuple(x.shape[1:]) != tuple(env.x.shape[1:]):
-                raise DataError(
-                    f"poisoning.train: the training samples have shape {tuple(x.shape[1:])} but the audited data {tuple(env.x.shape[1:])}; "
-                    "use the same kind of data for both"
-                )
+            x, y = load_block_data(self.spec, self.block.train, "poisoning.train", env.x)
             lo, hi = env.base_model.bounds
             if float(x.min()) < lo or float(x.max()) > hi:
                 raise DataError(f"poisoning.train: values outside the model's bounds ({lo:g}, {hi:g}); scale the training data like the audited data")
-            self._train = (x.to(env.x.dtype), y.to(torch.int64))
+            self._train = (x, y)
         return self._train
 
     def _fresh(self, env: AuditEnv, seed: int) -> nn.Module:

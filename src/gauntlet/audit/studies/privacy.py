@@ -27,22 +27,30 @@ and 1% FPR, the queries, and the ROC curve (drawn log-log in the HTML report, as
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-import torch
 from pydantic import Field, model_validator
 from torch import Tensor
 
 from gauntlet.audit.html import e, pct
 from gauntlet.audit.report import COUNT, NON_NEGATIVE, SHARE, STRING, array_of
-from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, RegistryItem, Strict, Text
+from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, LabelledItem, Strict, Text, unique_labels
 from gauntlet.audit.studies import register_study
-from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, work_key, work_seed
+from gauntlet.audit.studies.base import (
+    AuditEnv,
+    Metric,
+    Study,
+    StudyOutput,
+    Threshold,
+    load_block_data,
+    split_rule,
+    work_key,
+    work_seed,
+)
 from gauntlet.errors import ConfigError, DataError, GauntletError
 
 __all__ = ["PrivacyStudy", "PrivacyThreshold"]
@@ -51,16 +59,8 @@ __all__ = ["PrivacyStudy", "PrivacyThreshold"]
 ROC_GRID = [10 ** (-4 + 4 * i / 40) for i in range(41)]
 
 
-class MembershipAttackSpec(RegistryItem):
+class MembershipAttackSpec(LabelledItem):
     """A membership-inference attack item; ``label`` names it in the report."""
-
-    own_keys = ("label",)
-
-    label: Text | None = None
-
-    @property
-    def display(self) -> str:
-        return self.label or self.name
 
 
 class PrivacySpec(Strict):
@@ -74,10 +74,7 @@ class PrivacySpec(Strict):
 
     @model_validator(mode="after")
     def _labels_unique(self) -> PrivacySpec:
-        labels = [a.display for a in self.attacks]
-        dup = sorted({x for x in labels if labels.count(x) > 1})
-        if dup:
-            raise ValueError(f"two attacks are labelled {dup[0]!r}; give one of them a label:")
+        unique_labels(self.attacks)
         return self
 
 
@@ -299,14 +296,10 @@ class PrivacyStudy(Study):
     @classmethod
     def parse_threshold(cls, text: str) -> PrivacyThreshold | None:
         """``privacy:LABEL=MAX`` (a maximum AUC; ``0.6`` or ``60%``)."""
-        m = re.fullmatch(r"\s*privacy\s*:\s*([^:=\s]+)\s*=\s*([^\s%]+)\s*(%?)\s*", text or "")
-        if not m:
+        rule = split_rule(text, "privacy", 1, what="maximum AUC")
+        if rule is None:
             return None
-        label, max_s, percent = m.groups()
-        try:
-            maximum = float(max_s) / (100.0 if percent else 1.0)
-        except ValueError:
-            raise ConfigError(f"--fail-under {text!r}: the maximum AUC must be a number") from None
+        (label,), maximum = rule
         return PrivacyThreshold.from_text(text, privacy=label, max_auc=maximum)  # type: ignore[no-any-return]
 
     # -- data -----------------------------------------------------------------------------------
@@ -317,21 +310,7 @@ class PrivacyStudy(Study):
         if d is None:  # only nonmembers: the audited data
             x, y = env.x, env.y
         else:
-            from gauntlet.data import load as load_data
-
-            source: str | Path = self.spec.resolve_path(d.path) if d.path else str(d.name)
-            try:
-                ds = load_data(source, split=d.split, n=d.n, seed=d.seed, **d.options)
-            except GauntletError as err:
-                raise type(err)(f"privacy.{side}: {err}") from None
-            except Exception as exc:  # noqa: BLE001 - a loader's own failure is one line
-                line = (str(exc).strip().splitlines() or [""])[0][:200]
-                raise DataError(f"privacy.{side}: cannot load {str(source)!r} ({type(exc).__name__}: {line})") from None
-            x, y = ds.x.to(env.x.dtype), ds.y.to(torch.int64)
-            if tuple(x.shape[1:]) != tuple(env.x.shape[1:]):
-                raise DataError(
-                    f"privacy.{side}: samples have shape {tuple(x.shape[1:])} but the audited data {tuple(env.x.shape[1:])}; use the same kind of data"
-                )
+            x, y = load_block_data(self.spec, d, f"privacy.{side}", env.x)
         self._data[side] = (x, y)
         return x, y
 
