@@ -122,3 +122,17 @@ def test_a_model_trained_with_dp_sgd_has_its_epsilon_in_the_privacy_report(tmp_p
     assert 0 < t["dp"]["epsilon"] <= 3.0 + 1e-3 and t["dp"]["delta"] == 1e-5
     assert "trained with DP-SGD" in render_html(report)
     assert PrivacyStudy.text(report)[0].startswith("privacy: the model was trained with DP-SGD, epsilon ")
+
+
+def test_a_reference_attack_significantly_below_chance_raises_the_hygiene_flag(model_file, tmp_path) -> None:
+    from gauntlet.audit.studies.privacy import FLAG
+
+    spec = load_spec(make_spec(model_file, tmp_path))
+    study = PrivacyStudy.resolve(spec, {})
+    entry = {"members": 200, "nonmembers": 200}
+    # the AUC's standard error with no signal is sqrt(401 / (12 * 200 * 200)) = 0.0289
+    flags = study._flags([{**entry, "auc": 0.30}, {**entry, "auc": 0.30}])
+    assert [f["id"] for f in flags] == [FLAG]  # lira only: loss_threshold has no reference models to blame
+    assert flags[0]["title"] == "privacy lira: AUC 0.300 is significantly below chance"
+    assert study._flags([{**entry, "auc": 0.5}, {**entry, "auc": 0.46}]) == []  # 1.4 standard errors: noise
+    assert FLAG in PrivacyStudy.hygiene_checks()

@@ -55,6 +55,11 @@ from gauntlet.errors import ConfigError, DataError, GauntletError
 
 __all__ = ["PrivacyStudy", "PrivacyThreshold"]
 
+FLAG = "membership_below_chance"
+_FLAG_TITLE = "membership attacks calibrated on reference or shadow models are not significantly worse than guessing"
+#: one-sided z of an AUC below 0.5 that raises the flag (p < 0.005 under the null of no signal)
+FLAG_Z = 2.58
+
 #: the false-positive rates at which the ROC curve is kept in the report (log-spaced, 1e-4 … 1)
 ROC_GRID = [10 ** (-4 + 4 * i / 40) for i in range(41)]
 
@@ -376,7 +381,42 @@ class PrivacyStudy(Study):
                                          "queries", "roc", "info", "seconds")},
                 "dp": self.dp,
             })
-        return StudyOutput(sections={"privacy": entries})
+        return StudyOutput(sections={"privacy": entries}, flags=self._flags(entries))
+
+    def _flags(self, entries: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """An attack with reference or shadow models whose AUC is significantly *below* 0.5: the
+        models it is calibrated on do not behave like the target (another recipe, epochs or
+        architecture), so its numbers understate the leak."""
+        from gauntlet.attacks.registry import get_attack_class
+
+        out = []
+        for c, t in zip(self.choices, entries, strict=False):
+            params = get_attack_class(c.name)._param_names()
+            auc, n1, n2 = t.get("auc"), int(t.get("members") or 0), int(t.get("nonmembers") or 0)
+            if not ("train" in params and isinstance(auc, (int, float)) and n1 and n2):
+                continue
+            se = math.sqrt((n1 + n2 + 1) / (12 * n1 * n2))  # the AUC's standard error when there is no signal
+            z = (0.5 - float(auc)) / se
+            if z <= FLAG_Z:
+                continue
+            out.append({
+                "id": FLAG,
+                "severity": "warning",
+                "title": f"privacy {c.label}: AUC {float(auc):.3f} is significantly below chance",
+                "explanation": (
+                    f"{c.label} scores members as less likely members than non-members (AUC {float(auc):.3f} on {n1} + {n2} "
+                    f"candidates, {z:.1f} standard errors below 0.5). An attack calibrated on reference or shadow models does "
+                    "this when those models are not trained like the audited one: another recipe, number of epochs, "
+                    "architecture or data size. Its figures then understate what an attacker with the right recipe learns. "
+                    "What to do: give the attack the audited model's own training recipe (train: {method: ..., epochs: ...})."
+                ),
+                "evidence": {"attack": c.label, "auc": float(auc), "z": z, "members": n1, "nonmembers": n2},
+            })
+        return out
+
+    @classmethod
+    def hygiene_checks(cls) -> dict[str, str]:
+        return {FLAG: _FLAG_TITLE}
 
     # -- report ---------------------------------------------------------------------------------
     @classmethod
