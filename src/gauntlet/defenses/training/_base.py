@@ -318,6 +318,8 @@ class Trainer(Defense):
 
     kind: ClassVar[str] = "training"
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = COMMON_CONSTRAINTS
+    #: the per-epoch record a method keeps (a subclass of :class:`EpochRecord` with extra fields)
+    record_type: ClassVar[type[EpochRecord]] = EpochRecord
 
     def __init__(
         self,
@@ -621,7 +623,10 @@ class Trainer(Defense):
         history: list[EpochRecord],
         fingerprint: str,
         seed: int,
+        extra: dict[str, Any] | None = None,
     ) -> None:
+        """Write the checkpoint of a finished epoch (``extra``: a method's own state, e.g. an
+        accountant, stored beside the common fields)."""
         state: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
             "version": CHECKPOINT_VERSION,
@@ -636,6 +641,7 @@ class Trainer(Defense):
             "generator": g.get_state(),
             "global_rng": torch.get_rng_state(),
             "history": [r.to_dict() for r in history],
+            **(extra or {}),
         }
         if torch.cuda.is_available() and g.device.type == "cuda":
             state["cuda_rng"] = torch.cuda.get_rng_state(g.device)
@@ -668,7 +674,7 @@ class Trainer(Defense):
             torch.set_rng_state(state["global_rng"])
             if "cuda_rng" in state and g.device.type == "cuda":
                 torch.cuda.set_rng_state(state["cuda_rng"], g.device)
-            history = [EpochRecord(**r) for r in state["history"]]
+            history = [self.record_type(**r) for r in state["history"]]
             epoch = int(state["epoch"])
         except (KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise ModelLoadError(f"{where}: checkpoint {str(path)!r} is incomplete or corrupt ({type(exc).__name__}); delete it") from None

@@ -21,17 +21,13 @@ from torch import Tensor, nn
 from gauntlet._validation import Boolean, Constraint, Interval, IsNone, Options
 from gauntlet.defenses.registry import register
 from gauntlet.defenses.training._base import (
-    CHECKPOINT_FORMAT,
-    CHECKPOINT_VERSION,
     EpochRecord,
     TrainContext,
     Trainer,
     TrainingResult,
-    _jsonable,
     accuracy,
     load_checkpoint,
     lr_at,
-    save_atomic,
 )
 from gauntlet.errors import ConfigError, ModelLoadError
 
@@ -143,6 +139,7 @@ class DPSGD(Trainer):
     """
 
     name: ClassVar[str] = "dp_sgd"
+    record_type: ClassVar[type[EpochRecord]] = DPEpochRecord
     description: ClassVar[str] = (
         "DP-SGD on Opacus: per-sample clipping, Gaussian noise, Poisson sampling, (ε, δ) from the RDP/PRV accountant"
     )
@@ -459,50 +456,16 @@ class DPSGD(Trainer):
                 )
                 history.append(record)
                 if ckpt is not None:
-                    self._save_dp_checkpoint(ckpt, module, dp_opt, ctx.generator, epoch + 1, history, fingerprint, seed, {
+                    self._save_checkpoint(ckpt, module, dp_opt, ctx.generator, epoch + 1, history, fingerprint, seed, extra={"dp": {
                         "accountant": accountant.state_dict(),
                         "sampler_generator": ctx.state["sampler_generator"].get_state(),
                         "noise_generator": ctx.state["noise_generator"].get_state(),
-                        "epsilons": [float(getattr(r, "epsilon", 0.0)) for r in history],
                         "noise_multiplier": float(ctx.state["noise_multiplier"]),
-                    })
+                    }})
                 if callback is not None:
                     callback(record)
 
-    # -- checkpoints: Trainer's, plus the accountant and the two generators ----------------------
-    def _save_dp_checkpoint(
-        self,
-        path: Path,
-        module: nn.Module,
-        opt: torch.optim.Optimizer,
-        g: torch.Generator,
-        epoch: int,
-        history: list[EpochRecord],
-        fingerprint: str,
-        seed: int,
-        dp: dict[str, Any],
-    ) -> None:
-        state: dict[str, Any] = {
-            "format": CHECKPOINT_FORMAT,
-            "version": CHECKPOINT_VERSION,
-            "method": self.name,
-            "fingerprint": fingerprint,
-            "epoch": epoch,
-            "epochs": self.epochs,
-            "seed": seed,
-            "params": _jsonable(self.get_params()),
-            "model": {k: v.detach().clone() for k, v in module.state_dict().items()},
-            "optimizer": opt.state_dict(),
-            "generator": g.get_state(),
-            "global_rng": torch.get_rng_state(),
-            # Trainer's own loader rebuilds plain EpochRecords; the per-epoch ε rides in "dp"
-            "history": [EpochRecord(**{k: v for k, v in r.to_dict().items() if k != "epsilon"}).to_dict() for r in history],
-            "dp": dp,
-        }
-        if torch.cuda.is_available() and g.device.type == "cuda":
-            state["cuda_rng"] = torch.cuda.get_rng_state(g.device)
-        save_atomic(state, path)
-
+    # -- checkpoints: Trainer's, plus the accountant and the two generators (the per-epoch ε rides in the history)
     def _restore(
         self, ckpt: Path, accountant: Any, sampler_g: torch.Generator, noise_g: torch.Generator, history: list[EpochRecord]
     ) -> None:
@@ -512,14 +475,12 @@ class DPSGD(Trainer):
             accountant.load_state_dict(dp["accountant"])
             sampler_g.set_state(dp["sampler_generator"])
             noise_g.set_state(dp["noise_generator"])
-            eps = [float(e) for e in dp["epsilons"]]
-            if len(eps) != len(history):
-                raise ValueError("per-epoch ε and history differ in length")
+            if not all(isinstance(r, DPEpochRecord) for r in history):
+                raise ValueError("the history has no per-epoch ε")
         except (AssertionError, KeyError, RuntimeError, TypeError, ValueError) as exc:
             raise ModelLoadError(
                 f"dp_sgd.fit: checkpoint {str(ckpt)!r} lacks a valid DP state (accountant, generators) ({type(exc).__name__}); delete it"
             ) from None
-        history[:] = [DPEpochRecord(**r.to_dict(), epsilon=e) for r, e in zip(history, eps, strict=True)]
 
     def _result_info(self, ctx: TrainContext) -> dict[str, Any]:
         return dict(ctx.state.get("privacy", {}))
