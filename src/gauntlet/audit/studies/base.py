@@ -43,6 +43,7 @@ __all__ = [
     "AuditEnv",
     "ChoiceUnit",
     "ItemsStudy",
+    "LabelledChoice",
     "Metric",
     "Study",
     "StudyOutput",
@@ -138,6 +139,24 @@ class AuditEnv:
     def __post_init__(self) -> None:
         if self.base_model is None:
             self.base_model = self.model
+
+
+@dataclass(frozen=True)
+class LabelledChoice:
+    """A resolved labelled attack item of a study's block (``spec.LabelledItem``): its position
+    ``index`` in the block's ``attacks``, the report's ``label``, the registry ``name`` and its
+    ``params``.  Subclasses set ``block`` (the spec key) for place-named errors."""
+
+    index: int
+    label: str
+    name: str
+    params: dict[str, Any]
+
+    block: ClassVar[str] = ""
+
+    @property
+    def place(self) -> str:
+        return f"{self.block}.attacks[{self.index}]"
 
 
 @dataclass(frozen=True)

@@ -39,6 +39,7 @@ from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, LabelledItem, Reg
 from gauntlet.audit.studies import register_study
 from gauntlet.audit.studies.base import (
     AuditEnv,
+    LabelledChoice,
     Metric,
     Study,
     StudyOutput,
@@ -92,15 +93,8 @@ class ExtractionThreshold(Threshold):
 
 
 @dataclass(frozen=True)
-class ExtractionChoice:
-    index: int
-    label: str
-    name: str
-    params: dict[str, Any]
-
-    @property
-    def place(self) -> str:
-        return f"extraction.attacks[{self.index}]"
+class ExtractionChoice(LabelledChoice):
+    block = "extraction"
 
 
 @dataclass(frozen=True)

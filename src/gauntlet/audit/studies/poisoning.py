@@ -53,6 +53,7 @@ from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, LabelledItem, Reg
 from gauntlet.audit.studies import register_study
 from gauntlet.audit.studies.base import (
     AuditEnv,
+    LabelledChoice,
     Metric,
     Study,
     StudyOutput,
@@ -145,16 +146,10 @@ class PoisoningThreshold(Threshold):
 # ------------------------------------------------------------------------------------------------
 # units
 @dataclass(frozen=True)
-class AttackChoice:
-    index: int
-    label: str
-    name: str
-    params: dict[str, Any]
+class AttackChoice(LabelledChoice):
     goal: str
 
-    @property
-    def place(self) -> str:
-        return f"poisoning.attacks[{self.index}]"
+    block = "poisoning"
 
 
 @dataclass(frozen=True)

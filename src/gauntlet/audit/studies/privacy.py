@@ -42,6 +42,7 @@ from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, LabelledItem, Str
 from gauntlet.audit.studies import register_study
 from gauntlet.audit.studies.base import (
     AuditEnv,
+    LabelledChoice,
     Metric,
     Study,
     StudyOutput,
@@ -102,15 +103,8 @@ class PrivacyThreshold(Threshold):
 
 
 @dataclass(frozen=True)
-class MembershipChoice:
-    index: int
-    label: str
-    name: str
-    params: dict[str, Any]
-
-    @property
-    def place(self) -> str:
-        return f"privacy.attacks[{self.index}]"
+class MembershipChoice(LabelledChoice):
+    block = "privacy"
 
 
 @dataclass(frozen=True)
@@ -326,9 +320,10 @@ class PrivacyStudy(Study):
 
     def _attack(self, choice: MembershipChoice) -> Any:
         from gauntlet.attacks import create
+        from gauntlet.attacks.registry import get_attack_class
 
         params = dict(choice.params)
-        if self.cache is not None and "cache_dir" in create(choice.name)._param_names() and "cache_dir" not in params:
+        if self.cache is not None and "cache_dir" in get_attack_class(choice.name)._param_names() and "cache_dir" not in params:
             params["cache_dir"] = str(self.cache)
         return create(choice.name, **params)
 
