@@ -10,9 +10,9 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from gauntlet.attacks.extraction._base import ExtractionAttack, ExtractionResult, QueryBudget, agreement
+from gauntlet.attacks.extraction._base import ExtractionAttack, ExtractionResult, QueryBudget, agreement, predict_labels
 
-__all__ = ["ExtractionAttack", "ExtractionResult", "QueryBudget", "agreement"]
+__all__ = ["ExtractionAttack", "ExtractionResult", "QueryBudget", "agreement", "predict_labels"]
 
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):

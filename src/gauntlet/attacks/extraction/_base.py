@@ -31,14 +31,15 @@ from gauntlet.errors import BudgetExceeded, CapabilityError, ConfigError, DataEr
 from gauntlet.models.base import Model
 from gauntlet.models.wrapped import WrappedModel
 
-__all__ = ["MAX_QUERIES", "OPTIONAL_MAX_QUERIES", "ExtractionAttack", "ExtractionResult", "QueryBudget", "agreement"]
+__all__ = ["MAX_QUERIES", "OPTIONAL_MAX_QUERIES", "ExtractionAttack", "ExtractionResult", "QueryBudget", "agreement", "predict_labels"]
 
 #: a query budget: a positive number of queries (one per input sent to the target)
 MAX_QUERIES: list[Constraint] = [Interval(int, 1, None)]
 OPTIONAL_MAX_QUERIES: list[Constraint] = [Interval(int, 1, None), IsNone()]
 
 
-def _labels_of(model: Model, x: Tensor, *, batch_size: int, count: bool) -> Tensor:
+def predict_labels(model: Model, x: Tensor, *, batch_size: int = 1024, count: bool = False) -> Tensor:
+    """``model``'s labels for ``x`` in batches, on the CPU (uncounted unless ``count``)."""
     out = []
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
@@ -63,8 +64,8 @@ def agreement(copy: Model, target: Model, x: Tensor, *, batch_size: int = 1024) 
     """Fidelity: the share of ``x`` on which ``copy`` and ``target`` predict the same label
     (neither model's query counter moves: measuring is not attacking)."""
     x = _check_inputs(x, target, "fidelity")
-    a = _labels_of(copy, x, batch_size=batch_size, count=False)
-    b = _labels_of(target, x, batch_size=batch_size, count=False)
+    a = predict_labels(copy, x, batch_size=batch_size, count=False)
+    b = predict_labels(target, x, batch_size=batch_size, count=False)
     return float((a == b).double().mean())
 
 
@@ -101,7 +102,7 @@ class ExtractionResult:
         x = _check_inputs(x, self.model, "accuracy")
         if not isinstance(y, Tensor) or y.shape != (x.shape[0],):
             raise DataError(f"accuracy: y must be a tensor of shape ({x.shape[0]},) to match x")
-        pred = _labels_of(self.model, x, batch_size=batch_size, count=False)
+        pred = predict_labels(self.model, x, batch_size=batch_size, count=False)
         return float((pred == y.cpu().long()).double().mean())
 
 

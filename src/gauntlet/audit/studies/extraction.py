@@ -297,9 +297,15 @@ class ExtractionStudy(Study):
             res = atk.run(target, seed=unit.seed)
         except GauntletError as err:
             raise type(err)(f"{unit.choice.place}: {err}") from None
+        from gauntlet.attacks.extraction import predict_labels
+
+        copy_pred = predict_labels(res.model, env.x)
+        # the audited model's labels on the audit's data were computed once by the runner
+        target_pred = env.clean_pred.cpu() if env.clean_pred is not None and env.model is env.base_model else predict_labels(env.base_model, env.x)
         return {
             "index": unit.choice.index, "budget": unit.budget, "queries": int(res.queries),
-            "fidelity": res.fidelity(env.x), "accuracy": res.accuracy(env.x, env.y),
+            "fidelity": float((copy_pred == target_pred).double().mean()),
+            "accuracy": float((copy_pred == env.y.cpu()).double().mean()),
             "monitor_fired_at": watched.fired_at if watched is not None else None,
             "seconds": time.perf_counter() - t0,
         }
