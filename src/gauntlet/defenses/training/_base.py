@@ -507,7 +507,12 @@ class Trainer(Defense):
         seed: int,
         progress: bool,
         callback: Callable[[EpochRecord], None] | None,
+        *,
+        step_module: nn.Module | None = None,
     ) -> None:
+        """The epochs from ``start``: batches from :meth:`_batches`, the loss on ``step_module``
+        (default ``module``; a method may train through a wrapper of it), one record per epoch
+        (:meth:`_epoch_record`) and a checkpoint of ``module`` with :meth:`_checkpoint_extra`."""
         from rich.console import Console
         from rich.progress import (
             BarColumn,
@@ -518,7 +523,8 @@ class Trainer(Defense):
             TimeRemainingColumn,
         )
 
-        n, spe = x.shape[0], ctx.steps_per_epoch
+        net = module if step_module is None else step_module
+        spe = ctx.steps_per_epoch
         bar = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -534,41 +540,42 @@ class Trainer(Defense):
             task = bar.add_task(f"{self.name}", total=self.epochs * spe, completed=start * spe, status="")
             for epoch in range(start, self.epochs):
                 t0 = time.perf_counter()
-                module.train()
-                perm = torch.randperm(n, generator=ctx.generator, device=x.device)
+                net.train()
                 ctx.epoch = epoch
                 total_loss, correct, seen, counted = 0.0, 0, 0, 0
                 lr = self.lr
-                for b in range(spe):
-                    idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
-                    xb, yb = x[idx], y[idx]
+                for b, (xb, yb, idx) in enumerate(self._batches(x, y, ctx)):
                     ctx.batch, ctx.index, ctx.logits = b, idx, None
                     lr = lr_at(self.lr_schedule, self.lr, epoch + (b + 1) / spe, self.epochs)
                     ctx.lr = lr
                     for group in opt.param_groups:
                         group["lr"] = lr
                     opt.zero_grad(set_to_none=True)
-                    loss = self.loss(module, xb, yb, ctx)
+                    k = int(xb.shape[0])
+                    loss = self.loss(net, xb, yb, ctx)
                     if not isinstance(loss, Tensor) or loss.dim() != 0:
                         raise ConfigError(f"{self.name}: loss() must return a scalar tensor, got {type(loss).__name__}")
-                    if not bool(torch.isfinite(loss)):
+                    if k and not bool(torch.isfinite(loss)):
                         raise ConfigError(
                             f"{self.name}: the training loss became {float(loss.detach())} at epoch {epoch + 1}, batch {b + 1}; "
                             "lower lr or check the data"
                         )
+                    # an empty batch (Poisson sampling) still takes its step: skipping it would change
+                    # the method (DP-SGD's pure-noise step)
                     loss.backward()
                     opt.step()
-                    k = int(xb.shape[0])
-                    total_loss += float(loss.detach()) * k
-                    seen += k
-                    if ctx.logits is not None:
-                        correct += int((ctx.logits.detach().argmax(1) == yb).sum())
-                        counted += k
-                    bar.update(task, advance=1, status=f"epoch {epoch + 1}/{self.epochs} loss {total_loss / seen:.4f}")
+                    if k:
+                        total_loss += float(loss.detach()) * k
+                        seen += k
+                        if ctx.logits is not None:
+                            correct += int((ctx.logits.detach().argmax(1) == yb).sum())
+                            counted += k
+                    bar.update(task, advance=1, status=f"epoch {epoch + 1}/{self.epochs} loss {total_loss / max(seen, 1):.4f}")
                 val_acc = accuracy(module, x_val, y_val, self.batch_size) if x_val is not None and y_val is not None else None
-                record = EpochRecord(
+                record = self._epoch_record(
+                    ctx,
                     epoch=epoch + 1,
-                    loss=total_loss / seen,
+                    loss=total_loss / seen if seen else float("nan"),
                     train_acc=correct / counted if counted else None,
                     val_acc=val_acc,
                     seconds=time.perf_counter() - t0,
@@ -576,9 +583,27 @@ class Trainer(Defense):
                 )
                 history.append(record)
                 if ckpt is not None:
-                    self._save_checkpoint(ckpt, module, opt, ctx.generator, epoch + 1, history, fingerprint, seed)
+                    self._save_checkpoint(
+                        ckpt, module, opt, ctx.generator, epoch + 1, history, fingerprint, seed, extra=self._checkpoint_extra(ctx)
+                    )
                 if callback is not None:
                     callback(record)
+
+    def _batches(self, x: Tensor, y: Tensor, ctx: TrainContext) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+        """One epoch's batches ``(xb, yb, index into x or None)``: a fresh permutation from the
+        run's generator, cut into ``ctx.steps_per_epoch`` batches of ``batch_size``."""
+        perm = torch.randperm(x.shape[0], generator=ctx.generator, device=x.device)
+        for b in range(ctx.steps_per_epoch):
+            idx = perm[b * self.batch_size : (b + 1) * self.batch_size]
+            yield x[idx], y[idx], idx
+
+    def _epoch_record(self, ctx: TrainContext, **fields: Any) -> EpochRecord:
+        """The finished epoch's record (a method with more per-epoch figures adds them here)."""
+        return self.record_type(**fields)
+
+    def _checkpoint_extra(self, ctx: TrainContext) -> dict[str, Any] | None:
+        """A method's own state stored in each epoch's checkpoint beside the common fields."""
+        return None
 
     # -- pieces -------------------------------------------------------------------------------
     def _num_classes(self, module: nn.Module, x: Tensor, where: str) -> int:

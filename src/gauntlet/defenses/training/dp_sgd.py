@@ -6,7 +6,6 @@ from __future__ import annotations
 import functools
 import math
 import os
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -25,9 +24,7 @@ from gauntlet.defenses.training._base import (
     TrainContext,
     Trainer,
     TrainingResult,
-    accuracy,
     load_checkpoint,
-    lr_at,
 )
 from gauntlet.errors import ConfigError, ModelLoadError
 
@@ -326,7 +323,10 @@ class DPSGD(Trainer):
         seed: int,
         progress: bool,
         callback: Callable[[EpochRecord], None] | None,
+        *,
+        step_module: nn.Module | None = None,
     ) -> None:
+        """Trainer's loop on Opacus's private module, optimizer and Poisson loader."""
         from opacus import PrivacyEngine  # type: ignore[import-untyped]  # Opacus ships no type information
 
         st = ctx.state
@@ -356,8 +356,9 @@ class DPSGD(Trainer):
                 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
                 if start > 0 and ckpt is not None:
                     self._restore(ckpt, engine.accountant, sampler_g, noise_g, history)
-                self._epochs(gsm, dp_opt, dp_loader, engine.accountant, module, x_val, y_val, ctx, start, history, ckpt,
-                             fingerprint, seed, progress, callback)
+                st["loader"], st["accountant"] = dp_loader, engine.accountant
+                super()._loop(module, x, y, x_val, y_val, ctx, dp_opt, start, history, ckpt, fingerprint, seed, progress,
+                              callback, step_module=gsm)
             st["privacy"] = {
                 "epsilon": self._epsilon(engine.accountant),
                 "delta": float(self.delta),
@@ -369,101 +370,30 @@ class DPSGD(Trainer):
                 "target_epsilon": self.target_epsilon,
             }
         finally:
+            st.pop("loader", None)
+            st.pop("accountant", None)
             dp_opt.zero_grad(set_to_none=True)
             gsm.cleanup()  # hooks and per-sample attributes off: the module is a plain module again
             for p in module.parameters():
                 if hasattr(p, "summed_grad"):  # DPOptimizer's, which cleanup() leaves behind
                     del p.summed_grad
 
-    def _epochs(
-        self,
-        gsm: nn.Module,
-        dp_opt: torch.optim.Optimizer,
-        loader: Any,
-        accountant: Any,
-        module: nn.Module,
-        x_val: Tensor | None,
-        y_val: Tensor | None,
-        ctx: TrainContext,
-        start: int,
-        history: list[EpochRecord],
-        ckpt: Path | None,
-        fingerprint: str,
-        seed: int,
-        progress: bool,
-        callback: Callable[[EpochRecord], None] | None,
-    ) -> None:
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+    def _batches(self, x: Tensor, y: Tensor, ctx: TrainContext) -> Iterator[tuple[Tensor, Tensor, Tensor | None]]:
+        """Opacus's Poisson batches (from the sampler's own generator; a batch may be empty)."""
+        for xb, yb in ctx.state["loader"]:
+            yield xb, yb, None
 
-        spe = ctx.steps_per_epoch
-        bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), disable=not progress, transient=False,
-        )
-        with bar:
-            task = bar.add_task(self.name, total=self.epochs * spe, completed=start * spe, status="")
-            for epoch in range(start, self.epochs):
-                t0 = time.perf_counter()
-                gsm.train()
-                ctx.epoch = epoch
-                total_loss, correct, seen, counted = 0.0, 0, 0, 0
-                lr = self.lr
-                batches: Iterator[tuple[Tensor, Tensor]] = iter(loader)
-                for b, (xb, yb) in enumerate(batches):
-                    ctx.batch, ctx.index, ctx.logits = b, None, None
-                    lr = lr_at(self.lr_schedule, self.lr, epoch + (b + 1) / spe, self.epochs)
-                    ctx.lr = lr
-                    for group in dp_opt.param_groups:
-                        group["lr"] = lr
-                    dp_opt.zero_grad(set_to_none=True)
-                    k = int(xb.shape[0])
-                    loss = self.loss(gsm, xb, yb, ctx)
-                    if not isinstance(loss, Tensor) or loss.dim() != 0:
-                        raise ConfigError(f"{self.name}: loss() must return a scalar tensor, got {type(loss).__name__}")
-                    if k and not bool(torch.isfinite(loss)):
-                        raise ConfigError(
-                            f"{self.name}: the training loss became {float(loss.detach())} at epoch {epoch + 1}, batch {b + 1}; "
-                            "lower lr or check the data"
-                        )
-                    # an empty Poisson batch still takes a (pure-noise) step: skipping it would leak
-                    # that the batch was empty and break the accountant's assumptions
-                    loss.backward()
-                    dp_opt.step()
-                    if k:
-                        total_loss += float(loss.detach()) * k
-                        seen += k
-                        if ctx.logits is not None:
-                            correct += int((ctx.logits.detach().argmax(1) == yb).sum())
-                            counted += k
-                    bar.update(task, advance=1, status=f"epoch {epoch + 1}/{self.epochs} loss {total_loss / max(seen, 1):.4f}")
-                val_acc = accuracy(module, x_val, y_val, self.batch_size) if x_val is not None and y_val is not None else None
-                record = DPEpochRecord(
-                    epoch=epoch + 1,
-                    loss=total_loss / seen if seen else float("nan"),
-                    train_acc=correct / counted if counted else None,
-                    val_acc=val_acc,
-                    seconds=time.perf_counter() - t0,
-                    lr=lr,
-                    epsilon=self._epsilon(accountant),
-                )
-                history.append(record)
-                if ckpt is not None:
-                    self._save_checkpoint(ckpt, module, dp_opt, ctx.generator, epoch + 1, history, fingerprint, seed, extra={"dp": {
-                        "accountant": accountant.state_dict(),
-                        "sampler_generator": ctx.state["sampler_generator"].get_state(),
-                        "noise_generator": ctx.state["noise_generator"].get_state(),
-                        "noise_multiplier": float(ctx.state["noise_multiplier"]),
-                    }})
-                if callback is not None:
-                    callback(record)
+    def _epoch_record(self, ctx: TrainContext, **fields: Any) -> EpochRecord:
+        return DPEpochRecord(**fields, epsilon=self._epsilon(ctx.state["accountant"]))
+
+    def _checkpoint_extra(self, ctx: TrainContext) -> dict[str, Any]:
+        st = ctx.state
+        return {"dp": {
+            "accountant": st["accountant"].state_dict(),
+            "sampler_generator": st["sampler_generator"].get_state(),
+            "noise_generator": st["noise_generator"].get_state(),
+            "noise_multiplier": float(st["noise_multiplier"]),
+        }}
 
     # -- checkpoints: Trainer's, plus the accountant and the two generators (the per-epoch ε rides in the history)
     def _restore(
