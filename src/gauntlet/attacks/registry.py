@@ -6,7 +6,11 @@ Every attack class has a ``kind``: ``"evasion"`` (inference time, :class:`~gaunt
 ``"extraction"`` (model stealing, :class:`~gauntlet.attacks.extraction.ExtractionAttack`,
 ``run(target)`` returns a copy of the target) or ``"inference"`` (privacy: membership
 inference, :class:`~gauntlet.attacks.inference.MembershipAttack`, ``run(model, members=...,
-nonmembers=...)`` scores each candidate).
+nonmembers=...)`` scores each candidate).  The attacks on learning that never stops or is
+spread out take part in a system from :mod:`gauntlet.learning` instead of a dataset:
+``"federated"`` (malicious clients' updates, ``craft(honest_updates, n_malicious=...)``),
+``"scheduling"`` (an adversarial scheduler of asynchronous SGD workers), ``"online"`` (a sender
+that drifts an online filter) and ``"shilling"`` (fake profiles injected into a recommender).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from gauntlet.errors import ConfigError, UnknownNameError
 
 _REGISTRY: dict[str, Any] = {}
 A = TypeVar("A", bound=type)
-KINDS: tuple[str, ...] = ("evasion", "poisoning", "extraction", "inference")
+KINDS: tuple[str, ...] = ("evasion", "poisoning", "extraction", "inference", "federated", "scheduling", "online", "shilling")
 
 
 def register(cls: A) -> A:

@@ -18,6 +18,11 @@ which interface it offers (each kind's own base class lives in its subpackage):
                      an extraction-like stream (``fired_at``); ``monitor()`` for many clients.
 ``"watermark"``      ``embed(module, x, y)`` trains a secret trigger set into a model,
                      ``verify(model)`` tests a suspect for it (a binomial p-value).
+``"aggregation"``    ``aggregate(updates)`` combines a ``(n_clients, d)`` stack of federated client
+                     updates robustly (``defenses.federated``; also a Flower strategy).
+``"staleness"``      bounds or down-weights stale updates of asynchronous SGD workers.
+``"online"``         guards an online learner's updates (trusted holdout, drift detection).
+``"profiles"``       scores a recommender's user profiles for being fake (shilling detection).
 """
 
 from __future__ import annotations
@@ -30,8 +35,14 @@ from torch import Tensor
 from gauntlet._validation import Constraint, Hyperparameters, validate_params
 from gauntlet.errors import DataError
 
-Kind = Literal["training", "preprocessing", "detector", "ensemble", "certification", "sanitizer", "output", "monitor", "watermark"]
-KINDS: tuple[str, ...] = ("training", "preprocessing", "detector", "ensemble", "certification", "sanitizer", "output", "monitor", "watermark")
+Kind = Literal[
+    "training", "preprocessing", "detector", "ensemble", "certification", "sanitizer", "output", "monitor", "watermark",
+    "aggregation", "staleness", "online", "profiles",
+]
+KINDS: tuple[str, ...] = (
+    "training", "preprocessing", "detector", "ensemble", "certification", "sanitizer", "output", "monitor", "watermark",
+    "aggregation", "staleness", "online", "profiles",
+)
 
 
 class Defense(Hyperparameters):

@@ -35,6 +35,8 @@ def _load_all() -> None:
     import gauntlet.defenses.certify
     import gauntlet.defenses.detection
     import gauntlet.defenses.ensemble
+    import gauntlet.defenses.federated
+    import gauntlet.defenses.online
     import gauntlet.defenses.preprocessing
     import gauntlet.defenses.privacy
     import gauntlet.defenses.sanitize
