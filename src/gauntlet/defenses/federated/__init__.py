@@ -8,6 +8,10 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
+from gauntlet.defenses.federated._base import Aggregation, Aggregator, aggregate
+
+__all__ = ["Aggregation", "Aggregator", "aggregate"]
+
 for _m in pkgutil.iter_modules(__path__):
     if not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")
