@@ -91,6 +91,19 @@ _KIND_USE = {
     "output": "wrap(model, seed=...) returns the model as a black box whose released outputs are hardened",
     "monitor": "wrap(model) watches the queries the model receives; alarm / fired_at report an extraction-like stream",
     "watermark": "embed(module, x, y) trains the secret trigger set into a model; verify(model) gives the ownership p-value",
+    "aggregation": "aggregate(updates) combines a (n_clients, d) stack of federated updates; gauntlet federated --strategy NAME",
+    "staleness": "bounds or down-weights stale updates of asynchronous SGD workers (gauntlet.learning.async_sgd)",
+    "online": "checks an online learner's updates before they are applied (gauntlet.learning.spam)",
+    "profiles": "scores a recommender's user profiles for being fake (gauntlet.learning.recommender)",
+}
+
+#: how the attacks on learning systems (gauntlet.learning) are used, by kind
+_SYSTEM_USE = {
+    "federated": "federated: craft(honest_updates, n_malicious=...) returns the malicious clients' updates; "
+                 "gauntlet federated --attack NAME",
+    "scheduling": "scheduling: reorders and delays honest asynchronous SGD updates (gauntlet.learning.async_sgd)",
+    "online": "online: the attacker's share of an online learner's stream (gauntlet.learning.spam)",
+    "shilling": "shilling: fake profiles injected into a recommender's ratings (gauntlet.learning.recommender)",
 }
 
 
@@ -213,6 +226,9 @@ def _attack_detail(name: str, as_json: bool) -> None:
     if cls.kind in ("extraction", "inference"):
         _privacy_detail(cls, params, as_json)
         return
+    if cls.kind in _SYSTEM_USE:
+        _system_detail(cls, params, as_json)
+        return
     info = {
         "name": cls.name,
         "description": cls.description,
@@ -269,6 +285,20 @@ def _poisoning_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> 
             + (["the attacker's target inputs: poison(..., x_target=...)"] if cls.needs_target else [])
         ) or "the training data only"),
     ]
+    _echo_detail(f"{cls.name}: {cls.description}", fields, params)
+
+
+def _system_detail(cls: Any, params: list[dict[str, Any]], as_json: bool) -> None:
+    """Detail of an attack on a learning system (federated, scheduling, online, shilling)."""
+    info = {
+        "name": cls.name, "description": cls.description, "reference": cls.reference or None, "kind": cls.kind,
+        "parameters": [{**row, "default": _jsonable(row["default"])} for row in params],
+    }
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+        return
+    fields = [("reference", cls.reference)] if cls.reference else []
+    fields.append(("kind", _SYSTEM_USE[cls.kind]))
     _echo_detail(f"{cls.name}: {cls.description}", fields, params)
 
 
