@@ -89,3 +89,26 @@ def test_bad_federated_blocks_are_place_named(model_file, tmp_path) -> None:
     spec = load_spec(make_spec(model_file, tmp_path))
     with pytest.raises(ConfigError, match=r"no strategy is labelled 'median'"):
         FederatedStudy.resolve(spec, {}).check_threshold(FederatedThreshold(federated="median", min_accuracy=0.5), "thresholds[0]")
+
+
+def test_gauntlet_federated_runs_the_study_from_the_command_line(model_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from tests.test_cli_manners import invoke
+
+    monkeypatch.setenv("GAUNTLET_CACHE", str(tmp_path / "cache"))
+    args = ["federated", str(model_file), "--arch", "digits_cnn", "--strategy", "median", "--attack", "ipm:eps=0.5",
+            "--clients", "4", "--rounds", "1", "--malicious", "0.25", "--n", "100", "--lr", "0.05",
+            "--store", f"sqlite:///{tmp_path / 'g.db'}", "--out", str(tmp_path / "rep"), "--json"]
+    res = invoke(*args)
+    assert res.exit_code == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    assert [(t["strategy"], t["attack"]) for t in out["federated"]] == [("median", "none"), ("median", "ipm")]
+    acc = out["federated"][1]["accuracy"]
+    gated = invoke(*args, "--fail-under", f"federated:median:ipm={min(1.0, acc + 0.01):.4f}")
+    assert gated.exit_code == 1 and json.loads(gated.stdout)["gate"]["passed"] is False
+    assert (tmp_path / "rep" / "report.html").exists() and any((tmp_path / "cache" / "federated").iterdir())
+    res = invoke("federated", str(model_file), "--arch", "digits_cnn", "--strategy", ":f=2", "--store", f"sqlite:///{tmp_path / 'g.db'}")
+    assert res.exit_code == 2 and "--strategy ':f=2': give a name" in res.stderr
+    res = invoke("federated", str(model_file), "--arch", "digits_cnn", "--attack", "badnets", "--store", f"sqlite:///{tmp_path / 'g.db'}")
+    assert res.exit_code == 2 and "'badnets' is a poisoning attack, not a federated one" in res.stderr

@@ -748,6 +748,101 @@ def poison(
     _run(spec_obj, out=out, store=store, fail_under=fail_under, max_regression=None, trust=trust, as_json=as_json, command=shlex.join(args))
 
 
+def _named(text: str, flag: str) -> dict[str, Any]:
+    """``NAME[:key=value,...]`` (values YAML scalars) as a spec item ``{name: NAME, key: value}``."""
+    from gauntlet.errors import ConfigError
+
+    prefix = "flower:" if text.startswith("flower:") else ""  # Flower's own strategies: flower:krum:f=2
+    name, _, rest = text[len(prefix):].partition(":")
+    name = prefix + name
+    if not name.strip() or name == prefix:
+        raise ConfigError(f"{flag} {text!r}: give a name, optionally followed by :key=value,... (e.g. krum:f=2)")
+    return {"name": name.strip(), **_parse_train_params([p for p in rest.split(",") if p.strip()])}
+
+
+@app.command()
+def federated(
+    model: str = typer.Argument(..., help="The model file whose architecture is trained by federated learning (--arch, --trust as for an audit)."),
+    strategy: list[str] = typer.Option(  # noqa: B008 - typer declares options as defaults
+        ["mean"], "--strategy", "-s", help="An aggregation rule NAME[:key=value,...] (gauntlet defenses --kind aggregation; "
+        "flower:NAME for Flower's own), e.g. krum:f=2 (repeatable)."
+    ),
+    attack: list[str] = typer.Option(  # noqa: B008 - typer declares options as defaults
+        [], "--attack", "-a", help="A malicious-client attack NAME[:key=value,...] (gauntlet attacks --kind federated), e.g. "
+        "scaling:flip=true (repeatable; every strategy also runs without attack)."
+    ),
+    malicious: float = typer.Option(0.2, "--malicious", help="Share of the clients the attacker controls, in [0, 1)."),
+    clients: int = typer.Option(10, "--clients", min=2, help="Flower client nodes; the training data are split across them."),
+    rounds: int = typer.Option(10, "--rounds", min=1, help="Federated rounds."),
+    alpha: float | None = typer.Option(None, "--alpha", help="Dirichlet concentration of a non-IID split (default: IID)."),
+    knowledge: str = typer.Option("omniscient", "--knowledge", help="What the attacker knows of honest updates: omniscient or own."),
+    backdoor: str | None = typer.Option(None, "--backdoor", help="A backdoor the malicious clients train on, NAME[:key=value,...], "
+                                        "e.g. badnets:fraction=0.5,target_class=0."),
+    lr: float = typer.Option(0.05, "--lr", help="Clients' local SGD learning rate."),
+    local_epochs: int = typer.Option(1, "--local-epochs", min=1, help="Clients' local epochs per round."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Clients' local batch size."),
+    arch: str | None = typer.Option(None, "--arch", help="Architecture of the model file (a zoo name or 'module.path:Class')."),
+    train_data: str = typer.Option("digits", "--train", help="The federation's training data: 'digits' or a path (its train split)."),
+    data: str = typer.Option("digits", "--data", help="Test data the global model is measured on (its test split)."),
+    n: int | None = typer.Option(None, "--n", min=1, help="Use a random subset of n test samples."),
+    init: str = typer.Option("scratch", "--init", help="scratch (re-initialise the architecture) or audited (start from the file's weights)."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Seed of the audit (split, malicious clients, initial weights, local shuffling)."),
+    fail_under: list[str] = typer.Option(  # noqa: B008 - typer declares options as defaults
+        [], "--fail-under", help="Gate: federated:STRATEGY[:ATTACK]=MIN, the least final accuracy allowed, e.g. "
+        "'federated:krum:alie=90%' (repeatable; exit 1 when below)."
+    ),
+    out: Path = typer.Option(Path("gauntlet-report"), "--out", "-o", help="Folder for report.json and report.html."),  # noqa: B008 - typer declares options as defaults
+    store: str = typer.Option(DEFAULT_STORE, "--store", help=STORE_HELP),
+    trust: bool = typer.Option(False, "--trust", help="Allow pickle model files (runs code from the file: trusted files only)."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Train the model's architecture by federated learning on Flower with malicious clients, under each
+    aggregation rule, and report the global model's accuracy per round: the same as an audit spec with a
+    federated block.
+
+    Running the same command again after a crash or Ctrl-C resumes from the last finished round.
+    """
+    from gauntlet.audit.spec import load_spec
+    from gauntlet.errors import GauntletError
+
+    _threads(threads)
+    try:
+        from gauntlet.data.loader import BUILTIN
+
+        def source(v: str) -> dict[str, str]:  # a builtin dataset by name, anything else is a path
+            return {"name": v} if v.strip().lower() in BUILTIN else {"path": str(Path(v).expanduser().resolve())}
+
+        block: dict[str, Any] = {
+            "train": {**source(train_data), "split": "train"},
+            "strategies": [_named(s, "--strategy") for s in strategy],
+            "attacks": [_named(a, "--attack") for a in attack],
+            "clients": clients, "rounds": rounds, "malicious": malicious, "knowledge": knowledge, "init": init,
+            "local": {"epochs": local_epochs, "batch_size": batch_size, "lr": lr},
+            **({"alpha": alpha} if alpha is not None else {}),
+            **({"backdoor": _named(backdoor, "--backdoor")} if backdoor else {}),
+        }
+        spec_dict: dict[str, Any] = {
+            "model": {"path": str(Path(model).expanduser().resolve()), **({"arch": arch} if arch else {})},
+            "data": {**source(data), **({"n": n} if n else {})},
+            "federated": block,
+            "seed": seed,
+        }
+        spec_obj = load_spec(spec_dict)
+    except GauntletError as err:
+        _fail(err, as_json)
+    except Exception as exc:  # noqa: BLE001 - an unexpected crash is one line and exit 2
+        _unexpected(exc, as_json)
+    args = ["gauntlet", "federated", model, *[w for s in strategy for w in ("--strategy", s)]]
+    args += [w for a in attack for w in ("--attack", a)] + ["--malicious", str(malicious), "--clients", str(clients)]
+    args += ["--rounds", str(rounds), "--knowledge", knowledge, "--lr", str(lr), "--local-epochs", str(local_epochs)]
+    args += ["--batch-size", str(batch_size), "--train", train_data, "--data", data, "--init", init, "--seed", str(seed)]
+    args += (["--alpha", str(alpha)] if alpha is not None else []) + (["--backdoor", backdoor] if backdoor else [])
+    args += ["--out", str(out), "--store", _safe(store)] + (["--arch", arch] if arch else []) + (["--n", str(n)] if n else [])
+    args += (["--trust"] if trust else []) + [w for t in fail_under for w in ("--fail-under", t)]
+    _run(spec_obj, out=out, store=store, fail_under=fail_under, max_regression=None, trust=trust, as_json=as_json, command=shlex.join(args))
+
+
 def _threads(n: int | None) -> None:
     if n is not None:
         import torch

@@ -39,7 +39,17 @@ from gauntlet.audit.html import e, pct
 from gauntlet.audit.report import COUNT, NON_NEGATIVE, SHARE, STRING, array_of
 from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, LabelledItem, Strict, Text, unique_labels
 from gauntlet.audit.studies import register_study
-from gauntlet.audit.studies.base import AuditEnv, Metric, Study, StudyOutput, Threshold, load_block_data, split_rule, work_key, work_seed
+from gauntlet.audit.studies.base import (
+    AuditEnv,
+    Metric,
+    Study,
+    StudyOutput,
+    Threshold,
+    load_block_data,
+    split_rule,
+    work_key,
+    work_seed,
+)
 from gauntlet.errors import ConfigError, DataError, GauntletError
 
 __all__ = ["FederatedStudy", "FederatedThreshold", "line_chart_svg"]
@@ -158,9 +168,9 @@ def line_chart_svg(series: Sequence[tuple[str, Sequence[float | None]]], *, titl
         fx = i / max(n - 1, 1)
         return pad_l + fx * (width - pad_l - pad_r), height - pad_b - v * (height - pad_b - pad_t)
 
-    parts = [f"<svg class='curve' width='{width}' height='{height}' viewBox='0 0 {width} {height}' role='img' "
-             f"aria-label='{e(title)}'><text x='{pad_l}' y='13' font-size='12'>{e(title)}</text>"]
-    for k in range(0, 5):
+    parts = [(f"<svg class='curve' width='{width}' height='{height}' viewBox='0 0 {width} {height}' role='img' "
+              f"aria-label='{e(title)}'><text x='{pad_l}' y='13' font-size='12'>{e(title)}</text>")]
+    for k in range(5):
         _, gy = xy(0, k / 4)
         parts.append(f"<line x1='{pad_l}' y1='{gy:.1f}' x2='{width - pad_r}' y2='{gy:.1f}' stroke='#eee'/>"
                      f"<text x='{pad_l - 4}' y='{gy + 3:.1f}' font-size='10' text-anchor='end'>{25 * k}%</text>")
