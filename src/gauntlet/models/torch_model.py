@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from gauntlet._validation import Boolean, Interval, IsNone, Options, parse_bounds, parse_shape, validate_params
 from gauntlet.errors import ConfigError
 from gauntlet.models._fast import FrozenForward
+from gauntlet.models._layout import ChannelsLastGrad
 from gauntlet.models.base import InputSpec, Model
 
 
@@ -84,8 +85,11 @@ class TorchModel(Model):
         output: ``"logits"`` (default) or ``"probabilities"``.
         fast: forward-only queries (no gradient recorded, network in eval mode) run on a frozen,
             inference-optimised TorchScript copy of the network, built on first use, checked
-            against eager and rebuilt when the weights change (:mod:`gauntlet.models._fast`);
-            ``False`` always runs the module eagerly.  ``fast_path`` says which is in use.
+            against eager and rebuilt when the weights change (:mod:`gauntlet.models._fast`); the
+            input-gradient passes of attacks (attack mode: eval, frozen weights) on a convolutional
+            network run a channels-last copy of it on the CPU (:mod:`gauntlet.models._layout`);
+            ``False`` always runs the module eagerly.  ``fast_path`` and ``gradient_path`` say
+            which is in use.
     """
 
     capabilities = frozenset({"gradients", "scores", "labels"})
@@ -130,6 +134,7 @@ class TorchModel(Model):
         self.std = _stat(std, "std")
         self.fast = fast
         self._frozen = FrozenForward()
+        self._grad = ChannelsLastGrad()
         self._probe_outputs()
 
     @property
@@ -149,11 +154,19 @@ class TorchModel(Model):
         return x
 
     def _forward(self, x: Tensor) -> Tensor:
-        if self.fast and not torch.is_grad_enabled():  # gradient passes always run eagerly
-            out = self._frozen(self.module, self._normalize, x, bounds=self.bounds, extra=(self.mean, self.std))
+        if self.fast:
+            # forward-only queries: the frozen copy; input-gradient passes in attack mode: the channels-last copy
+            path = self._grad if torch.is_grad_enabled() else self._frozen
+            out = path(self.module, self._normalize, x, bounds=self.bounds, extra=(self.mean, self.std))
             if out is not None:
                 return out
         return self.module(self._normalize(x))
+
+    @property
+    def gradient_path(self) -> str:
+        """``"off"`` (``fast=False``), ``"pending"``, ``"channels_last"`` (input-gradient passes in
+        attack mode run a channels-last copy), ``"n/a: <why>"`` or ``"eager: <why>"``."""
+        return "off" if not self.fast else self._grad.status
 
     @property
     def fast_path(self) -> str:
@@ -165,6 +178,7 @@ class TorchModel(Model):
         # a TorchScript copy does not pickle; the receiving process rebuilds it on first use
         state = self.__dict__.copy()
         state["_frozen"] = FrozenForward()
+        state["_grad"] = ChannelsLastGrad()
         return state
 
     def trainable_copy(self) -> Normalized:
