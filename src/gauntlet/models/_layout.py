@@ -103,7 +103,7 @@ class ChannelsLastGrad:
 
     def _build(self, module: nn.Module, prep: Callable[[Tensor], Tensor], x: Tensor, bounds: tuple[float, float]) -> None:
         try:
-            twin = copy.deepcopy(module).to(memory_format=torch.channels_last)
+            twin = copy.deepcopy(module).to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # the stubs omit it
         except Exception as exc:  # noqa: BLE001 - whatever cannot be copied or converted
             raise _Refused(f"the network cannot be copied to channels-last ({_first_line(exc)})") from None
         twin.eval()
