@@ -102,6 +102,26 @@ def main() -> None:
             path.write_text(json.dumps({"environment": C.environment(), "rounds": args.rounds, "alpha": args.alpha,
                                         "runs": out}, indent=1))
     print(f"wrote {path}")
+    print(table(out))
+
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """Final accuracy per rule (rows) and scenario (columns), medians over seeds; backdoor success
+    beside the backdoor scenario's accuracy."""
+    scen = list(dict.fromkeys(r["scenario"] for r in runs))
+    rules = list(dict.fromkeys(r["rule"] for r in runs))
+    head = ["rule", *[f"{s} acc" for s in scen], *(["backdoor success"] if "backdoor" in scen else [])]
+    rows = []
+    for rule in rules:
+        row: list[Any] = [rule]
+        for s in scen:
+            vals = sorted(r["accuracy"] for r in runs if r["rule"] == rule and r["scenario"] == s)
+            row.append(f"{100 * vals[len(vals) // 2]:.1f}%" if vals else "–")
+        if "backdoor" in scen:
+            vals = sorted(r["backdoor_success"] for r in runs if r["rule"] == rule and r["scenario"] == "backdoor")
+            row.append(f"{100 * vals[len(vals) // 2]:.1f}%" if vals else "–")
+        rows.append(row)
+    return C.markdown_table(head, rows)
 
 
 if __name__ == "__main__":
