@@ -15,10 +15,11 @@ from gauntlet.defenses.registry import register
 class DriftDetection(OnlineDefense):
     """A one-sided test on the distribution of the round's ham-labelled mail.  A message's spam
     evidence is its hashed features weighted by the filter's positive (spam-leaning) weights only.
-    At ``fit`` the ``quantile`` of the trusted ham's evidence is kept as the edge of normal ham.
-    Each round the share of ham-labelled messages above that edge, scored with the *current*
-    filter, is tested against the ``1 − quantile`` expected of ham with a binomial test; the update
-    is refused when p < ``alpha``.  Benign topic drift brings new ham words, which carry no spam
+    The weights are those of the filter at ``fit`` (the reference, before any round the attacker
+    shares), frozen, so no drift the attacker causes can move them; the ``quantile`` of the trusted
+    ham's evidence is the edge of normal ham.  Each round the share of the round's ham-labelled
+    messages above the edge is tested against the ``1 − quantile`` expected of ham with a binomial
+    test; the update is refused when p < ``alpha``.  Benign topic drift brings new ham words, which carry no spam
     evidence (the filter has no positive weight on them), so new-topic ham stays inside the edge;
     a boiling frog's ham-labelled mail carries spam words and crosses it.
 
@@ -38,19 +39,18 @@ class DriftDetection(OnlineDefense):
         "alpha": [Interval(float, 0, 1, closed="neither")],
     }
 
-    def __init__(self, *, quantile: float = 0.99, alpha: float = 1e-3) -> None:
+    def __init__(self, *, quantile: float = 0.95, alpha: float = 1e-3) -> None:
         self.quantile = quantile
         self.alpha = alpha
         self._validate()
 
-    @staticmethod
-    def _evidence(flt: Any, texts: list[str]) -> np.ndarray:
-        """Spam evidence per message: its features weighted by the filter's spam-leaning weights
-        only (words the filter has never seen, such as a new topic's, add none)."""
-        w = np.maximum(flt.model.coef_[0], 0.0)
-        return np.asarray(flt.features(texts) @ w).ravel()
+    def _evidence(self, flt: Any, texts: list[str]) -> np.ndarray:
+        """Spam evidence per message: its features weighted by the reference filter's spam-leaning
+        weights only (words it had never seen, such as a new topic's, add none)."""
+        return np.asarray(flt.features(texts) @ self.weights_).ravel()
 
     def fit(self, flt: Any, trusted_ham: list[str], trusted_spam: list[str]) -> None:
+        self.weights_ = np.maximum(np.asarray(flt.model.coef_[0], dtype=float), 0.0)
         self.edge_ = float(np.quantile(self._evidence(flt, trusted_ham), self.quantile))
         self.p_values_: list[float] = []
 
