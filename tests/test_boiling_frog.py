@@ -54,8 +54,9 @@ def test_drift_detection_stops_the_frog_and_tolerates_benign_topic_drift() -> No
     attacked = run_stream(rounds=30, attacker=gt.attacks.create("boiling_frog", share=0.25),
                           defense=gt.defenses.create("drift_detection"), seed=0)
     assert max(attacked.acceptance) < 0.1 and sum(attacked.refused) > 20
-    benign = run_stream(rounds=30, defense=gt.defenses.create("drift_detection"), drift=0.02, seed=0)
-    assert benign.false_alarm_rate < 0.05
+    for drift in (0.0, 0.05):  # no drift, and ham topics sliding by 5% of the topic vocabulary per round
+        benign = run_stream(rounds=30, defense=gt.defenses.create("drift_detection"), drift=drift, seed=0)
+        assert benign.false_alarm_rate < 0.05, drift
 
 
 def test_holdout_validation_stops_the_frog_against_its_fixed_baseline() -> None:

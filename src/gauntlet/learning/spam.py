@@ -98,7 +98,7 @@ class OnlineSpamFilter:
     ``partial_fit``.  ``spam_probability(texts)``; ``acceptance(spam)`` (share classified ham);
     ``false_positives(ham)`` (share classified spam)."""
 
-    def __init__(self, *, n_features: int = 2**14, alpha: float = 1e-4, eta0: float = 0.05, seed: int = 0) -> None:
+    def __init__(self, *, n_features: int = 2**18, alpha: float = 1e-4, eta0: float = 0.05, seed: int = 0) -> None:
         from sklearn.feature_extraction.text import HashingVectorizer  # type: ignore[import-untyped]
         from sklearn.linear_model import SGDClassifier  # type: ignore[import-untyped]
 
