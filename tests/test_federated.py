@@ -108,6 +108,8 @@ def test_fedavg_learns_and_an_interrupted_run_resumes_from_its_last_round(digits
     with torch.inference_mode():
         acc = float((again.module(test[0]).argmax(1) == test[1]).float().mean())
     assert acc == pytest.approx(more.accuracy, abs=1e-6)
+    with pytest.raises(StoreError, match=r"holds 3 finished rounds, more than the 2 asked"):
+        Federation(rounds=2, **kw).run(_mlp(), train, test, seed=3)
     # another seed is another run: its checkpoint is refused rather than mixed in
     with pytest.raises(StoreError, match=r"is of a different run"):
         Federation(rounds=3, **kw).run(_mlp(), train, test, seed=4)

@@ -519,6 +519,9 @@ class Federation(Hyperparameters):
             if saved.get("center") is not None:
                 state["center"] = saved["center"]
         resumed = len(records)
+        if resumed > self.rounds:
+            raise StoreError(f"federation: the checkpoint in {self.checkpoint_dir} holds {resumed} finished rounds, more than the "
+                             f"{self.rounds} asked; ask for at least {resumed} rounds or use another checkpoint_dir")
         if initial is None:
             initial = evaluate(start_state)
         remaining = self.rounds - resumed
