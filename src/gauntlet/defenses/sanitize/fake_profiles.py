@@ -95,7 +95,7 @@ class FakeProfiles(Defense):
         fpr: the false-positive budget on genuine profiles, in (0, 0.5).
         neighbours: how many most-similar users ``degsim`` averages over.
         sim_fraction: the most simulated fake profiles per injection, as a share of the users, in
-            (0, 0.5) (a third and a sixth of it are simulated too).
+            (0, 0.5) (round 0 simulates it, round 1 a third of it, round 2 a sixth, then again).
         sim_rounds: how many simulated injections (each of every attack model) calibrate it.
         seed: seeds the simulation and the classifier.
     """
@@ -139,7 +139,7 @@ class FakeProfiles(Defense):
     def fit(self, ratings: Any) -> FakeProfiles:
         """Calibrate on simulated attacks injected into ``ratings`` (taken as genuine)."""
         import numpy as np
-        from sklearn.ensemble import HistGradientBoostingClassifier
+        from sklearn.ensemble import HistGradientBoostingClassifier  # type: ignore[import-untyped]  # scikit-learn ships no type information
 
         from gauntlet.attacks.registry import create
 
@@ -152,7 +152,7 @@ class FakeProfiles(Defense):
         for rnd in range(int(self.sim_rounds)):
             for j, attack in enumerate(SIMULATED):
                 filler = float(rng.choice([0.02, 0.05, 0.1]))
-                share = float(self.sim_fraction) / float(rng.choice([1, 3, 6]))
+                share = float(self.sim_fraction) / (1, 3, 6)[rnd % 3]  # the full share first
                 res = create(
                     attack, fraction=share, filler_size=filler, target_item=int(rng.choice(tail)),
                     seed=int(self.seed) * 1000 + rnd * 10 + j,
@@ -168,7 +168,9 @@ class FakeProfiles(Defense):
 
         def train(mask: np.ndarray) -> Any:
             w = np.where(Y[mask], 0.5 / max(1, Y[mask].sum()), 0.5 / max(1, (~Y[mask]).sum()))
-            clf = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.1, random_state=int(self.seed))
+            clf = HistGradientBoostingClassifier(
+                max_iter=150, learning_rate=0.1, min_samples_leaf=5, random_state=int(self.seed)
+            )
             return clf.fit(X[mask], Y[mask], sample_weight=w)
 
         genuine_fold = np.where(Y, -1, fold[np.minimum(users, ratings.n_users - 1)])
