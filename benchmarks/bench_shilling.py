@@ -4,7 +4,8 @@ recommender's top-10, and the fake-profile detector.
 Setup: ``synthetic_ratings`` (1,000 users, 500 items, rank-8 ground truth, power-law item popularity,
 log-normal user activity, about 29,000 ratings, seeds 0..S-1); the recommender is
 ``MatrixFactorization`` (16 factors, 200 full-batch Adam steps, lr 0.05, weight decay 0.05); per
-seed the target is a random unpopular item (5-15 ratings).  Each attack (filler 5% of the items)
+seed the target is a random unpopular item (5-15 ratings) that the clean recommender puts in at most
+1% of the genuine users' top-10 (an item worth pushing).  Each attack (filler 5% of the items)
 injects 0.5, 1, 2 and 3% fake profiles (of the genuine users); the recommender is retrained on the
 poisoned ratings and measured on the genuine users who have not rated the target: hit ratio@10
 (HR@10) of the target and the prediction shift of its (clipped) predicted rating.  ``lift`` is
@@ -48,10 +49,11 @@ def main() -> None:
     for seed in range(args.seeds):
         data = synthetic_ratings(seed=seed)
         counts = data.item_counts().numpy()
-        tail = np.nonzero((counts >= 5) & (counts <= 15))[0]
-        target = int(np.random.default_rng(seed).choice(tail))
         genuine = torch.arange(data.n_users)
         before = MatrixFactorization(seed=seed).fit(data)
+        # a push target: an unpopular item the recommender does not already push (HR@10 <= 1%)
+        tail = [int(j) for j in np.nonzero((counts >= 5) & (counts <= 15))[0] if before.hit_ratio_at(10, int(j), genuine) <= 0.01]
+        target = int(np.random.default_rng(seed).choice(tail))
         eligible = int((~before.rated_[:, target]).sum())
         hr0 = before.hit_ratio_at(10, target, genuine)
         det = gt.defenses.create("fake_profiles", seed=seed).fit(data)
