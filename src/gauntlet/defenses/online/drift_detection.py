@@ -19,9 +19,11 @@ class DriftDetection(OnlineDefense):
     shares), frozen, so no drift the attacker causes can move them; the ``quantile`` of the trusted
     ham's evidence is the edge of normal ham.  Each round the share of the round's ham-labelled
     messages above the edge is tested against the ``1 − quantile`` expected of ham with a binomial
-    test; the update is refused when p < ``alpha``.  Benign topic drift brings new ham words, which carry no spam
-    evidence (the filter has no positive weight on them), so new-topic ham stays inside the edge;
-    a boiling frog's ham-labelled mail carries spam words and crosses it.
+    test; the update is refused when p < ``alpha``.  Benign topic drift brings new ham words,
+    which carry no spam evidence (the reference never saw them, so it has no weight on them), and
+    new-topic ham stays inside the edge; a boiling frog's ham-labelled mail carries spam words and
+    crosses it.  The filter's hash space must be large enough that new words seldom share a
+    bucket with spam words (:class:`~gauntlet.learning.spam.OnlineSpamFilter` uses 2^18).
 
     Args:
         quantile: the trusted-ham quantile that bounds normal ham, in (0.5, 1).
