@@ -483,7 +483,7 @@ def defense_class(name: str, kind: str, place: str, what: str) -> type:
 
     allowed = ", ".join(list_defenses(kind))
     try:
-        cls = get_defense_class(name)
+        cls = get_defense_class(name, suggest_kind=kind)
     except GauntletError as err:
         raise ConfigError(f"{place}.name: {err}; {what} takes {_KIND_WORDS.get(kind, kind)}: {allowed}") from None
     if cls.kind != kind:

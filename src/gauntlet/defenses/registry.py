@@ -43,10 +43,13 @@ def _load_all() -> None:
     import gauntlet.defenses.training  # noqa: F401
 
 
-def get_defense_class(name: str) -> type[Defense]:
+def get_defense_class(name: str, suggest_kind: str | None = None) -> type[Defense]:
+    """The defense class registered as ``name``; an unknown name suggests the closest registered
+    names (of ``suggest_kind`` only, when the caller accepts one kind)."""
     _load_all()
     if not isinstance(name, str) or name not in _REGISTRY:
-        close = difflib.get_close_matches(str(name), list(_REGISTRY), n=3, cutoff=0.5)
+        pool = [n for n, c in _REGISTRY.items() if suggest_kind is None or c.kind == suggest_kind]
+        close = difflib.get_close_matches(str(name), pool, n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         raise UnknownNameError(f"unknown defense {name!r}{hint} (gauntlet defenses lists all)")
     return _REGISTRY[name]
