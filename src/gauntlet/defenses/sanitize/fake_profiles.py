@@ -117,7 +117,7 @@ class FakeProfiles(Defense):
     }
 
     def __init__(
-        self, *, fpr: float = 0.05, neighbours: int = 25, sim_fraction: float = 0.03, sim_rounds: int = 2, seed: int = 0
+        self, *, fpr: float = 0.05, neighbours: int = 25, sim_fraction: float = 0.03, sim_rounds: int = 6, seed: int = 0
     ) -> None:
         self.fpr = fpr
         self.neighbours = neighbours
