@@ -12,8 +12,8 @@ uniformly by each worker's seeded generator, lr 0.1, ``--steps`` scheduling step
 every 40 steps.  Per seed (``--seeds``, default 5; the target class is ``(3 + 2·seed) mod 10``):
 
 * benign: fair round-robin scheduler (every update ``workers − 1`` = 15 steps stale);
-* attacked: ``gt.attacks.create("game_of_threads", target_class=t, max_held=14, min_share=0.375)``
-  (up to 14 of the 16 threads paused when their batch of 8 holds ≥ 3 of the target, released as
+* attacked: ``gt.attacks.create("game_of_threads", target_class=t, max_held=14, min_share=0.25)``
+  (up to 14 of the 16 threads paused when their batch of 8 holds ≥ 2 of the target, released as
   one stale burst at the end; no data changed);
 * attacked and benign under ``bounded_staleness`` (tau 32; drop, and recompute) and
   ``staleness_weighting`` (lr / (1 + s); and with ``free=15``, no penalty up to the benign staleness);
@@ -50,7 +50,7 @@ DEFENSES: dict[str, tuple[str, dict[str, Any]] | None] = {
 }
 
 WORKERS = 16
-ATTACK: dict[str, Any] = {"max_held": 14, "min_share": 0.375}
+ATTACK: dict[str, Any] = {"max_held": 14, "min_share": 0.25}
 
 
 def log(msg: str) -> None:
