@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from conftest import shared_path
 from sklearn.datasets import load_digits
 
 import gauntlet as gt
@@ -236,3 +237,18 @@ def test_round_robin_picks_the_oldest_read() -> None:
     lab = np.zeros(2, dtype=np.int64)
     view = SchedulerView(0, 10, 5, 3, 10, {0: PendingUpdate(0, 4, lab), 1: PendingUpdate(1, 2, lab), 2: PendingUpdate(2, 3, lab)})
     assert RoundRobin().pick(view) == 1
+
+
+@pytest.mark.slow
+def test_mnist_scheduling_moves_the_target_share_by_20_points_and_the_bound_takes_it_back() -> None:
+    ds = gt.data.load(str(shared_path("data", "mnist")), split="train")
+    te = gt.data.load(str(shared_path("data", "mnist")), split="test")
+    sim = AsyncSGD(None, ds.x, ds.y.long(), workers=16, batch_size=8, lr=0.1, seed=1)
+    kw: dict[str, Any] = {"steps": 2000, "eval_x": te.x, "eval_y": te.y.long(), "eval_every": 200}
+    attack = GameOfThreads(target_class=5, max_held=14, min_share=0.25)
+    benign = sim.run(**kw)
+    attacked = attack.run(sim, **kw)
+    guarded = attack.run(sim, defense=gt.defenses.create("bounded_staleness", tau=32), **kw)
+    moved = attacked.final_share[5] - benign.final_share[5]
+    assert moved >= 0.20
+    assert abs(guarded.final_share[5] - benign.final_share[5]) < 0.25 * moved
