@@ -47,8 +47,10 @@ def register_study(cls: S) -> S:
 
     Studies run, report and render in registration order (this package's modules are imported
     in the order of ``_BUILTIN``, then any others alphabetically).  Its spec keys must not clash
-    with the core keys or another study's.
+    with the core keys or another study's.  A plug-in registered before the built-in studies were
+    loaded loads them first, so it always runs after them, whichever module was imported first.
     """
+    _load_all()  # a no-op while the built-ins themselves register (loading has started)
     name = getattr(cls, "name", "")
     if not name or not name.replace("_", "").isalnum() or name.lower() != name:
         raise ConfigError(f"study class {cls.__name__} needs a lower_snake_case `name`, got {name!r}")
