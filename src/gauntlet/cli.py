@@ -716,11 +716,7 @@ def poison(
     try:
         params = _parse_train_params(param)
         train_params = _parse_train_params(train_param)
-        from gauntlet.data.loader import BUILTIN
-
-        def source(v: str) -> dict[str, str]:  # a builtin dataset by name, anything else is a path
-            return {"name": v} if v.strip().lower() in BUILTIN else {"path": str(Path(v).expanduser().resolve())}
-
+        source = _data_source
         block: dict[str, Any] = {
             "train": {**source(train_data), "split": "train"},
             "attacks": [{"name": a, **params} for a in attack],
@@ -746,6 +742,13 @@ def poison(
     args += ["--store", _safe(store)] + (["--arch", arch] if arch else []) + (["--n", str(n)] if n else []) + (["--trust"] if trust else [])
     args += [w for t in fail_under for w in ("--fail-under", t)]
     _run(spec_obj, out=out, store=store, fail_under=fail_under, max_regression=None, trust=trust, as_json=as_json, command=shlex.join(args))
+
+
+def _data_source(v: str) -> dict[str, str]:
+    """A ``--train``/``--data`` value as a spec data source: a builtin dataset by name, anything else a path."""
+    from gauntlet.data.loader import BUILTIN
+
+    return {"name": v} if v.strip().lower() in BUILTIN else {"path": str(Path(v).expanduser().resolve())}
 
 
 def _named(text: str, flag: str) -> dict[str, Any]:
@@ -808,11 +811,7 @@ def federated(
 
     _threads(threads)
     try:
-        from gauntlet.data.loader import BUILTIN
-
-        def source(v: str) -> dict[str, str]:  # a builtin dataset by name, anything else is a path
-            return {"name": v} if v.strip().lower() in BUILTIN else {"path": str(Path(v).expanduser().resolve())}
-
+        source = _data_source
         block: dict[str, Any] = {
             "train": {**source(train_data), "split": "train"},
             "strategies": [_named(s, "--strategy") for s in strategy],

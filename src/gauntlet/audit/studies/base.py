@@ -30,6 +30,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
@@ -86,6 +87,19 @@ def split_rule(text: str, prefix: str, labels: int, optional: int = 0, what: str
     except ValueError:
         raise ConfigError(f"--fail-under {text!r}: the {what} must be a number") from None
     return list(names), number
+
+
+def study_cache_dir(name: str) -> Path:
+    """Where a study keeps what it trains between runs (checkpoints, reference models):
+    ``$GAUNTLET_CACHE/<name>``, else ``$XDG_CACHE_HOME/gauntlet/<name>``, else
+    ``~/.cache/gauntlet/<name>``."""
+    import os
+
+    root = os.environ.get("GAUNTLET_CACHE")
+    if root:
+        return Path(root).expanduser() / name
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "gauntlet" / name
 
 
 def load_block_data(spec: AuditSpec, data: Any, place: str, like: Tensor) -> tuple[Tensor, Tensor]:

@@ -26,7 +26,6 @@ min_accuracy: 0.9}`` or ``--fail-under federated:krum:alie=90%`` (a minimum fina
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, model_validator
 from torch import Tensor
 
-from gauntlet.audit.html import e, pct
+from gauntlet.audit.html import e, line_chart_svg, pct
 from gauntlet.audit.report import COUNT, NON_NEGATIVE, SHARE, STRING, array_of
 from gauntlet.audit.spec import AuditSpec, DataSpec, Fraction, LabelledItem, Strict, Text, unique_labels
 from gauntlet.audit.studies import register_study
@@ -47,24 +46,15 @@ from gauntlet.audit.studies.base import (
     Threshold,
     load_block_data,
     split_rule,
+    study_cache_dir,
     work_key,
     work_seed,
 )
 from gauntlet.errors import ConfigError, DataError, GauntletError
 
-__all__ = ["FederatedStudy", "FederatedThreshold", "line_chart_svg"]
+__all__ = ["FederatedStudy", "FederatedThreshold"]
 
 NO_ATTACK = "none"
-
-
-def default_cache_dir() -> Path:
-    """``$GAUNTLET_CACHE/federated``, else ``$XDG_CACHE_HOME/gauntlet/federated``, else
-    ``~/.cache/gauntlet/federated``."""
-    root = os.environ.get("GAUNTLET_CACHE")
-    if root:
-        return Path(root).expanduser() / "federated"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "gauntlet" / "federated"
 
 
 class LocalSpec(Strict):
@@ -152,45 +142,6 @@ _FEDERATED = array_of(
     },
 )
 
-_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
-
-
-def line_chart_svg(series: Sequence[tuple[str, Sequence[float | None]]], *, title: str, ylabel: str,
-                   xlabel: str = "round", x0: int = 1, width: int = 380, height: int = 240) -> str:
-    """Lines of shares in [0, 1] against a round index starting at ``x0``, one per ``(name, values)``,
-    with a legend; ``None`` values are skipped."""
-    pad_l, pad_b, pad_t, pad_r = 42, 34, 20, 10
-    n = max((len(v) for _, v in series), default=0)
-    if n == 0:
-        return ""
-
-    def xy(i: int, v: float) -> tuple[float, float]:
-        fx = i / max(n - 1, 1)
-        return pad_l + fx * (width - pad_l - pad_r), height - pad_b - v * (height - pad_b - pad_t)
-
-    parts = [(f"<svg class='curve' width='{width}' height='{height}' viewBox='0 0 {width} {height}' role='img' "
-              f"aria-label='{e(title)}'><text x='{pad_l}' y='13' font-size='12'>{e(title)}</text>")]
-    for k in range(5):
-        _, gy = xy(0, k / 4)
-        parts.append(f"<line x1='{pad_l}' y1='{gy:.1f}' x2='{width - pad_r}' y2='{gy:.1f}' stroke='#eee'/>"
-                     f"<text x='{pad_l - 4}' y='{gy + 3:.1f}' font-size='10' text-anchor='end'>{25 * k}%</text>")
-    for i in sorted({0, n - 1, (n - 1) // 2}):
-        gx, _ = xy(i, 0)
-        parts.append(f"<text x='{gx:.1f}' y='{height - pad_b + 14}' font-size='10' text-anchor='middle'>{i + x0}</text>")
-    parts.append(f"<text x='{(pad_l + width - pad_r) / 2:.1f}' y='{height - 6}' font-size='11' text-anchor='middle'>{e(xlabel)}</text>")
-    parts.append(f"<text x='11' y='{(height - pad_b + pad_t) / 2:.1f}' font-size='11' text-anchor='middle' "
-                 f"transform='rotate(-90 11 {(height - pad_b + pad_t) / 2:.1f})'>{e(ylabel)}</text>")
-    for j, (name, values) in enumerate(series):
-        colour = _COLOURS[j % len(_COLOURS)]
-        pts = [xy(i, float(v)) for i, v in enumerate(values) if isinstance(v, (int, float))]
-        if pts:
-            coords = " ".join(f"{a:.1f},{b:.1f}" for a, b in pts)
-            parts.append(f"<polyline points='{coords}' fill='none' stroke='{colour}' stroke-width='1.5'><title>{e(name)}</title></polyline>")
-        parts.append(f"<text x='{width - pad_r - 4}' y='{pad_t + 12 + 12 * j}' font-size='10' text-anchor='end' fill='{colour}'>{e(name)}</text>")
-    parts.append("</svg>")
-    return "".join(parts)
-
-
 def _entries(report: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     return [t for t in report.get("federated") or [] if isinstance(t, Mapping)]
 
@@ -244,7 +195,7 @@ class FederatedStudy(Study):
         self.block = block
         self.spec = spec
         self.seed = spec.seed
-        self.cache = spec.resolve_path(block.cache_dir) if block.cache_dir else default_cache_dir()
+        self.cache = spec.resolve_path(block.cache_dir) if block.cache_dir else study_cache_dir("federated")
         self._train: tuple[Tensor, Tensor] | None = None
 
     @classmethod

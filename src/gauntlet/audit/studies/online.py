@@ -35,7 +35,7 @@ from typing import Annotated, Any, ClassVar
 
 from pydantic import Field, model_validator
 
-from gauntlet.audit.html import e, pct
+from gauntlet.audit.html import e, line_chart_svg, pct
 from gauntlet.audit.report import COUNT, NON_NEGATIVE, SHARE, STRING, array_of
 from gauntlet.audit.spec import AuditSpec, Fraction, RegistryItem, Strict, Text
 from gauntlet.audit.studies import register_study
@@ -140,7 +140,6 @@ def _cumulative(flags: Sequence[Any]) -> list[float]:
 
 
 def _online_html(report: Mapping[str, Any]) -> str:
-    from gauntlet.audit.studies.federated import line_chart_svg
 
     entries = _entries(report)
     if not entries:

@@ -37,7 +37,6 @@ poisoning:badnets=10%`` / ``poisoning:badnets:spectral_signatures=10%`` (a maxim
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +59,7 @@ from gauntlet.audit.studies.base import (
     Threshold,
     load_block_data,
     split_rule,
+    study_cache_dir,
     work_key,
     work_seed,
 )
@@ -71,13 +71,8 @@ FLAG = "poisoning_clean_accuracy_drop"
 
 
 def default_cache_dir() -> Path:
-    """Where poisoning studies keep their training checkpoints: ``$GAUNTLET_CACHE/poisoning``, else
-    ``$XDG_CACHE_HOME/gauntlet/poisoning``, else ``~/.cache/gauntlet/poisoning``."""
-    root = os.environ.get("GAUNTLET_CACHE")
-    if root:
-        return Path(root).expanduser() / "poisoning"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "gauntlet" / "poisoning"
+    """Where poisoning studies keep their training checkpoints (:func:`study_cache_dir`)."""
+    return study_cache_dir("poisoning")
 
 
 # ------------------------------------------------------------------------------------------------
