@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--alpha", type=float, default=None)
     ap.add_argument("--seeds", default="0")
+    ap.add_argument("--local-steps", type=int, default=None, help="minibatches per client and round (1: FedSGD)")
+    ap.add_argument("--lr", type=float, default=0.1)
     ap.add_argument("--out", default="federated")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -89,7 +91,8 @@ def main() -> None:
     path = C.ROOT / "benchmarks" / "results" / f"{args.out}.json"
     for seed in [int(s) for s in args.seeds.split(",")]:
         for scen, rule, params in runs:
-            fed = Federation(clients=10, rounds=args.rounds, lr=0.1, batch_size=32, alpha=args.alpha, strategy=rule,
+            fed = Federation(clients=10, rounds=args.rounds, lr=args.lr, batch_size=32, alpha=args.alpha, strategy=rule,
+                             local_steps=args.local_steps,
                              strategy_params=params or None, num_cpus=1, **SCENARIOS[scen])
             t = time.perf_counter()
             res = fed.run(mlp(), (x, y), (xt, yt), seed=seed)
@@ -102,6 +105,7 @@ def main() -> None:
             print(json.dumps({k: v for k, v in row.items() if not k.endswith("curve")}), flush=True)
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"environment": C.environment(), "rounds": args.rounds, "alpha": args.alpha,
+                                        "local_steps": args.local_steps, "lr": args.lr,
                                         "runs": out}, indent=1))
     print(f"wrote {path}")
     print(table(out))

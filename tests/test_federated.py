@@ -127,3 +127,23 @@ def test_krum_rejects_the_boosted_flipped_client_every_round_while_fedavg_suffer
     mean = Federation(strategy="mean", **kw).run(_mlp(), train, test, seed=0)
     assert all(r.rejected == [] for r in mean.rounds)
     assert krum.accuracy > mean.accuracy + 0.2
+
+
+def test_local_steps_1_is_fedsgd_one_minibatch_step_per_round() -> None:
+    from gauntlet.learning.federated import _local_train
+
+    x = torch.randn(64, 64, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(64) % 10
+    net, ref = _mlp(), _mlp()
+    _local_train(net, x, y, epochs=3, batch_size=16, lr=0.1, momentum=0.0, seed=5, steps=1)
+    idx = torch.randperm(64, generator=torch.Generator().manual_seed(5))[:16]
+    ref.train()
+    torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
+    with torch.no_grad():
+        for p in ref.parameters():
+            p -= 0.1 * p.grad
+    for a, b in zip(net.parameters(), ref.parameters()):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert Federation(local_steps=1).local_steps == 1
+    with pytest.raises(ConfigError, match=r"parameter 'local_steps' must be an int >= 1"):
+        Federation(local_steps=0)

@@ -187,18 +187,23 @@ def _round_seed(seed: int, rnd: int, client: int) -> int:
 
 
 def _local_train(module: nn.Module, x: Tensor, y: Tensor, *, epochs: int, batch_size: int, lr: float,
-                 momentum: float, seed: int) -> None:
-    """FedAvg's ClientUpdate: ``epochs`` of minibatch SGD on the client's shard (seeded)."""
+                 momentum: float, seed: int, steps: int | None = None) -> None:
+    """FedAvg's ClientUpdate: ``epochs`` of minibatch SGD on the client's shard (seeded), or only
+    its first ``steps`` minibatches (``steps=1``: FedSGD, one stochastic gradient per round)."""
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.SGD(module.parameters(), lr=lr, momentum=momentum)
     module.train()
+    done = 0
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout and other in-module randomness, in this call only
         for _ in range(epochs):
             for idx in torch.randperm(x.shape[0], generator=g).split(batch_size):
+                if steps is not None and done >= steps:
+                    break
                 opt.zero_grad(set_to_none=True)
                 nn.functional.cross_entropy(module(x[idx]), y[idx]).backward()
                 opt.step()
+                done += 1
     module.eval()
 
 
@@ -344,6 +349,9 @@ class Federation(Hyperparameters):
         clients: number of Flower client nodes; all train every round.
         rounds: federated rounds.
         local_epochs, batch_size, lr, momentum: each client's local SGD per round.
+        local_steps: stop each client's round after this many minibatches (``None``: the full
+            ``local_epochs``; ``1``: FedSGD, where updates are single stochastic gradients whose
+            spread across clients is what "a little is enough" hides in).
         alpha: Dirichlet concentration of the non-IID split (``None``: IID).
         strategy: a registered aggregation rule (``gauntlet defenses --kind aggregation``), or
             ``"flower:<rule>"`` for Flower's own strategy of that rule.
@@ -368,6 +376,7 @@ class Federation(Hyperparameters):
         "clients": [Interval(int, 1, None)],
         "rounds": [Interval(int, 1, None)],
         "local_epochs": [Interval(int, 1, None)],
+        "local_steps": [Interval(int, 1, None), IsNone()],
         "batch_size": [Interval(int, 1, None)],
         "lr": [Interval(float, 0, None, closed="neither")],
         "momentum": [Interval(float, 0, 1, closed="left")],
@@ -387,7 +396,8 @@ class Federation(Hyperparameters):
     }
 
     def __init__(
-        self, *, clients: int = 10, rounds: int = 10, local_epochs: int = 1, batch_size: int = 32, lr: float = 0.05,
+        self, *, clients: int = 10, rounds: int = 10, local_epochs: int = 1, local_steps: int | None = None,
+        batch_size: int = 32, lr: float = 0.05,
         momentum: float = 0.0, alpha: float | None = None, strategy: str = "mean", strategy_params: dict[str, Any] | None = None,
         attack: str | None = None, attack_params: dict[str, Any] | None = None, malicious: float = 0.0,
         knowledge: str = "omniscient", backdoor: str | None = None, backdoor_params: dict[str, Any] | None = None,
@@ -395,6 +405,7 @@ class Federation(Hyperparameters):
         verbose: bool = False,
     ) -> None:
         self.clients, self.rounds, self.local_epochs, self.batch_size = clients, rounds, local_epochs, batch_size
+        self.local_steps = local_steps
         self.lr, self.momentum, self.alpha = lr, momentum, alpha
         self.strategy, self.strategy_params = strategy, strategy_params
         self.attack, self.attack_params, self.malicious, self.knowledge = attack, attack_params, malicious, knowledge
@@ -579,7 +590,7 @@ class Federation(Hyperparameters):
         except ImportError as e:  # pragma: no cover - the federated extra is part of `all`
             raise ConfigError("federation: Flower is not installed; pip install 'gauntlet[federated]'") from e
 
-        epochs, bs, lr, mom = self.local_epochs, self.batch_size, self.lr, self.momentum
+        epochs, bs, lr, mom, steps = self.local_epochs, self.batch_size, self.lr, self.momentum, self.local_steps
         client = ClientApp()
 
         @client.train()
@@ -591,7 +602,8 @@ class Federation(Hyperparameters):
             net = copy.deepcopy(base)
             net.load_state_dict(content["arrays"].to_torch_state_dict())
             xs, ys = shards[pid]
-            _local_train(net, xs, ys, epochs=epochs, batch_size=bs, lr=lr, momentum=mom, seed=_round_seed(seed, rnd, pid))
+            _local_train(net, xs, ys, epochs=epochs, batch_size=bs, lr=lr, momentum=mom, seed=_round_seed(seed, rnd, pid),
+                         steps=steps)
             reply = RecordDict({"arrays": ArrayRecord(net.state_dict()),
                                 "metrics": MetricRecord({"num-examples": int(xs.shape[0]), "partition-id": pid})})
             return Message(content=reply, reply_to=msg)
@@ -605,7 +617,7 @@ class Federation(Hyperparameters):
             net = copy.deepcopy(base)
             net.load_state_dict(global_state)
             _local_train(net, root[0], root[1], epochs=epochs, batch_size=bs, lr=lr, momentum=mom,
-                         seed=_round_seed(seed, server_round + offset, 10**6 + 1))
+                         seed=_round_seed(seed, server_round + offset, 10**6 + 1), steps=steps)
             return _flatten(net.state_dict(), _float_keys(global_state))
 
         with _quiet_flower(self.verbose):  # Flower warns that fraction_evaluate=0 skips client-side evaluation
