@@ -316,8 +316,8 @@ def _flower_strategy(name: str, params: dict[str, Any], clients: int) -> Any:
                           "min_available_nodes": clients}
     if name in ("krum", "multi_krum", "bulyan"):
         kw["num_malicious_nodes"] = int(params.get("f", 1))
-    if name == "multi_krum" and params.get("m") is not None:
-        kw["num_nodes_to_select"] = int(params["m"])
+    if name == "multi_krum":  # Flower's MultiKrum selects 1 (Krum) unless told; ours keeps n - f, as in the paper
+        kw["num_nodes_to_select"] = int(params["m"]) if params.get("m") is not None else clients - int(params.get("f", 1))
     if name == "trimmed_mean":
         kw["beta"] = float(params.get("fraction", 0.2))
     return cls(**kw)
