@@ -19,7 +19,7 @@ How the pieces sit in Flower:
   update with ``knowledge="omniscient"``, as in Xie et al. and Fang et al.; only its own
   clients' honest updates with ``knowledge="own"``, Baruch et al.'s estimate).  The server does
   not know which clients are malicious;
-* the server's strategy is :class:`RobustStrategy`, Flower's ``FedAvg`` whose aggregation step
+* the server's strategy is :func:`robust_strategy`, Flower's ``FedAvg`` whose aggregation step
   calls the registered rule of :mod:`gauntlet.defenses.federated` (the same code as
   ``aggregate(name, updates)``) on the flattened updates, or one of Flower's own strategies
   (``strategy="flower:krum"``, ``"flower:multi_krum"``, ``"flower:median"``,
@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from gauntlet._validation import Boolean, Check, Constraint, Hyperparameters, Interval, IsNone, Options, validate_params
 from gauntlet.errors import ConfigError, DataError, ExecutorError, StoreError
 
-__all__ = ["FLOWER_STRATEGIES", "FederatedResult", "Federation", "RobustStrategy", "RoundRecord", "split_clients"]
+__all__ = ["FLOWER_STRATEGIES", "FederatedResult", "Federation", "RoundRecord", "robust_strategy", "split_clients"]
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +182,14 @@ def _unflatten(vec: Tensor, like: dict[str, Tensor], keys: Sequence[str]) -> dic
 
 
 # -- the Flower pieces ----------------------------------------------------------------------------
+def _deltas(global_state: dict[str, Tensor], contents: Sequence[Any]) -> tuple[list[str], Tensor, Tensor]:
+    """The floating keys of the global state, the global model flattened ``(d,)`` and each reply's
+    update (its model minus the global one) stacked ``(n, d)``."""
+    keys = _float_keys(global_state)
+    g = _flatten(global_state, keys)
+    return keys, g, torch.stack([_flatten(c["arrays"].to_torch_state_dict(), keys) - g for c in contents])
+
+
 def _round_seed(seed: int, rnd: int, client: int) -> int:
     return (int(seed) * 1_000_003 + rnd * 7919 + client) % (2**62)
 
@@ -225,28 +233,21 @@ class _AdversaryGrid:
         for r in replies:
             if r.has_error():
                 self._errors.append(f"client node {r.metadata.src_node_id}: {r.error.reason}")
-        if not messages or messages[0].metadata.message_type != "train" or self._fed.attack is None or not self._malicious:
+        if not messages or messages[0].metadata.message_type != "train" or self._fed._attack is None or not self._malicious:
             return replies
         self._round += 1
         from flwr.app import ArrayRecord
 
-        global_state = messages[0].content["arrays"].to_torch_state_dict()
-        keys = _float_keys(global_state)
-        g = _flatten(global_state, keys)
         ok = [r for r in replies if not r.has_error()]
         pid = [int(r.content["metrics"]["partition-id"]) for r in ok]
-        deltas = torch.stack([_flatten(r.content["arrays"].to_torch_state_dict(), keys) - g for r in ok])
         mal = [i for i, p in enumerate(pid) if p in self._malicious]
         hon = [i for i, p in enumerate(pid) if p not in self._malicious]
         if not mal:
             return replies
+        global_state = messages[0].content["arrays"].to_torch_state_dict()
+        keys, g, deltas = _deltas(global_state, [r.content for r in ok])
         known = deltas[hon] if self._fed.knowledge == "omniscient" and hon else deltas[mal]
-        from gauntlet.attacks.poisoning.federated import FederatedAttack
-        from gauntlet.attacks.registry import create
-
-        attack = create(self._fed.attack, **(self._fed.attack_params or {}))
-        assert isinstance(attack, FederatedAttack)
-        crafted = attack.craft(known, n_malicious=len(mal), own=deltas[mal], n_clients=len(ok),
+        crafted = self._fed._attack.craft(known, n_malicious=len(mal), own=deltas[mal], n_clients=len(ok),
                                seed=_round_seed(self._seed, self._round + self._offset, 10**6))
         for row, i in zip(crafted, mal):
             ok[i].content["arrays"] = ArrayRecord(_unflatten(g + row, global_state, keys))
@@ -276,11 +277,9 @@ def _robust_strategy_class() -> type:
             if not valid:
                 return None, None
             global_state = self._global.to_torch_state_dict()
-            keys = _float_keys(global_state)
-            g = _flatten(global_state, keys)
             contents: list[Any] = sorted((m.content for m in valid), key=lambda c: int(c["metrics"]["partition-id"]))
             pid = [int(c["metrics"]["partition-id"]) for c in contents]
-            u = torch.stack([_flatten(c["arrays"].to_torch_state_dict(), keys) - g for c in contents])
+            keys, g, u = _deltas(global_state, contents)
             w = torch.tensor([float(c["metrics"]["num-examples"]) for c in contents], dtype=torch.float64)
             reference = None
             if self.rule.needs_reference:
@@ -297,15 +296,12 @@ def _robust_strategy_class() -> type:
     return _RobustStrategy
 
 
-class RobustStrategy:
-    """``RobustStrategy(rule, ...)`` builds the Flower strategy (a ``FedAvg`` subclass) that
-    aggregates with ``rule``, a :class:`~gauntlet.defenses.federated.Aggregator`; Flower is
-    imported only when one is built."""
-
-    def __new__(cls, rule: Any, log_round: Any = None, state: dict[str, Any] | None = None, reference_fn: Any = None,
-                clients: int = 1) -> Any:
-        return _robust_strategy_class()(rule, log_round or (lambda *a: None), state if state is not None else {},
-                                        reference_fn, clients)
+def robust_strategy(rule: Any, log_round: Any = None, state: dict[str, Any] | None = None, reference_fn: Any = None,
+                    clients: int = 1) -> Any:
+    """The Flower strategy (a ``FedAvg`` subclass) that aggregates with ``rule``, a
+    :class:`~gauntlet.defenses.federated.Aggregator`; Flower is imported only when one is built."""
+    return _robust_strategy_class()(rule, log_round or (lambda *a: None), state if state is not None else {},
+                                    reference_fn, clients)
 
 
 def _flower_strategy(name: str, params: dict[str, Any], clients: int) -> Any:
@@ -443,10 +439,11 @@ class Federation(Hyperparameters):
                                   f"it needs at least {rule.min_clients()}")
             self._rule = rule
         m = self.n_malicious()
+        self._attack: Any = None
         if self.attack is not None:
             from gauntlet.attacks.poisoning.federated import FederatedAttack
 
-            atk = create_attack(self.attack, **(self.attack_params or {}))
+            atk = self._attack = create_attack(self.attack, **(self.attack_params or {}))
             if not isinstance(atk, FederatedAttack):
                 raise ConfigError(f"federation: attack {self.attack!r} is a {atk.kind} attack, not a federated one "
                                   "(gauntlet attacks --kind federated)")
@@ -504,8 +501,9 @@ class Federation(Hyperparameters):
 
         base = copy.deepcopy(module).cpu().eval()
 
+        net = copy.deepcopy(base)  # the evaluation copy, reloaded with each round's global model
+
         def evaluate(state: dict[str, Tensor]) -> tuple[float, float | None]:
-            net = copy.deepcopy(base)
             net.load_state_dict(state)
             net.eval()
             with torch.inference_mode():
@@ -622,7 +620,7 @@ class Federation(Hyperparameters):
 
         with _quiet_flower(self.verbose):  # Flower warns that fraction_evaluate=0 skips client-side evaluation
             if self._rule is not None:
-                strategy = RobustStrategy(self._rule, log_round, state, reference_fn, self.clients)
+                strategy = robust_strategy(self._rule, log_round, state, reference_fn, self.clients)
             else:
                 strategy = _flower_strategy(self.strategy[7:], self.strategy_params or {}, self.clients)
         mal = set(malicious)
