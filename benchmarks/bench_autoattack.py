@@ -48,6 +48,9 @@ def main() -> None:
                     help="paper: torchattacks' components at the reference AutoAttack's settings (100 iterations "
                          "for APGD-CE, APGD-T and FAB-T, 9 target classes, Square 5000 queries); torchattacks: "
                          "torchattacks.AutoAttack as shipped (10 iterations each)")
+    ap.add_argument("--search-precision", choices=("full", "bfloat16", "both"), default="both",
+                    help="with --time-chunks: which of our variants to time beside the reference (both: full "
+                         "precision and the bfloat16 search whose successes are re-verified in float32)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -137,46 +140,74 @@ def reference_autoattack(torchattacks, net, eps: float, config: str):
 
 
 def time_against_reference(args, net, model, attack, x, y, state, path) -> None:
-    """Paired timing on the first K chunks: ours and the reference port alternate per chunk, so
-    both see the same machine load; finished pairs are saved at once (resumable)."""
+    """Paired timing on the first K chunks: per chunk ours (full precision), the reference port and
+    ours with ``search_precision="bfloat16"`` (with ``--search-precision both``) run one after the
+    other, so all see the same machine load; finished chunks are saved at once (resumable)."""
     import torchattacks  # the optional peer (benchmarks/install_peers.sh)
 
+    variants = {"ours": attack}
+    if args.search_precision in ("bfloat16", "both"):
+        variants["ours_bfloat16"] = gt.attacks.create(
+            "autoattack", norm="linf", eps=args.eps, search_precision="bfloat16"
+        )
+        if args.search_precision == "bfloat16":
+            del variants["ours"]
     timing = state.setdefault("timing", {}).setdefault(args.reference_config, {})
     for i in range(args.time_chunks):
         s = i * args.chunk
         key = f"{s}:{min(s + args.chunk, args.n)}"
-        if key in timing:
+        if key in timing and all(v in timing[key] for v in variants):
             continue
         xb, yb = x[s : s + args.chunk], y[s : s + args.chunk]
-        row = {}
-        t0, c0 = time.perf_counter(), time.process_time()
-        res = attack.run(model, xb, yb, seed=0)
-        row["ours"] = {"robust": int((~res.success).sum()), "seconds": time.perf_counter() - t0,
-                       "cpu_seconds": time.process_time() - c0}
-        ref = reference_autoattack(torchattacks, net, args.eps, args.reference_config)
-        t0, c0 = time.perf_counter(), time.process_time()
-        adv = ref(xb, yb)
-        sec, cpu = time.perf_counter() - t0, time.process_time() - c0
-        with torch.no_grad():
-            row["reference"] = {"robust": int((net(adv).argmax(1) == yb).sum()), "seconds": sec, "cpu_seconds": cpu}
-        timing[key] = row
-        state["environment"] = environment()
-        path.write_text(json.dumps(state, indent=2) + "\n")
-        print(f"chunk {key}: ours robust {row['ours']['robust']} in {row['ours']['seconds']:.0f}s "
-              f"(CPU {row['ours']['cpu_seconds']:.0f}s); reference robust {row['reference']['robust']} in "
-              f"{sec:.0f}s (CPU {cpu:.0f}s)", flush=True)
-    rows = list(timing.values())[: args.time_chunks]
-    tot = {k: {m: sum(r[k][m] for r in rows) for m in ("robust", "seconds", "cpu_seconds")} for k in ("ours", "reference")}
-    n = sum(len(range(int(k.split(":")[0]), int(k.split(":")[1]))) for k in list(timing)[: args.time_chunks])
+        row = timing.get(key, {})
+        order = list(variants)
+        order.insert(1, "reference")
+        for name in order:
+            if name in row:
+                continue
+            t0, c0 = time.perf_counter(), time.process_time()
+            if name == "reference":
+                ref = reference_autoattack(torchattacks, net, args.eps, args.reference_config)
+                adv = ref(xb, yb)
+                sec, cpu = time.perf_counter() - t0, time.process_time() - c0
+                with torch.no_grad():
+                    robust = int((net(adv).argmax(1) == yb).sum())
+                row[name] = {"robust": robust, "seconds": sec, "cpu_seconds": cpu}
+            else:
+                res = variants[name].run(model, xb, yb, seed=0)
+                row[name] = {"robust": int((~res.success).sum()), "seconds": time.perf_counter() - t0,
+                             "cpu_seconds": time.process_time() - c0, "breakdown": res.info.get("breakdown", {})}
+            print(f"chunk {key}: {name} robust {row[name]['robust']} in {row[name]['seconds']:.0f}s "
+                  f"(CPU {row[name]['cpu_seconds']:.0f}s)", flush=True)
+            timing[key] = row
+            state["environment"] = environment()
+            path.write_text(json.dumps(state, indent=2) + "\n")
+    keys = list(timing)[: args.time_chunks]
+    rows = [timing[k] for k in keys]
+    names = ["reference", *variants]
+    tot = {k: {m: sum(r[k][m] for r in rows) for m in ("robust", "seconds", "cpu_seconds")} for k in names}
+    n = sum(len(range(int(k.split(":")[0]), int(k.split(":")[1]))) for k in keys)
+    label = {"ours": "gauntlet autoattack", "ours_bfloat16": 'gauntlet autoattack, search_precision="bfloat16"',
+             "reference": f"reference ({args.reference_config})"}
     print()
-    print(f"paired timing against the {args.reference_config} reference configuration, {args.model}, L∞ ε = {args.eps}, first {n} images, {args.threads} thread(s)")
-    print(markdown_table(["attack", "robust", "wall s", "CPU s"], [
-        ["gauntlet autoattack", f"{tot['ours']['robust']}/{n}", f"{tot['ours']['seconds']:.0f}", f"{tot['ours']['cpu_seconds']:.0f}"],
-        ["torchattacks AutoAttack", f"{tot['reference']['robust']}/{n}", f"{tot['reference']['seconds']:.0f}",
-         f"{tot['reference']['cpu_seconds']:.0f}"],
-    ]))
-    print(f"ratio ours / reference: wall {tot['ours']['seconds'] / tot['reference']['seconds']:.2f}, "
-          f"CPU {tot['ours']['cpu_seconds'] / tot['reference']['cpu_seconds']:.2f}")
+    print(f"paired timing against the {args.reference_config} reference configuration, {args.model}, L∞ ε = {args.eps}, "
+          f"first {n} images, {args.threads} thread(s)")
+    table = []
+    for k in names:
+        ratio = "" if k == "reference" else f"{tot[k]['cpu_seconds'] / tot['reference']['cpu_seconds']:.2f}"
+        per_chunk = "" if k == "reference" else ", ".join(
+            f"{r[k]['cpu_seconds'] / r['reference']['cpu_seconds']:.2f}" for r in rows)
+        table.append([label[k], f"{tot[k]['robust']}/{n}", f"{tot[k]['seconds']:.0f}", f"{tot[k]['cpu_seconds']:.0f}",
+                      ratio, per_chunk])
+    print(markdown_table(["attack", "robust", "wall s", "CPU s", "CPU / reference", "per chunk"], table))
+    if "ours_bfloat16" in variants:
+        checked = rejected = 0
+        for r in rows:
+            for sub in r["ours_bfloat16"]["breakdown"].values():
+                for v in sub.values():
+                    checked += v.get("checked", 0)
+                    rejected += v.get("rejected", 0)
+        print(f"bfloat16 search: {checked} claimed successes re-verified in float32, {rejected} rejected")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ success with the model, counts queries and gradient evaluations, and times the c
 from __future__ import annotations
 
 import abc
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,6 +30,15 @@ STEPS: list[Constraint] = [Interval(int, 1, None)]
 POSITIVE: list[Constraint] = [Interval(float, 0, None, closed="neither")]
 OPTIONAL_POSITIVE: list[Constraint] = [Interval(float, 0, None, closed="neither"), IsNone()]
 BATCH_SIZE: list[Constraint] = [Interval(int, 1, None), IsNone()]
+#: ``search_precision`` of the attacks that offer it: ``"full"`` or ``"bfloat16"`` (the search's
+#: queries in reduced precision where the model offers it, every success re-verified in full)
+SEARCH_PRECISION: list[Constraint] = [Options(("full", "bfloat16"))]
+
+
+#: how far from a decision (relative to the logit scale) a reduced-precision search still checks a
+#: row in full precision: bfloat16 logits of the zoo's networks differ from float32 by ≤ 0.5% of
+#: that scale here, so 2% leaves a factor 4
+REDUCED_SLACK = 2e-2
 
 
 @dataclass
@@ -42,6 +52,9 @@ class Context:
     bounds: tuple[float, float]
     target: Tensor | None = None  # per batch, set by the base class when targeted
     info: dict[str, Any] = field(default_factory=dict)  # extras the attack reports in AttackResult.info
+    #: the search queries in reduced precision (``search_precision="bfloat16"`` in effect): every
+    #: success it claims must pass :meth:`confirm`
+    reduced: bool = False
 
     def goal_labels(self, y: Tensor) -> Tensor:
         """Labels the loss is computed against (the target class when targeted)."""
@@ -53,6 +66,42 @@ class Context:
 
     def clip(self, x: Tensor) -> Tensor:
         return x.clamp(self.bounds[0], self.bounds[1])
+
+    def claims(self, logits: Tensor, label: Tensor, *, hit: bool = False) -> Tensor:
+        """Rows the search should count as adversarial: predicted ``label`` (``hit=True``, a target)
+        or not (``hit=False``, the true class).  In a reduced-precision search, also the rows
+        within ``REDUCED_SLACK × max(1, max |logit|)`` of that decision, which reduced precision may
+        have on the wrong side: :meth:`confirm` then settles every claim in full precision, so
+        neither a false success nor (within the slack) a missed one gets through."""
+        z = logits.float()
+        own = z.gather(1, label[:, None]).squeeze(1)
+        other = z.scatter(1, label[:, None], float("-inf")).amax(dim=1)
+        lead = own - other  # > 0: the model predicts label
+        slack = REDUCED_SLACK * z.abs().amax(dim=1).clamp_min(1.0) if self.reduced else torch.zeros_like(lead)
+        return lead > -slack if hit else lead < slack
+
+    def exact(self) -> contextlib.AbstractContextManager[bool]:
+        """Full-precision queries inside a reduced-precision search (clean passes, checks)."""
+        return self.model.search_precision(None)
+
+    def confirm(self, x: Tensor, claimed: Tensor, is_adversarial: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
+        """``claimed`` (bool ``(n,)``: rows of ``x`` the search found adversarial) where a
+        full-precision forward pass agrees.  Outside a reduced-precision search it returns
+        ``claimed`` unchanged at no cost; inside, it queries the claimed rows only (counted) and
+        calls ``is_adversarial(logits, rows)`` with their full-precision logits and their
+        positions in ``x``.  ``info["precision"]`` counts the checks and the rejections."""
+        if not self.reduced or not bool(claimed.any()):
+            return claimed
+        rows = claimed.nonzero().squeeze(1)
+        with self.exact(), torch.no_grad():
+            logits = self.model.scores(x[rows])
+        ok = is_adversarial(logits, rows)
+        out = torch.zeros_like(claimed)
+        out[rows[ok]] = True
+        stats = self.info.setdefault("precision", {"search": "bfloat16", "checked": 0, "rejected": 0})
+        stats["checked"] += int(rows.numel())
+        stats["rejected"] += int((~ok).sum())
+        return out
 
 
 def loss_and_grad(
@@ -106,6 +155,9 @@ class Attack(Hyperparameters, abc.ABC):
     #: ``info`` entries an attack appends per sample, ``_attack`` call after call (ε by ε, batch by
     #: batch); for a list of ε, ``run`` reshapes each from ``(E·N,)`` to ``(E, N)`` like ``success``
     per_sample_info: ClassVar[tuple[str, ...]] = ("queries_per_sample",)
+    #: an ensemble that passes ``search_precision`` on to its sub-attacks (which each enter and
+    #: verify the reduced-precision search themselves) rather than searching in it itself
+    delegates_precision: ClassVar[bool] = False
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {}
 
     # ---------------------------------------------------------------------------------------
@@ -193,16 +245,26 @@ class Attack(Hyperparameters, abc.ABC):
         with model.attack_mode():
             ctx = Context(model, generator, targeted, num_classes, (lo, hi))
             if clean_pred is None:
-                clean_pred = self._predict(model, x, batch_size)
+                with ctx.exact():  # full precision, also inside an ensemble's reduced search
+                    clean_pred = self._predict(model, x, batch_size)
             advs: list[Tensor] = []
-            for eps in (eps_values if not self.minimal else (None,)):
-                parts = []
-                for s in range(0, x.shape[0], batch_size):
-                    xb, yb = x[s : s + batch_size], y[s : s + batch_size]
-                    ctx.target = target[s : s + batch_size] if target is not None else None
-                    out = self._attack(ctx, xb, yb, eps)
-                    parts.append(out.detach().to(x.dtype))
-                advs.append(torch.cat(parts))
+            reduce = params.get("search_precision", "full") == "bfloat16" and not self.delegates_precision
+            search: contextlib.AbstractContextManager[bool] = (
+                model.search_precision(torch.bfloat16) if reduce else contextlib.nullcontext(False)
+            )
+            with search as reduced:
+                ctx.reduced = reduced
+                if reduce:
+                    note = "bfloat16" if reduced else getattr(model, "search_note", "full precision: not offered by this model")
+                    ctx.info["precision"] = {"search": note, "checked": 0, "rejected": 0}
+                for eps in (eps_values if not self.minimal else (None,)):
+                    parts = []
+                    for s in range(0, x.shape[0], batch_size):
+                        xb, yb = x[s : s + batch_size], y[s : s + batch_size]
+                        ctx.target = target[s : s + batch_size] if target is not None else None
+                        out = self._attack(ctx, xb, yb, eps)
+                        parts.append(out.detach().to(x.dtype))
+                    advs.append(torch.cat(parts))
             if self.minimal:
                 advs = advs * len(eps_values)
             xs, succ, nrm = [], [], []
@@ -211,7 +273,8 @@ class Attack(Hyperparameters, abc.ABC):
                 if eps is not None:
                     delta = N.project(delta, norm, eps)
                 adv = (x + delta).clamp(lo, hi)
-                pred = self._predict(model, adv, batch_size)
+                with ctx.exact():  # success is always decided in full precision
+                    pred = self._predict(model, adv, batch_size)
                 xs.append(adv)
                 succ.append(pred == target if targeted else pred != y)  # type: ignore[operator]
                 nrm.append(N.norm(adv - x, norm))

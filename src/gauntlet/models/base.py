@@ -154,6 +154,15 @@ class Model(abc.ABC):
         """Context in which attacks run (eval mode, frozen parameters); restores state on exit."""
         yield
 
+    @contextlib.contextmanager
+    def search_precision(self, dtype: torch.dtype | None) -> Iterator[bool]:
+        """Context in which an attack's *search* may query in reduced precision (``dtype``, e.g.
+        ``torch.bfloat16``; ``None``: full precision, also inside an outer reduced context).  It
+        yields whether reduced precision is in effect.  Such scores are approximate: the attack
+        must re-verify every success in full precision
+        (:meth:`gauntlet.attacks.base.Context.confirm`).  The default adapter never reduces."""
+        yield False
+
     def infer_num_classes(self, x: Tensor) -> int:
         """Number of classes, found with one uncounted query on ``x[:1]`` if not declared."""
         if self._num_classes is None:

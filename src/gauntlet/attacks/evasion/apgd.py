@@ -34,7 +34,7 @@ from torch import Tensor
 
 from gauntlet import norms as N
 from gauntlet._validation import Boolean, Constraint, Interval, Options
-from gauntlet.attacks.base import STEPS, Attack, Context, loss_and_grad
+from gauntlet.attacks.base import SEARCH_PRECISION, STEPS, Attack, Context, loss_and_grad
 from gauntlet.attacks.losses import LOSSES, goal_loss
 from gauntlet.attacks.registry import register
 from gauntlet.errors import ConfigError
@@ -151,12 +151,12 @@ def apgd_search(
             logits = model.scores(s.x)
             return fn(logits), None, logits
 
-    def adversarial(logits: Tensor, s: _Active) -> Tensor:
+    def adversarial(logits: Tensor, s: _Active, rows: Tensor | None = None) -> Tensor:
         pred = logits.argmax(dim=1)
         if hit_target:
             assert s.t is not None  # hitting a target needs one
-            return pred == s.t
-        return pred != s.y
+            return pred == (s.t if rows is None else s.t[rows])
+        return pred != (s.y if rows is None else s.y[rows])
 
     x_start = (x + N.random_in_ball(x, norm, eps, ctx.generator)).clamp(lo, hi)
     s = _Active(
@@ -183,7 +183,9 @@ def apgd_search(
     def book_adversarial(logits: Tensor) -> bool:
         """Record adversarial iterates; with early_stop drop them (False when none is left)."""
         nonlocal fooled
-        adv = adversarial(logits, s)
+        # in a reduced-precision search, only what full precision confirms counts
+        claimed = ctx.claims(logits, s.t if hit_target and s.t is not None else s.y, hit=hit_target)
+        adv = ctx.confirm(s.x, claimed, lambda z, rows: adversarial(z, s, rows))
         if not early_stop:
             assert s.x_best_adv is not None  # kept when not stopping early
             fooled = fooled | adv
@@ -271,6 +273,7 @@ class _APGD(Attack):
         "loss": [Options(LOSSES)],
         "early_stop": [Boolean()],
         "n_target_classes": [Interval(int, 1, None)],
+        "search_precision": SEARCH_PRECISION,
     }
     _targeted_loss = False  # apgd_t always ascends a targeted loss
     norm: str
@@ -299,7 +302,7 @@ class _APGD(Attack):
     def _attack(self, ctx: Context, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
         assert eps is not None
         self._check_classes(ctx)
-        with torch.no_grad():
+        with ctx.exact(), torch.no_grad():
             clean = ctx.model.scores(x)
         runs, hit_target = self._targets(ctx, y, clean)
         pred = clean.argmax(dim=1)
@@ -348,6 +351,10 @@ class APGDCE(_APGD):
         early_stop: evaluation mode: a sample stops as soon as it is adversarial.
         targeted: aim at ``target`` (see ``Attack.run``).
         batch_size: split the input into batches of this size.
+        search_precision: ``"full"`` or ``"bfloat16"``: the search's forward and gradient passes
+            in bfloat16 where the model offers it (``TorchModel.search_precision``), every
+            adversarial it finds re-verified in full precision before it counts;
+            ``info["precision"]`` says what ran and how many claims were checked and rejected.
     """
 
     name = "apgd_ce"
@@ -365,6 +372,7 @@ class APGDCE(_APGD):
         early_stop: bool = False,
         targeted: bool = False,
         batch_size: int | None = None,
+        search_precision: str = "full",
     ) -> None:
         self.norm = norm
         self.eps = eps
@@ -375,6 +383,7 @@ class APGDCE(_APGD):
         self.early_stop = early_stop
         self.targeted = targeted
         self.batch_size = batch_size
+        self.search_precision = search_precision
         self._validate()
 
 
@@ -400,6 +409,7 @@ class APGDDLR(APGDCE):
         early_stop: bool = False,
         targeted: bool = False,
         batch_size: int | None = None,
+        search_precision: str = "full",
     ) -> None:
         super().__init__(
             norm=norm,
@@ -411,6 +421,7 @@ class APGDDLR(APGDCE):
             early_stop=early_stop,
             targeted=targeted,
             batch_size=batch_size,
+            search_precision=search_precision,
         )
 
 
@@ -424,7 +435,8 @@ class APGDT(_APGD):
     classes than ``n_target_classes + 1``, every other class is a target once.
 
     Args:
-        norm, eps, steps, restarts, rho, early_stop, batch_size: as for :class:`APGDCE`.
+        norm, eps, steps, restarts, rho, early_stop, batch_size, search_precision: as for
+            :class:`APGDCE`.
         loss: the loss towards the target: ``"dlr"`` (targeted DLR, >= 4 classes), ``"ce"`` or
             ``"margin"``.
         n_target_classes: how many target classes to try, highest clean logit first.
@@ -446,6 +458,7 @@ class APGDT(_APGD):
         n_target_classes: int = 9,
         early_stop: bool = False,
         batch_size: int | None = None,
+        search_precision: str = "full",
     ) -> None:
         self.norm = norm
         self.eps = eps
@@ -456,6 +469,7 @@ class APGDT(_APGD):
         self.n_target_classes = n_target_classes
         self.early_stop = early_stop
         self.batch_size = batch_size
+        self.search_precision = search_precision
         self._validate()
 
     def _targets(self, ctx: Context, y: Tensor, clean: Tensor) -> tuple[list[Tensor | None], bool]:

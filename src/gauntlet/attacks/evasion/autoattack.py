@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from gauntlet._validation import Constraint, Interval, Options
-from gauntlet.attacks.base import Attack, Context
+from gauntlet.attacks.base import SEARCH_PRECISION, Attack, Context
 from gauntlet.attacks.registry import create, register
 from gauntlet.errors import ConfigError
 
@@ -32,6 +32,9 @@ class AutoAttack(Attack):
         n_target_classes: target classes for APGD-T and FAB-T (9 in the reference).
         square_queries: query budget of Square (5000 in the reference).
         batch_size: split the input into batches of this size.
+        search_precision: ``"full"`` or ``"bfloat16"``, passed to every sub-attack: their
+            searches query in bfloat16 where the model offers it and every point they break is
+            re-verified in full precision (the robust accuracy is always a full-precision figure).
 
     ``AttackResult.info["breakdown"]`` lists, per ε and sub-attack, how many points it broke,
     its gradient evaluations, queries and seconds.
@@ -44,11 +47,13 @@ class AutoAttack(Attack):
         'attacks", ICML 2020, https://arxiv.org/abs/2003.01690'
     )
     norms = ("linf", "l2")
+    delegates_precision = True
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
         "version": [Options(("standard", "plus"))],
         "steps": [Interval(int, 1, None)],
         "n_target_classes": [Interval(int, 1, None)],
         "square_queries": [Interval(int, 1, None)],
+        "search_precision": SEARCH_PRECISION,
     }
 
     def __init__(
@@ -61,6 +66,7 @@ class AutoAttack(Attack):
         n_target_classes: int = 9,
         square_queries: int = 5000,
         batch_size: int | None = None,
+        search_precision: str = "full",
     ) -> None:
         self.norm = norm
         self.eps = eps
@@ -69,12 +75,13 @@ class AutoAttack(Attack):
         self.n_target_classes = n_target_classes
         self.square_queries = square_queries
         self.batch_size = batch_size
+        self.search_precision = search_precision
         self._validate()
 
     def suite(self, num_classes: int) -> list[tuple[str, str, dict[str, Any]]]:
         """The (label, registered attack name, parameters) sequence this configuration runs."""
         k = min(self.n_target_classes, num_classes - 1)
-        common = {"norm": self.norm}
+        common = {"norm": self.norm, "search_precision": self.search_precision}
         apgd = {**common, "steps": self.steps, "early_stop": True}
         fab_t = {**common, "steps": self.steps, "n_target_classes": k}
         square = {**common, "max_queries": self.square_queries}
@@ -117,4 +124,9 @@ class AutoAttack(Attack):
             row["grad_evals"] += res.grad_evals
             row["queries"] += res.queries
             row["seconds"] += time.perf_counter() - t0
+            prec = res.info.get("precision")
+            if prec is not None:
+                row["search_precision"] = prec["search"]
+                row["checked"] = row.get("checked", 0) + prec["checked"]
+                row["rejected"] = row.get("rejected", 0) + prec["rejected"]
         return x_adv

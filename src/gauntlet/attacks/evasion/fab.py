@@ -10,6 +10,7 @@ original point (``beta``), so the search hugs the boundary close to ``x``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import ClassVar
 
 import torch
@@ -18,7 +19,7 @@ from torch import Tensor
 
 from gauntlet import norms as N
 from gauntlet._validation import Constraint, Interval, IsNone
-from gauntlet.attacks.base import STEPS, Attack, Context
+from gauntlet.attacks.base import SEARCH_PRECISION, STEPS, Attack, Context
 from gauntlet.attacks.registry import register
 from gauntlet.threat import as_eps_tuple
 
@@ -101,6 +102,11 @@ class FAB(Attack):
         eta: overshoot factor of the projections.
         beta: backward step towards ``x`` after an adversarial iterate.
         batch_size: split the input into batches of this size.
+        search_precision: ``"full"`` or ``"bfloat16"``: the search's gradient and check passes in bfloat16 where the
+            model offers it (``TorchModel.search_precision``), every adversarial point that ends a search (within ε, or any
+            improvement without ε) re-verified
+            in full precision before it counts; ``info["precision"]`` says what ran and how many
+            claims were checked and rejected.
     """
 
     name = "fab"
@@ -118,6 +124,7 @@ class FAB(Attack):
         "alpha_max": [Interval(float, 0, 1)],
         "eta": [Interval(float, 1, None)],
         "beta": [Interval(float, 0, 1, closed="neither")],
+        "search_precision": SEARCH_PRECISION,
     }
 
     def __init__(
@@ -132,6 +139,7 @@ class FAB(Attack):
         eta: float = 1.05,
         beta: float = 0.9,
         batch_size: int | None = None,
+        search_precision: str = "full",
     ) -> None:
         self.norm = norm
         self.eps = eps
@@ -142,6 +150,7 @@ class FAB(Attack):
         self.eta = eta
         self.beta = beta
         self.batch_size = batch_size
+        self.search_precision = search_precision
         self._validate()
 
     # ---------------------------------------------------------------------------------------
@@ -150,7 +159,7 @@ class FAB(Attack):
         lo, hi = ctx.bounds
         radius0 = eps_stop if eps_stop is not None else _DEFAULT_RADIUS[self.norm] * (hi - lo)
         n = x.shape[0]
-        with torch.no_grad():
+        with ctx.exact(), torch.no_grad():
             z0 = ctx.model.scores(x)
         best = x.clone()
         best_norm = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
@@ -238,10 +247,17 @@ class FAB(Attack):
                 alpha = (n1 / (n1 + n2)).clamp(0.0, self.alpha_max)[:, None]
                 x_new = ((1 - alpha) * (xaf + self.eta * d1) + alpha * (x0a + self.eta * d2)).clamp(lo, hi)
                 x_new = x_new.view_as(xa)
-                pred = ctx.model.scores(x_new).argmax(dim=1)
-                is_adv = pred != ya
+                z_new = ctx.model.scores(x_new)
+                is_adv = z_new.argmax(dim=1) != ya
                 dnew = N.norm(x_new - x0[a], self.norm)
                 improved = is_adv & (dnew < res[a])
+                if ctx.reduced:
+                    # the trajectory follows the reduced-precision check; a recorded point that
+                    # would end the search (within ε; without ε, any) must hold in full precision
+                    near = ctx.claims(z_new, ya) & (dnew < res[a])
+                    final = near if eps_stop is None else near & (dnew <= eps_stop)
+                    held = ctx.confirm(x_new, final, _misclassified(ya))
+                    improved = (improved & ~final) | held
                 ai = a[improved]
                 adv[ai] = x_new[improved]
                 res[ai] = dnew[improved]
@@ -300,6 +316,11 @@ class FAB(Attack):
         zd = z.detach()
         df = zd.gather(1, cls) - zd.gather(1, y[:, None])
         return df, g.detach().flatten(2)
+
+
+def _misclassified(y: Tensor) -> Callable[[Tensor, Tensor], Tensor]:
+    """``is_adversarial`` for :meth:`Context.confirm`: rows whose label is not ``y``."""
+    return lambda logits, rows: logits.argmax(dim=1) != y[rows]
 
 
 def _norm_last(g: Tensor, p: str) -> Tensor:

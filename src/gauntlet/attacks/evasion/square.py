@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gauntlet._validation import Constraint, Interval, Options
-from gauntlet.attacks.base import Attack, Context, record_queries
+from gauntlet.attacks.base import SEARCH_PRECISION, Attack, Context, record_queries
 from gauntlet.attacks.losses import margin
 from gauntlet.attacks.registry import register
 
@@ -110,6 +110,10 @@ class Square(Attack):
         loss: ``"margin"`` (logit margin, the paper's untargeted loss) or ``"ce"``.
         targeted: aim at ``target`` (see ``Attack.run``).
         batch_size: split the input into batches of this size.
+        search_precision: ``"full"`` or ``"bfloat16"``: the search's queries in bfloat16 where the
+            model offers it (``TorchModel.search_precision``), every fooled point re-verified
+            in full precision before it counts; ``info["precision"]`` says what ran and how many
+            claims were checked and rejected.
     """
 
     name = "square"
@@ -125,6 +129,7 @@ class Square(Attack):
         "p_init": [Interval(float, 0, 1, closed="right")],
         "restarts": [Interval(int, 1, None)],
         "loss": [Options(("margin", "ce"))],
+        "search_precision": SEARCH_PRECISION,
     }
 
     def __init__(
@@ -138,6 +143,7 @@ class Square(Attack):
         loss: str = "margin",
         targeted: bool = False,
         batch_size: int | None = None,
+        search_precision: str = "full",
     ) -> None:
         self.norm = norm
         self.eps = eps
@@ -147,6 +153,7 @@ class Square(Attack):
         self.loss = loss
         self.targeted = targeted
         self.batch_size = batch_size
+        self.search_precision = search_precision
         self._validate()
 
     # ---------------------------------------------------------------------------------------
@@ -170,7 +177,12 @@ class Square(Attack):
 
     def _query(self, ctx: Context, x: Tensor, y: Tensor, t: Tensor | None) -> tuple[Tensor, Tensor]:
         with torch.no_grad():
-            return self._loss(ctx, ctx.model.scores(x), y, t)
+            scores = ctx.model.scores(x)
+            loss, fooled = self._loss(ctx, scores, y, t)
+        if ctx.reduced:  # a point is fooled only when full precision agrees (checked near the decision too)
+            claimed = ctx.claims(scores, y if t is None else t, hit=t is not None)
+            fooled = ctx.confirm(x, claimed, lambda z, rows: self._loss(ctx, z, y[rows], None if t is None else t[rows])[1])
+        return loss, fooled
 
     def _attack(self, ctx: Context, x: Tensor, y: Tensor, eps: float | None) -> Tensor:
         assert eps is not None
