@@ -84,6 +84,10 @@ def test_an_audit_writes_both_reports_records_the_audit_and_breaks_the_undefende
     assert pgd[0.2]["grad_evals"] > 0 and pgd[0.2]["queries"] > 0
     assert (rep["gate"]["passed"], rep["gate"]["violations"]) == (True, []) and run.exit_code == 0
     assert rep["manifest"]["spec"]["seed"] == 0 and "torch" in rep["manifest"]["packages"]
+    # the fast paths were built once before the first unit, and their cost is on record
+    execution = rep["manifest"]["execution"]
+    assert (execution["forward"], execution["gradient"]) == ("frozen", "channels_last") and execution["build_seconds"] > 0
+    assert "fast_path_refused" not in [f["id"] for f in rep["flags"]]
     assert [e.done for e in events if e.phase == "units"] == list(range(19))  # 18 units: (2 attacks + cross-check) x 6 batches
     assert events[-1].phase == "done"
     assert unit_rows(tmp_path / "g.db") == (18, 18)

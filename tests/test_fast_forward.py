@@ -19,7 +19,7 @@ from gauntlet.attacks.base import loss_and_grad
 from gauntlet.errors import ConfigError
 from gauntlet.models._fast import MIN_BATCH
 from gauntlet.models.features import features
-from gauntlet.models.zoo import ARCHITECTURES, DigitsCNN
+from gauntlet.models.zoo import ARCHITECTURES, DigitsCNN, LeNet5
 
 LOGGER = "gauntlet.models._fast"
 N = MIN_BATCH  # the smallest batch that takes the fast path
@@ -289,3 +289,28 @@ def test_pickle_and_deepcopy_drop_the_frozen_copy_and_rebuild_it(digits) -> None
         assert (no_grad_scores(clone, x) - ref).abs().max() <= 1e-5
         assert clone.fast_path == "frozen"
     assert model._frozen.builds == 1
+
+
+def test_warm_up_builds_both_paths_once_and_execution_reports_them_with_their_cost() -> None:
+    net = seeded(LeNet5)
+    model = gt.models.TorchModel(net, num_classes=10, bounds=(0.0, 1.0), input_shape=(1, 28, 28))
+    assert model.execution()["forward"] == "pending"
+    info = model.warm_up(rand(5, (1, 28, 28)))  # fewer inputs than a fast batch: repeated up to one
+    assert (info["forward"], info["gradient"]) == ("frozen", "channels_last")
+    assert info["build_seconds"] > 0 and model.queries == 0 and model.grad_evals == 0
+    assert all(p.requires_grad for p in net.parameters())  # attack mode restored
+    again = model.warm_up(rand(40, (1, 28, 28)))
+    assert model._frozen.builds == 1 and model._grad.builds == 1 and again["build_seconds"] == info["build_seconds"]
+
+
+def test_a_refused_forward_path_is_an_info_flag_of_the_audit_naming_why() -> None:
+    from gauntlet.audit.flags import CHECKS, execution_flags
+
+    model = gt.models.TorchModel(Branchy().eval(), num_classes=3, bounds=(-1.0, 1.0))
+    info = model.warm_up(torch.full((N, 4), 0.5))
+    assert info["forward"].startswith("eager: ")
+    (flag,) = execution_flags(info)
+    assert flag["id"] == "fast_path_refused" and flag["severity"] == "info" and flag["title"] == CHECKS["fast_path_refused"]
+    assert "forward" in flag["explanation"] and "trace may not generalise" in flag["explanation"]
+    fine = gt.models.TorchModel(seeded(LeNet5), num_classes=10, bounds=(0.0, 1.0), input_shape=(1, 28, 28))
+    assert execution_flags(fine.warm_up(rand(N, (1, 28, 28)))) == [] and execution_flags(None) == []

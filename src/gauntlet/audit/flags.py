@@ -26,7 +26,7 @@ from gauntlet import norms as N
 from gauntlet.audit.studies.evasion import NAIVE_SUFFIX, UnitRecord, aggregate, is_naive
 from gauntlet.models.base import Model
 
-__all__ = ["CHECKS", "compute_flags"]
+__all__ = ["CHECKS", "compute_flags", "execution_flags"]
 
 #: id -> title of every check :func:`compute_flags` performs (the report lists them).
 CHECKS: dict[str, str] = {
@@ -41,6 +41,7 @@ CHECKS: dict[str, str] = {
     "eps_covers_input_range": "An L∞ budget covers the whole input range",
     "no_ensemble": "No AutoAttack-grade ensemble ran: the robust accuracy is an upper bound",
     "no_gradient_path": "The model has no input gradients: gradient attacks were replaced by a score-based one",
+    "fast_path_refused": "The model's fast execution path was refused: its queries ran eagerly",
 }
 
 # thresholds (documented in the explanations)
@@ -512,6 +513,27 @@ def _check_masking_gap(rows: list[dict[str, Any]], model: Model) -> dict[str, An
 
 
 # ------------------------------------------------------------------------------------------
+def execution_flags(execution: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """An ``info`` flag when a fast execution path of the model (:meth:`TorchModel.execution`) was
+    refused at its build check: the audit's numbers are unaffected (the module ran eagerly), only
+    slower, and the flag says why so the model can be fixed or the slowdown expected."""
+    if not execution:
+        return []
+    refused = {k: str(v) for k, v in execution.items() if k in ("forward", "gradient", "search") and str(v).startswith("eager:")}
+    if not refused:
+        return []
+    why = "; ".join(f"{k}: {v.removeprefix('eager: ')}" for k, v in refused.items())
+    return [_flag(
+        "fast_path_refused",
+        f"The {' and '.join(refused)} fast path of the model was refused when it was built ({why}), so those "
+        "queries ran the module eagerly. Results are unaffected (eager is the reference); the audit was only "
+        "slower. A module with data-dependent control flow or side effects in forward cannot be traced; "
+        "TorchModel(..., fast=False) turns the fast paths off explicitly.",
+        {"execution": dict(execution)},
+        severity="info",
+    )]
+
+
 def compute_flags(
     model: Model,
     x: Tensor,

@@ -440,6 +440,9 @@ def execute(
     reused = sum(1 for t in prep.tasks if t.key in done)
     try:
         emit(ProgressEvent("units", reused, total, reused, "resumed" if reused else "starting"))
+        warm_up = getattr(env.model, "warm_up", None)
+        if callable(warm_up):  # build the model's fast paths once, before the first unit (their cost is reported)
+            warm_up(env.x)
         if env.clean_pred is None:
             _reseed(env.model, spec.seed)
             env.clean_pred = _clean_pred(env.model, env.x, spec.batch_size)
@@ -471,6 +474,10 @@ def execute(
             flags.extend(out.flags)
         for study in prep.studies:  # flags that compare one study's numbers with another's
             flags.extend(study.cross_flags(sections))
+        from gauntlet.audit.flags import execution_flags
+
+        execution = _execution(env.model)
+        flags.extend(execution_flags(execution))
     except BaseException as exc:
         if store is not None and audit_id is not None:
             try:  # interrupted: still unfinished, and free for any process to resume
@@ -479,6 +486,7 @@ def execute(
                 pass
         raise
     manifest = _manifest(prep, store, executor, command, started, audit_id, total, reused)
+    manifest["execution"] = execution
     outcome = AuditOutcome(
         spec=spec,
         model_info=dict(prep.model_info),
@@ -503,6 +511,13 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
+
+
+def _execution(model: Any) -> dict[str, Any] | None:
+    """The audited model's execution paths and their build cost in this process (``None`` for an
+    adapter without fast paths)."""
+    fn = getattr(model, "execution", None)
+    return fn() if callable(fn) else None
 
 
 def _manifest(

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import warnings
 from collections.abc import Callable, Iterable
 from itertools import chain
@@ -141,6 +142,8 @@ class FrozenForward:
     def __init__(self) -> None:
         self.status = "pending"
         self.builds = 0
+        #: CPU seconds spent building (and checking) copies, refused ones included
+        self.build_seconds = 0.0
         self.min_batch = MIN_BATCH
         self._frozen: torch.jit.ScriptModule | None = None
         self._key: Key | None = None
@@ -172,11 +175,14 @@ class FrozenForward:
             if key in self._bad_keys or not x.is_floating_point():
                 return None
             self._frozen = None
+            t0 = time.process_time()
             try:
                 self._build(module, prep, key, bounds)
             except _Refused as why:
                 self._refuse(owner, module, str(why))
                 return None
+            finally:
+                self.build_seconds += time.process_time() - t0
             if self._frozen is None:  # the eager module itself fails on this key
                 return None
             if _fingerprint(module, extra) != fp:

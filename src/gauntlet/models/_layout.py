@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -71,6 +72,8 @@ class ChannelsLastGrad:
         self.autocast = autocast
         self.status = "pending"
         self.builds = 0
+        #: CPU seconds spent building (and checking) copies, refused ones included
+        self.build_seconds = 0.0
         self.min_batch = MIN_BATCH
         self._copy: nn.Module | None = None
         self._fingerprint: tuple[Any, ...] | None = None
@@ -105,6 +108,7 @@ class ChannelsLastGrad:
             if self.autocast is not None and not bf16_native():
                 self.status = "n/a: this CPU has no native bfloat16 (oneDNN would emulate it, slower than float32)"
                 return None
+            t0 = time.process_time()
             try:
                 self._build(module, prep, x, bounds)
             except _Refused as why:
@@ -113,6 +117,8 @@ class ChannelsLastGrad:
                 what = "channels-last gradient path" if self.autocast is None else "reduced-precision search path"
                 logger.warning("%s: %s refused for %s, running it eagerly: %s", owner, what, type(module).__name__, why)
                 return None
+            finally:
+                self.build_seconds += time.process_time() - t0
             self._fingerprint = fp
         assert self._copy is not None
         return self._run(self._copy, prep(x).contiguous(memory_format=torch.channels_last), x.dtype)

@@ -208,6 +208,36 @@ class TorchModel(Model):
         finally:
             self._search_dtype = previous
 
+    def execution(self) -> dict[str, Any]:
+        """How this model's queries run in this process: the forward-only path (``fast_path``),
+        the input-gradient path (``gradient_path``), the reduced-precision search path
+        (``search_path``) and the CPU seconds spent building and checking their copies."""
+        paths = (self._frozen, self._grad, self._lowp)
+        return {
+            "forward": self.fast_path,
+            "gradient": self.gradient_path,
+            "search": self.search_path,
+            "build_seconds": round(sum(p.build_seconds for p in paths), 4),
+        }
+
+    def warm_up(self, x: Tensor) -> dict[str, Any]:
+        """Build the forward and gradient fast paths now, on up to 64 inputs of ``x`` (uncounted,
+        attack mode, one forward and one input-gradient pass), rather than inside the first
+        attack; returns :meth:`execution`.  An audit calls it once per model and process."""
+        if not self.fast or not isinstance(x, Tensor) or x.dim() < 2 or x.shape[0] == 0:
+            return self.execution()
+        n = min(64, int(x.shape[0]))
+        xb = x[:n].detach().to(self._device, self.input_spec.dtype)
+        if n < 32:  # the paths only serve batches of 32 / 16 and more: repeat what there is
+            xb = xb.repeat((32 + n - 1) // n, *([1] * (xb.dim() - 1)))[:32]
+        with self.attack_mode():
+            with torch.no_grad():
+                self._forward(xb)
+            xg = xb.clone().requires_grad_(True)
+            with torch.enable_grad():
+                self._forward(xg).sum().backward()
+        return self.execution()
+
     def _no_reduced_search(self) -> str | None:
         """Why the bfloat16 search path cannot run here (``None``: it can)."""
         if not self.fast:
