@@ -24,8 +24,17 @@ gradient ``dA/dx_p``:
   2017): training is unrolled for ``inner_steps`` SGD steps from the given network's weights on
   the attacker's training split plus the poison and the validation loss after them is
   differentiated through every step with torch autograd.
+* ``method="kkt"`` (a ``LogisticRegression`` or squared-hinge ``LinearSVC``; Koh, Steinhardt
+  and Liang 2018): no gradient through training at all.  The attacker picks *decoy* parameters
+  with a high training error and solves for poison — copies of a few points, labels chosen per
+  point — under which the decoy satisfies the victim's optimality (KKT) condition, so retraining
+  lands on it.  ``decoy="flip"`` is the paper's search over decoys fitted on label-flipped
+  copies; ``decoy="joint"`` finds the decoy and the poison together (see
+  :mod:`gauntlet.attacks.poisoning._kkt`).  It aims at the error on all the training rows it is
+  given (no validation split: ``val_fraction`` is unused) and keeps the decoy whose refitted
+  model has the lowest training accuracy.
 
-The attacker's validation split (``val_fraction`` of the training data it is given) is held out
+For ``"linear"`` and ``"back_gradient"`` the attacker's validation split (``val_fraction`` of the training data it is given) is held out
 from its surrogate training; the victim later trains on all ``N`` rows plus the ``k`` poison
 points.  The returned :class:`PoisonedDataset` therefore has ``N + k`` rows: the clean rows
 unchanged and in order, then the poison, marked by ``is_poison``; ``pd.fraction`` is
@@ -346,12 +355,14 @@ class Availability(PoisoningAttack):
     """Availability poisoning (Biggio et al. 2012; Muñoz-González et al. 2017): insert
     ``round(fraction * N)`` points, initialised from random training points with their labels
     flipped to a random other class, and move their features by projected gradient ascent on the
-    validation loss of the model trained on the poisoned set (see the module docstring).
+    validation loss of the model trained on the poisoned set; or (``method="kkt"``) solve for
+    poison that makes a high-error decoy model the victim's optimum (see the module docstring).
 
     Args:
         fraction: poison points inserted, as a share of the clean training set ``N``, in (0, 1).
         method: ``"auto"`` (``"linear"`` for an :class:`SklearnModel`, ``"back_gradient"`` for a
-            :class:`TorchModel`), ``"linear"`` or ``"back_gradient"``.
+            :class:`TorchModel`), ``"linear"``, ``"back_gradient"`` or ``"kkt"`` (never chosen by
+            ``"auto"``).
         steps: gradient-ascent iterations (each refits the linear model, or unrolls training once).
         step_size: L2 length of each poison point's first step in input units (per point, the
             gradient is normalised); ``"linear"`` backtracks: a step that does not raise the
@@ -361,6 +372,15 @@ class Availability(PoisoningAttack):
         inner_lr: ``"back_gradient"``: their learning rate.
         batch_size: ``"back_gradient"``: rows per unrolled step (clean and poison in proportion;
             ``None`` = full batch); the poison points are updated in chunks of that share.
+        decoy: ``"kkt"``: ``"joint"`` (decoy and poison found together) or ``"flip"`` (decoys fitted
+            on label-flipped copies of ``0.1 · 2^s`` of the rows, stage ``s``; Koh et al.).
+        locations_per_class: ``"kkt"``: distinct poison points per label (their copy counts are
+            solved for; ``k`` rows in all).
+        stages: ``"kkt"``: decoys tried (``"joint"``: the penalty grows by √10 per stage).
+        solver_steps: ``"kkt"``: Adam iterations per stage.
+        penalty: ``"kkt"``, ``"joint"``: the first stage's weight on the squared KKT residual
+            (the gradient of the victim's objective at the decoy, over ``C`` times the rows).
+        temperature: ``"kkt"``, ``"joint"``: the smooth error's temperature on the score margin.
         bounds: the inputs' value range (poison stays inside it).
     """
 
@@ -374,7 +394,7 @@ class Availability(PoisoningAttack):
     needs_model: ClassVar[bool] = True
     goal: ClassVar[str] = "availability"
     _parameter_constraints: ClassVar[dict[str, list[Constraint]]] = {
-        "method": [Options(("auto", "linear", "back_gradient"))],
+        "method": [Options(("auto", "linear", "back_gradient", "kkt"))],
         "objective": [Options(("loss", "error"))],
         "steps": [Interval(int, 1, None)],
         "step_size": [Interval(float, 0, None, closed="neither")],
@@ -382,6 +402,12 @@ class Availability(PoisoningAttack):
         "inner_steps": [Interval(int, 1, None)],
         "inner_lr": [Interval(float, 0, None, closed="neither")],
         "batch_size": [Interval(int, 2, None), IsNone()],
+        "decoy": [Options(("joint", "flip"))],
+        "locations_per_class": [Interval(int, 1, None)],
+        "stages": [Interval(int, 1, None)],
+        "solver_steps": [Interval(int, 1, None)],
+        "penalty": [Interval(float, 0, None, closed="neither")],
+        "temperature": [Interval(float, 0, None, closed="neither")],
     }
 
     def __init__(
@@ -396,6 +422,12 @@ class Availability(PoisoningAttack):
         inner_steps: int = 20,
         inner_lr: float = 0.05,
         batch_size: int | None = 256,
+        decoy: str = "joint",
+        locations_per_class: int = 3,
+        stages: int = 4,
+        solver_steps: int = 3000,
+        penalty: float = 18.0,
+        temperature: float = 1.0,
         bounds: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         self.fraction = fraction
@@ -407,6 +439,12 @@ class Availability(PoisoningAttack):
         self.inner_steps = inner_steps
         self.inner_lr = inner_lr
         self.batch_size = batch_size
+        self.decoy = decoy
+        self.locations_per_class = locations_per_class
+        self.stages = stages
+        self.solver_steps = solver_steps
+        self.penalty = penalty
+        self.temperature = temperature
         self.bounds = bounds
         self._validate()
 
@@ -415,6 +453,19 @@ class Availability(PoisoningAttack):
         from gauntlet.models import SklearnModel, TorchModel
 
         kind = type(model).__name__
+        if self.method == "kkt":
+            from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]  # scikit-learn ships no type information
+            from sklearn.svm import LinearSVC  # type: ignore[import-untyped]  # scikit-learn ships no type information
+
+            est = getattr(model, "estimator", None)
+            smooth = isinstance(est, LogisticRegression) or (isinstance(est, LinearSVC) and est.get_params().get("loss") == "squared_hinge")
+            if not isinstance(model, SklearnModel) or not smooth:
+                got = type(est).__name__ if isinstance(model, SklearnModel) else kind
+                raise ConfigError(
+                    f"{self.name}: method 'kkt' needs an SklearnModel around a LogisticRegression or a squared-hinge LinearSVC "
+                    f"(a smooth convex objective), got {got}"
+                )
+            return "kkt"
         if self.method in ("auto", "linear") and isinstance(model, SklearnModel):
             from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]  # scikit-learn ships no type information
             from sklearn.svm import SVC, LinearSVC  # type: ignore[import-untyped]  # scikit-learn ships no type information
@@ -441,6 +492,8 @@ class Availability(PoisoningAttack):
         n = int(x.shape[0])
         num_classes = max(int(y.max()) + 1, int(getattr(model, "num_classes", 0) or 0))
         k = self.n_poison(n)
+        if method == "kkt":
+            return self._kkt(model, x, y, k, generator)
         n_val = round(float(self.val_fraction) * n)
         if n_val < 1 or n - n_val < 2:
             raise DataError(f"{self.name}: {n} training rows leave no validation split at val_fraction={self.val_fraction}; give more data")
@@ -507,6 +560,25 @@ class Availability(PoisoningAttack):
             "val_accuracy": (acc0, self._val_accuracy(sur, theta, x_val, y_val)),
         }
         return xp.to(dev, dt), info
+
+    def _kkt(self, model: Any, x: Tensor, y: Tensor, k: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, dict[str, Any]]:
+        from gauntlet.attacks.poisoning._kkt import kkt_poison
+
+        sur = LinearSurrogate(model.estimator, self.name)
+        if int(y.max()) >= sur.num_classes:
+            raise DataError(f"{self.name}: the labels go up to {int(y.max())} but the model has {sur.num_classes} classes")
+        n = int(x.shape[0])
+        xf = x.reshape(n, -1).double().cpu()
+        xp, yp, info = kkt_poison(
+            sur, xf, y.cpu(), k, decoy=str(self.decoy), locations_per_class=int(self.locations_per_class), stages=int(self.stages),
+            steps=int(self.solver_steps), penalty=float(self.penalty), temperature=float(self.temperature), bounds=self._bounds(),
+            generator=torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator, device=generator.device))),
+        )
+        px = torch.cat([x, xp.reshape(k, *x.shape[1:]).to(x.device, x.dtype)])
+        py = torch.cat([y, yp.to(y.device)])
+        mask = torch.zeros(n + k, dtype=torch.bool, device=x.device)
+        mask[n:] = True
+        return px, py, mask, {"method": "kkt", "surrogate": type(model.estimator).__name__, **info}
 
     @staticmethod
     def _val_accuracy(sur: LinearSurrogate, theta: Tensor, x_val: Tensor, y_val: Tensor) -> float:
