@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -12,9 +13,11 @@ from torch import Tensor, nn
 
 from gauntlet._validation import Boolean, Interval, IsNone, Options, parse_bounds, parse_shape, validate_params
 from gauntlet.errors import ConfigError
-from gauntlet.models._fast import FrozenForward
+from gauntlet.models._fast import FrozenForward, _first_line
 from gauntlet.models._layout import ChannelsLastGrad, _worth_it, bf16_native
 from gauntlet.models.base import InputSpec, Model
+
+logger = logging.getLogger(__name__)
 
 
 def _stat(v: float | Sequence[float] | Tensor | None, name: str) -> Tensor | None:
@@ -230,12 +233,17 @@ class TorchModel(Model):
         xb = x[:n].detach().to(self._device, self.input_spec.dtype)
         if n < 32:  # the paths only serve batches of 32 / 16 and more: repeat what there is
             xb = xb.repeat((32 + n - 1) // n, *([1] * (xb.dim() - 1)))[:32]
-        with self.attack_mode():
-            with torch.no_grad():
-                self._forward(xb)
-            xg = xb.clone().requires_grad_(True)
-            with torch.enable_grad():
-                self._forward(xg).sum().backward()
+        try:
+            with self.attack_mode(), torch.random.fork_rng(devices=[]):
+                with torch.no_grad():
+                    self._forward(xb)
+                xg = xb.clone().requires_grad_(True)
+                with torch.enable_grad():
+                    out = self._forward(xg)
+                    if isinstance(out, Tensor) and out.requires_grad:  # a model without input gradients has none to build
+                        out.float().sum().backward()
+        except Exception as exc:  # noqa: BLE001 - only a head start: the first real query reports any failure itself
+            logger.debug("TorchModel.warm_up: skipped (%s)", _first_line(exc))
         return self.execution()
 
     def _no_reduced_search(self) -> str | None:
