@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,27 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture(scope="session", autouse=True)
 def _threads() -> None:
     torch.set_num_threads(2)
+
+
+@pytest.fixture()
+def one_thread() -> Iterator[None]:
+    """One intra-op thread for a test, restored after: tiny models run fastest that way on a
+    loaded 2-core machine.  A module takes it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def one_thread_module(digits_net: nn.Module) -> Iterator[None]:
+    """:func:`one_thread` for a whole module, module-scoped fixtures included; the shared
+    ``digits_net`` is trained first, under the session's thread setting, so its weights do not
+    depend on which module asked for it first."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

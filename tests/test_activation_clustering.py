@@ -7,7 +7,6 @@ deterministic for a seed; bad input is a one-line error."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,16 +16,7 @@ from gauntlet.attacks.poisoning import PoisonedDataset
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.zoo import DigitsCNN, train_classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    from threadpoolctl import threadpool_limits  # scikit-learn's KMeans/FastICA threads, too
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

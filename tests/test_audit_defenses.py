@@ -29,13 +29,7 @@ from gauntlet.data import load_digits
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.zoo import train_classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

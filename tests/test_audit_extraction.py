@@ -4,7 +4,6 @@ place-named errors for bad blocks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,7 @@ from gauntlet.audit.report import validate_report
 from gauntlet.audit.studies.extraction import ExtractionStudy, ExtractionThreshold
 from gauntlet.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ attack), the gate, a rerun that trains nothing, and place-named errors for bad b
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,9 @@ from gauntlet.audit.report import validate_report
 from gauntlet.audit.studies.federated import FederatedStudy, FederatedThreshold
 from gauntlet.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 pytest.importorskip("flwr", reason="Flower is the federated extra (pip install 'gauntlet[federated]')")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

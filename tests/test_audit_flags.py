@@ -12,17 +12,9 @@ from gauntlet.attacks import create
 from gauntlet.audit.flags import CHECKS, compute_flags
 from gauntlet.audit.studies.evasion import UnitRecord
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 REQUIRED = {"id", "severity", "title", "explanation", "evidence"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(digits_net):
-    """Tiny models: one intra-op thread is much faster on a loaded 2-core machine (the shared
-    network is trained first, under the session's thread setting, so its weights do not change)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture()

@@ -24,6 +24,8 @@ from gauntlet.audit.records import AuditOutcome
 from gauntlet.audit.report import build_report
 from gauntlet.audit.studies.evasion import UnitRecord, sections_of
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 CHROMIUM = Path("/usr/bin/chromium")
 needs_chromium = pytest.mark.skipif(
     not CHROMIUM.exists(),
@@ -32,16 +34,6 @@ needs_chromium = pytest.mark.skipif(
 HOSTILE = "<script>alert('x')</script> & \"quotes\""
 # Chromium's own background pings (component updater, sign-in) are not requests made by the page.
 BROWSER_HOSTS = ("google.com", "googleapis.com", "gstatic.com", "gvt1.com", "googleusercontent.com")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(digits_net):
-    """Tiny models: one intra-op thread is much faster on a loaded 2-core machine (the shared
-    network is trained first, under the session's thread setting, so its weights do not change)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")

@@ -24,17 +24,9 @@ from gauntlet.audit.studies.evasion import CROSS_CHECK_LABEL, NO_GRADIENTS_LABEL
 from gauntlet.cli import app
 from gauntlet.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 N = 60
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(digits_net: nn.Module):
-    """Tiny models: one intra-op thread is fastest on a loaded 2-core machine (the shared network is
-    trained first, under the session's thread setting)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 class Shattered(nn.Module):

@@ -6,7 +6,6 @@ errors for bad blocks."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +21,10 @@ from gauntlet.audit.studies.poisoning import PoisoningStudy, PoisoningThreshold,
 from gauntlet.defenses.training._base import Trainer
 from gauntlet.errors import ConfigError, DataError, GauntletError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 # a solid 2x2 corner trigger: on 8x8 digits the pixels it sets are ones the digits never use
 BADNETS = {"name": "badnets", "fraction": 0.05, "target_class": 0, "patch_size": 2, "pattern": "square", "margin": 0}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ the cache across a rerun, and place-named errors for bad blocks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +18,9 @@ from gauntlet.audit.report import validate_report
 from gauntlet.audit.studies.privacy import PrivacyStudy, PrivacyThreshold
 from gauntlet.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 LIRA = {"name": "lira", "reference_models": 2, "train": {"method": "standard", "epochs": 3}}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -23,6 +23,8 @@ from gauntlet.audit import load_spec, run_audit
 from gauntlet.audit.report import comparable, validate_report
 from gauntlet.errors import DataError, ModelLoadError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,15 +55,6 @@ def unit_rows(db: Path) -> tuple[int, int]:
         return con.execute("SELECT count(*), count(DISTINCT audit_id || '/' || key) FROM records WHERE study != 'core'").fetchone()
     finally:
         con.close()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest (and immune to a busy machine's oversubscription) on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_an_audit_writes_both_reports_records_the_audit_and_breaks_the_undefended_model(model_file: Path, tmp_path: Path) -> None:

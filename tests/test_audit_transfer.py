@@ -4,7 +4,6 @@ the audited model's robust accuracy beside the transfer and surrogate success, g
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,7 @@ from gauntlet.audit.studies.transfer import FLAG, TransferStudy
 from gauntlet.errors import ConfigError, GauntletError, ModelLoadError
 from gauntlet.models.zoo import DigitsCNN, train_classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

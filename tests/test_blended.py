@@ -4,8 +4,6 @@ trained on 10% poison obeys the blended trigger while clean accuracy holds, and 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -15,13 +13,7 @@ from gauntlet.attacks.poisoning.blended import blend_pattern
 from gauntlet.errors import ConfigError, DataError
 from gauntlet.models.zoo import DigitsCNN, train_classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_poison_budget_mask_and_blend_are_exact(digits_train) -> None:

@@ -13,15 +13,7 @@ from gauntlet.attacks.evasion.boundary import Boundary
 from gauntlet.errors import ConfigError
 from tests.test_hopskipjump import LabelsOnly, PerSampleBudget
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these attacks run many small batched steps, which a second thread
-    slows down by an order of magnitude on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_boundary_needs_labels_only_and_gives_the_same_result_as_on_a_white_box(digits_net, digits_model, digits_batch):

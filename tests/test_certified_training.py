@@ -21,16 +21,10 @@ from gauntlet.defenses.training.ibp_training import IBPTraining
 from gauntlet.errors import CapabilityError, ConfigError
 from gauntlet.models.zoo import DigitsCNN
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 EPS = 0.1  # L∞ radius on the [0, 1]-scaled 8×8 digits
 FAST = dict(epochs=10, lr=3e-3, batch_size=64)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def mlp(seed: int = 0, hidden: int = 64) -> nn.Sequential:

@@ -5,8 +5,6 @@ is what makes the backdoor learnable without wrong labels, and bad input."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -15,13 +13,7 @@ from gauntlet.attacks.poisoning import BackdoorAttack
 from gauntlet.errors import ConfigError, DataError
 from gauntlet.models.zoo import DigitsCNN, train_classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trigger_region(corners: int, h: int = 8, w: int = 8, size: int = 3, margin: int = 1) -> torch.Tensor:

@@ -29,12 +29,9 @@ from gauntlet.data.provenance import (
 )
 from gauntlet.errors import DataError, StoreError
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def cli(*args: str) -> Any:

@@ -31,22 +31,14 @@ from gauntlet.defenses.preprocessing.median_filter import median_filter
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from tests.conftest import clear_argmax
 
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
 # On 8×8 digits (17 grey levels) a 2×2 median erases the digit (clean scores reach the maximum 2),
 # so the digits tests use the 2-bit squeezer alone; the defaults are the paper's MNIST setting.
 FS_DIGITS = {"bits": 2, "median_size": None}
 # The penultimate layer of the 64-unit DigitsCNN separates adversarial digits poorly (TPR ≈ 0.25 at
 # 10 % FPR); the first convolution's output does (Lee et al. also find lower layers stronger).
 MAHA_DIGITS = {"layer": "conv1"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread(digits_net: nn.Module) -> object:
-    """Tiny 8×8 batches run faster on one thread (and do not spin a second one on a busy machine).
-    Depends on ``digits_net`` so the shared network is trained first, under the session's settings."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _rng(seed: int) -> torch.Generator:

@@ -4,8 +4,6 @@ on them misclassifies the target, and bad input is one line."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,13 +12,7 @@ import gauntlet as gt
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.features import features
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def retrain_head(model: gt.models.TorchModel, x: torch.Tensor, y: torch.Tensor, steps: int = 300) -> torch.nn.Linear:

@@ -4,8 +4,6 @@ one line."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 
@@ -13,13 +11,7 @@ import gauntlet as gt
 from gauntlet.attacks.poisoning.gradient_matching import alignment
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("params", ["last", "all"])

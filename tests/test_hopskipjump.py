@@ -14,15 +14,7 @@ from gauntlet.attacks.evasion.hopskipjump import HopSkipJump
 from gauntlet.errors import ConfigError
 from gauntlet.models.base import InputSpec, Model
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these attacks run many small batched steps, which a second thread
-    slows down by an order of magnitude on a shared, loaded machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class LabelsOnly(Model):

@@ -20,19 +20,13 @@ from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.zoo import DigitsCNN
 from tests.conftest import clear_argmax
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 TOL = 1e-5
 ACTIVATIONS = [
     lambda: nn.ReLU(), lambda: nn.LeakyReLU(0.1), lambda: nn.Tanh(), lambda: nn.Sigmoid(),
     lambda: nn.ReLU6(), lambda: nn.Hardtanh(-0.5, 0.5), lambda: nn.ELU(), lambda: nn.Softplus(),
 ]
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _randomize_bn(bn: nn.modules.batchnorm._BatchNorm, g: torch.Generator) -> None:

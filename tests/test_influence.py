@@ -6,7 +6,6 @@ sanitizer, also on a network's last layer), results are deterministic, and bad i
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,15 +18,9 @@ from gauntlet.defenses.sanitize.influence import Influence, influence_on_test, s
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.zoo import train_classifier
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 L2 = 0.01
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:

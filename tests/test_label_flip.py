@@ -5,8 +5,6 @@ maximise, targeted success is measured on the source class, and bad input is one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -14,13 +12,7 @@ import torch.nn.functional as F
 import gauntlet as gt
 from gauntlet.errors import ConfigError, DataError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flat(x: torch.Tensor):

@@ -6,8 +6,6 @@ caller's RNG are untouched; deterministic per seed; bad input is one line."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]  # scikit-learn ships no type information
@@ -16,13 +14,7 @@ import gauntlet as gt
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.zoo import DigitsCNN
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture()

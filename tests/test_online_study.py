@@ -4,7 +4,6 @@ rerun that streams nothing (every run is in the store), and place-named errors f
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,7 @@ from gauntlet.audit.report import validate_report
 from gauntlet.audit.studies.online import OnlineStudy, OnlineThreshold
 from gauntlet.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,7 @@ from gauntlet import norms as N
 from gauntlet.attacks.evasion.patch import AdversarialPatch, Placement, draw_placements, pixel_budget, render
 from gauntlet.errors import ConfigError, DataError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small ops: on a shared 2-core machine a second intra-op thread mostly waits."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:

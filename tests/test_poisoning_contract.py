@@ -5,7 +5,6 @@ it is deterministic given the seed; and its success measure is a share in [0, 1]
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,6 +13,8 @@ import torch
 import gauntlet as gt
 from gauntlet.attacks.poisoning import BackdoorAttack, PoisonedDataset
 from gauntlet.errors import ConfigError
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 POISONING = gt.attacks.list_attacks("poisoning")
 
@@ -25,14 +26,6 @@ FAST: dict[str, dict[str, Any]] = {
     "gradient_matching": {"steps": 2, "restarts": 1, "n_poisons": 2},
     "label_flip": {},
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_every_poisoning_attack_is_covered_here() -> None:

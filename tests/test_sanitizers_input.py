@@ -4,8 +4,6 @@ network's penultimate features; results are deterministic per seed; bad input is
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]  # scikit-learn ships no type information
@@ -16,13 +14,7 @@ from gauntlet.defenses.sanitize import SanitizationResult
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.zoo import DigitsCNN, train_classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def badnets(digits_train, fraction: float) -> PoisonedDataset:

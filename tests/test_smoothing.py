@@ -19,13 +19,7 @@ from gauntlet.defenses import create, get_defense_class, list_defenses
 from gauntlet.defenses.certify import ABSTAIN, Certification, RandomizedSmoothing, RandomizedSmoothingCertifier
 from gauntlet.errors import ConfigError, DataError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Constant(nn.Module):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -20,15 +19,9 @@ from gauntlet.defenses.sanitize import SanitizationResult
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.zoo import DigitsCNN, train_classifier
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 FRACTION = 0.03
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

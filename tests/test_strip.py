@@ -6,7 +6,6 @@ pool; deterministic per seed; bad input is one line."""
 from __future__ import annotations
 
 import statistics
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -16,13 +15,7 @@ import gauntlet as gt
 from gauntlet.errors import CapabilityError, ConfigError, DataError
 from gauntlet.models.zoo import DigitsCNN, train_classifier
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ from gauntlet.defenses.training._base import (
 from gauntlet.errors import ConfigError, DataError, UnknownNameError
 from gauntlet.models.zoo import DigitsCNN
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 METHODS = ("standard", "fast_at", "pgd_at", "trades", "distillation", "label_smoothing")
 EPS = 0.1  # L∞ radius on the [0, 1]-scaled 8×8 digits
 
@@ -37,14 +39,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "distillation": dict(temperature=100.0, epochs=8, lr=1e-2, batch_size=64),
     "label_smoothing": dict(smoothing=0.1, epochs=6, lr=1e-2, batch_size=64, lr_schedule="cyclic"),
 }
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def fresh_cnn(seed: int = 0) -> DigitsCNN:

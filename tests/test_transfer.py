@@ -3,8 +3,6 @@ ensembles, input diversity and translation-invariant gradients, and its bad inpu
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,13 +16,7 @@ from gauntlet.errors import CapabilityError, ConfigError
 from gauntlet.models.zoo import DigitsCNN, train_classifier
 from tests.test_hopskipjump import LabelsOnly
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

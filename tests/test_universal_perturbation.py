@@ -11,15 +11,7 @@ from gauntlet import norms as N
 from gauntlet.attacks.evasion.universal_perturbation import UniversalPerturbation
 from gauntlet.errors import ConfigError, DataError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These attacks run many small ops; on a shared 2-core machine a second intra-op thread
-    mostly waits for a busy core, so run them on one (and restore the session's setting)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def uap(**kw) -> gt.attacks.Attack:
