@@ -23,7 +23,7 @@ from gauntlet._batch import check_input_batch
 from gauntlet._validation import Constraint, Hyperparameters, Interval, IsNone, Options, validate_params
 from gauntlet.attacks.result import AttackResult
 from gauntlet.errors import CapabilityError, ConfigError, DataError
-from gauntlet.models.base import Model
+from gauntlet.models.base import Model, predict_batched
 from gauntlet.threat import as_eps_tuple
 
 STEPS: list[Constraint] = [Interval(int, 1, None)]
@@ -316,7 +316,7 @@ class Attack(Hyperparameters, abc.ABC):
     # validation helpers
     @staticmethod
     def _predict(model: Model, x: Tensor, batch_size: int) -> Tensor:
-        return torch.cat([model.predict(x[s : s + batch_size], count=False) for s in range(0, x.shape[0], batch_size)])
+        return predict_batched(model, x, batch_size)
 
     def _check_inputs(self, model: Model, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         from gauntlet.attacks.registry import get_attack_class, list_attacks

@@ -45,6 +45,7 @@ from gauntlet.audit.spec import AuditSpec, DefenseChoice, check_thresholds, reso
 from gauntlet.audit.store import CORE_STUDY, DEFAULT_STORE_URL, Store, open_store, safe_url
 from gauntlet.audit.studies import AuditEnv
 from gauntlet.errors import ConfigError, DataError, GauntletError, ModelLoadError, first_line
+from gauntlet.models.base import predict_batched
 
 __all__ = [
     "AuditOutcome",
@@ -394,7 +395,7 @@ def _outcomes(by_study: dict[str, list[dict[str, Any]]], clean_correct: Sequence
 
 def _clean_pred(model: Any, x: Tensor, batch: int) -> Tensor:
     """The model's labels on the clean data, computed once per audit and shared by every unit."""
-    return torch.cat([model.predict(x[s : s + batch], count=False) for s in range(0, x.shape[0], batch)])
+    return predict_batched(model, x, batch)
 
 
 def execute(

@@ -24,6 +24,14 @@ Capability = Literal["gradients", "scores", "labels"]
 Output = Literal["logits", "probabilities", "labels"]
 
 
+def predict_batched(model: Model, x: Tensor, batch_size: int = 1024, *, count: bool = False) -> Tensor:
+    """``model``'s labels for ``x``, ``batch_size`` rows per call, without gradients; queries are
+    counted only with ``count`` (an empty ``x`` gives an empty int64 tensor)."""
+    with torch.no_grad():
+        parts = [model.predict(x[s : s + batch_size], count=count).to(torch.int64) for s in range(0, x.shape[0], batch_size)]
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64, device=x.device)
+
+
 @dataclass(frozen=True)
 class InputSpec:
     """What a model accepts: per-sample ``shape`` (``None`` = any), ``dtype`` and value ``bounds``."""

@@ -28,7 +28,7 @@ from torch import Tensor
 
 from gauntlet._validation import Constraint, Hyperparameters, Interval, IsNone, validate_params
 from gauntlet.errors import BudgetExceeded, CapabilityError, ConfigError, DataError
-from gauntlet.models.base import Model
+from gauntlet.models.base import Model, predict_batched
 from gauntlet.models.wrapped import WrappedModel
 
 __all__ = ["MAX_QUERIES", "OPTIONAL_MAX_QUERIES", "ExtractionAttack", "ExtractionResult", "QueryBudget", "agreement", "predict_labels"]
@@ -40,11 +40,7 @@ OPTIONAL_MAX_QUERIES: list[Constraint] = [Interval(int, 1, None), IsNone()]
 
 def predict_labels(model: Model, x: Tensor, *, batch_size: int = 1024, count: bool = False) -> Tensor:
     """``model``'s labels for ``x`` in batches, on the CPU (uncounted unless ``count``)."""
-    out = []
-    with torch.no_grad():
-        for i in range(0, x.shape[0], batch_size):
-            out.append(model.predict(x[i : i + batch_size], count=count).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.int64)
+    return predict_batched(model, x, batch_size, count=count).cpu()
 
 
 def _check_inputs(x: Any, model: Model, owner: str) -> Tensor:

@@ -12,14 +12,14 @@ from gauntlet._validation import Boolean, Constraint, Interval, IsNone, Options
 from gauntlet.attacks.inference._base import MembershipAttack
 from gauntlet.attacks.registry import register
 from gauntlet.errors import DataError
-from gauntlet.models.base import Model
+from gauntlet.models.base import Model, predict_batched
 
 _ROWS = 1024  # rows per model call
 
 
 def _predict(model: Model, x: Tensor) -> Tensor:
     """The target's labels on ``x`` in chunks (counted queries)."""
-    return torch.cat([model.predict(x[s : s + _ROWS]).to(torch.int64) for s in range(0, x.shape[0], _ROWS)])
+    return predict_batched(model, x, _ROWS, count=True)
 
 
 def translate(x: Tensor, dy: Tensor, dx: Tensor, flip: Tensor, *, roll: bool, fill: float) -> Tensor:
