@@ -6,8 +6,6 @@ labels, it is deterministic per seed, and bad input is a one-line error."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -17,13 +15,7 @@ from gauntlet.attacks.poisoning._kkt import residual, round_counts
 from gauntlet.attacks.poisoning.availability import LinearSurrogate
 from gauntlet.errors import ConfigError
 
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _flat(x: torch.Tensor):
