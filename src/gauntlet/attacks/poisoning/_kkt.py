@@ -152,42 +152,37 @@ def kkt_poison(
 
     record: list[dict[str, float]] = []
     best: tuple[Tensor, Tensor, float] | None = None
-    if decoy == "joint":
+    from gauntlet.attacks.poisoning.availability import other_labels
+
+    joint = decoy == "joint"
+    if joint:  # one decoy, refined stage after stage under a growing penalty; the poison carries over
         theta = theta0.clone().requires_grad_(True)
         xs, a = start()
         opt = _Adam([(theta, LR), (a, LR), (xs, LR * (hi - lo))])
-        for s in range(int(stages)):
+    for s in range(int(stages)):
+        if joint:
             lam = float(penalty) * GROWTH**s
-            for _ in range(int(steps)):
-                r = residual(sur, theta, x, y, xs, ls, torch.softmax(a, 0) * k) / scale
-                opt.step(-soft_error(sur, theta, x, y, temperature) + lam * (r**2).sum())
-                with torch.no_grad():
-                    xs.clamp_(lo, hi)
-            xp, yp, acc = evaluate(xs, a)
-            res = residual(sur, theta, x, y, xs, ls, torch.softmax(a, 0) * k).detach()
-            record.append({"penalty": lam, "residual": float(res.norm()), "decoy_accuracy": accuracy(sur, theta.detach(), x, y), "accuracy": acc})
-            if best is None or acc < best[2]:
-                best = (xp, yp, acc)
-    else:
-        from gauntlet.attacks.poisoning.availability import other_labels
-
-        for s in range(int(stages)):
+            label: dict[str, float] = {"penalty": lam}
+            target = theta
+        else:  # the paper's decoys: fitted on label-flipped copies of a doubling share of the rows
             share = min(1.0, FLIP_SHARE * 2**s)
             rows = torch.randperm(n, generator=generator)[: max(1, round(share * n))]
             flipped = other_labels(y[rows], kk, generator)
-            theta_d = sur.fit(torch.cat([x, x[rows]]), torch.cat([y, flipped]), torch.ones(n + rows.shape[0], dtype=torch.float64))
+            label = {"flipped_share": share}
+            target = sur.fit(torch.cat([x, x[rows]]), torch.cat([y, flipped]), torch.ones(n + rows.shape[0], dtype=torch.float64))
             xs, a = start()
             opt = _Adam([(a, LR), (xs, LR * (hi - lo))])
-            for _ in range(int(steps)):
-                r = residual(sur, theta_d, x, y, xs, ls, torch.softmax(a, 0) * k) / scale
-                opt.step((r**2).sum())
-                with torch.no_grad():
-                    xs.clamp_(lo, hi)
-            xp, yp, acc = evaluate(xs, a)
-            res = residual(sur, theta_d, x, y, xs, ls, torch.softmax(a, 0) * k).detach()
-            record.append({"flipped_share": share, "residual": float(res.norm()), "decoy_accuracy": accuracy(sur, theta_d.detach(), x, y), "accuracy": acc})
-            if best is None or acc < best[2]:
-                best = (xp, yp, acc)
+        for _ in range(int(steps)):
+            r = residual(sur, target, x, y, xs, ls, torch.softmax(a, 0) * k) / scale
+            # joint: raise the decoy's (smooth) training error while driving its KKT residual to 0
+            opt.step(-soft_error(sur, theta, x, y, temperature) + lam * (r**2).sum() if joint else (r**2).sum())
+            with torch.no_grad():
+                xs.clamp_(lo, hi)
+        xp, yp, acc = evaluate(xs, a)
+        res = residual(sur, target, x, y, xs, ls, torch.softmax(a, 0) * k).detach()
+        record.append({**label, "residual": float(res.norm()), "decoy_accuracy": accuracy(sur, target.detach(), x, y), "accuracy": acc})
+        if best is None or acc < best[2]:
+            best = (xp, yp, acc)
     assert best is not None  # stages >= 1
     chosen = min(range(len(record)), key=lambda i: record[i]["accuracy"])
     info = {
