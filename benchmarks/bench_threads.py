@@ -29,10 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import environment, load_model, markdown_table, mnist_test, write_json
-
-import torch
 
 import gauntlet as gt
 
@@ -82,7 +82,7 @@ def main() -> None:
                 times: dict[str, list[float]] = {"1 thread": [], "2 threads (intra-op)": [], "2 processes (inter-op)": []}
                 robust: dict[str, int] = {}
                 for _ in range(args.repeats):
-                    for layout in times:
+                    for layout, spent in times.items():
                         t0 = time.perf_counter()
                         if layout == "2 processes (inter-op)":
                             parts = pool.map(_worker, [(attack, x[:half], y[:half]), (attack, x[half:], y[half:])])
@@ -90,7 +90,7 @@ def main() -> None:
                         else:
                             torch.set_num_threads(1 if layout == "1 thread" else 2)
                             robust[layout] = _run(model, attack, x, y)
-                        times[layout].append(time.perf_counter() - t0)
+                        spent.append(time.perf_counter() - t0)
                 torch.set_num_threads(1)
                 base = statistics.median(times["1 thread"])
                 for layout, ts in times.items():
