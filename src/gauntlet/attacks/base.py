@@ -73,11 +73,14 @@ class Context:
         within ``REDUCED_SLACK × max(1, max |logit|)`` of that decision, which reduced precision may
         have on the wrong side: :meth:`confirm` then settles every claim in full precision, so
         neither a false success nor (within the slack) a missed one gets through."""
+        if not self.reduced:  # the decision itself, as every attack takes it
+            pred = logits.argmax(dim=1)
+            return pred == label if hit else pred != label
         z = logits.float()
         own = z.gather(1, label[:, None]).squeeze(1)
         other = z.scatter(1, label[:, None], float("-inf")).amax(dim=1)
         lead = own - other  # > 0: the model predicts label
-        slack = REDUCED_SLACK * z.abs().amax(dim=1).clamp_min(1.0) if self.reduced else torch.zeros_like(lead)
+        slack = REDUCED_SLACK * z.abs().amax(dim=1).clamp_min(1.0)
         return lead > -slack if hit else lead < slack
 
     def exact(self) -> contextlib.AbstractContextManager[bool]:
