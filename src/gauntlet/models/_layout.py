@@ -36,6 +36,7 @@ input must be float32, and the build check uses ``RTOL[torch.bfloat16]``.
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -102,11 +103,9 @@ class ChannelsLastGrad:
         fp = _fingerprint(module, extra)
         if self._copy is None or fp != self._fingerprint:
             self._copy = None
-            if not _worth_it(module):
-                self.status = "n/a: no convolution over several channels"
-                return None
-            if self.autocast is not None and not bf16_native():
-                self.status = "n/a: this CPU has no native bfloat16 (oneDNN would emulate it, slower than float32)"
+            why = self.unavailable(module)
+            if why is not None:
+                self.status = f"n/a: {why}"
                 return None
             t0 = time.process_time()
             try:
@@ -122,6 +121,14 @@ class ChannelsLastGrad:
             self._fingerprint = fp
         assert self._copy is not None
         return self._run(self._copy, prep(x).contiguous(memory_format=torch.channels_last), x.dtype)
+
+    def unavailable(self, module: nn.Module) -> str | None:
+        """Why this path cannot help ``module`` on this machine (``None``: it can), before any build."""
+        if not _worth_it(module):
+            return "no convolution over several channels"
+        if self.autocast is not None and not bf16_native():
+            return "this CPU has no native bfloat16 (oneDNN would emulate it, slower than float32)"
+        return None
 
     def _run(self, twin: nn.Module, xin: Tensor, dtype: torch.dtype) -> Tensor:
         if self.autocast is None:
@@ -159,6 +166,7 @@ class ChannelsLastGrad:
         self.builds += 1
 
 
+@functools.cache
 def bf16_native() -> bool:
     """Whether this CPU runs bfloat16 convolutions natively (AVX512-BF16 / AMX in oneDNN)."""
     try:

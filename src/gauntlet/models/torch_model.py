@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from gauntlet._validation import Boolean, Interval, IsNone, Options, parse_bounds, parse_shape, validate_params
 from gauntlet.errors import ConfigError
 from gauntlet.models._fast import FrozenForward, _first_line
-from gauntlet.models._layout import ChannelsLastGrad, _worth_it, bf16_native
+from gauntlet.models._layout import ChannelsLastGrad
 from gauntlet.models.base import InputSpec, Model
 
 logger = logging.getLogger(__name__)
@@ -252,13 +252,9 @@ class TorchModel(Model):
             return "fast=False"
         if self.input_spec.dtype != torch.float32 or self._device.type != "cpu":
             return "only float32 networks on the CPU"
-        if self._lowp.off:
+        if self._lowp.off:  # refused or found unhelpful at an earlier build
             return self._lowp.status
-        if not _worth_it(self.module):
-            return "no convolution over several channels (nothing to gain)"
-        if not bf16_native():
-            return "this CPU has no native bfloat16"
-        return None
+        return self._lowp.unavailable(self.module)
 
     def __getstate__(self) -> dict[str, Any]:
         # a TorchScript copy does not pickle; the receiving process rebuilds it on first use
