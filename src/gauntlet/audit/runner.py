@@ -257,7 +257,7 @@ def prepare(spec: AuditSpec, *, trust: bool | None = None, fail_under: Sequence[
         study.check(env)
     _check_finite(model, x, spec.batch_size)
     _reseed(model, spec.seed)
-    env.clean_pred = _clean_pred(model, x, spec.batch_size)  # once per audit, shared by every unit
+    env.clean_pred = predict_batched(model, x, spec.batch_size)  # once per audit, shared by every unit
     digest = spec_hash(spec)
     tasks: list[Task] = []
     for study in studies:
@@ -393,11 +393,6 @@ def _outcomes(by_study: dict[str, list[dict[str, Any]]], clean_correct: Sequence
     return out
 
 
-def _clean_pred(model: Any, x: Tensor, batch: int) -> Tensor:
-    """The model's labels on the clean data, computed once per audit and shared by every unit."""
-    return predict_batched(model, x, batch)
-
-
 def execute(
     prep: Prepared,
     store: Store | None,
@@ -446,7 +441,7 @@ def execute(
             warm_up(env.x)
         if env.clean_pred is None:
             _reseed(env.model, spec.seed)
-            env.clean_pred = _clean_pred(env.model, env.x, spec.batch_size)
+            env.clean_pred = predict_batched(env.model, env.x, spec.batch_size)
         # the cheapest units first (a stable sort: plan order among equals)
         pending = sorted((t for t in prep.tasks if t.key not in done), key=lambda t: t.cost)
         count = reused
