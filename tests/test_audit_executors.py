@@ -16,7 +16,8 @@ import yaml
 from typer.testing import CliRunner
 
 from gauntlet.audit import load_spec, run_audit
-from gauntlet.audit.executors import LocalExecutor, RayExecutor, Task, make_executor
+from gauntlet.audit import layout
+from gauntlet.audit.executors import AutoExecutor, LocalExecutor, RayExecutor, Task, make_executor
 from gauntlet.audit.report import comparable
 from gauntlet.cli import app
 from gauntlet.errors import ConfigError, ExecutorError
@@ -134,7 +135,7 @@ def test_local_executor_runs_in_plan_order_given_and_validates_its_names() -> No
 
     LocalExecutor().run(None, [Task(Study(), _Unit(k), i) for i, k in enumerate("xyz")], lambda t, r: seen.append(r["k"]))
     assert seen == ["x", "y", "z"]
-    with pytest.raises(ConfigError, match="--executor 'dask': unknown executor; use one of local, ray"):
+    with pytest.raises(ConfigError, match="--executor 'dask': unknown executor; use one of local, auto, ray"):
         make_executor("dask")
     with pytest.raises(ConfigError, match="--ray-address needs --executor ray"):
         make_executor("local", address="127.0.0.1:6379")
@@ -169,3 +170,65 @@ def test_the_json_output_of_a_cli_audit_names_the_executor(model_file: Path, tmp
     assert res.exit_code == 0, res.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["manifest"]["executor"] == {"name": "local"}
+
+
+def _ray_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make auto measure even a small audit and find Ray faster: inter-op 2.0x against intra-op
+    1.67x one thread, Ray's start and per-unit overhead waived."""
+    monkeypatch.setattr(layout, "MEASURE_MIN_S", 0.0)
+    monkeypatch.setattr(layout, "RAY_FIXED_S", 0.0)
+    monkeypatch.setattr(layout, "RAY_UNIT_S", 0.0)
+    monkeypatch.setattr(
+        layout, "measure_layouts",
+        lambda net, x, cores, **kw: layout.LayoutTimes(cores=cores, one=1.0, intra=0.6, inter=1.0, batch=len(x), passes=1),
+    )
+
+
+def test_an_auto_audit_that_picks_ray_runs_the_rest_on_the_cluster_and_equals_the_local_audit(
+    model_file: Path, tmp_path: Path, cluster: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = load_spec(spec_48_units(model_file))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_audit(spec, store=None, executor="local").report
+    finally:
+        torch.set_num_threads(previous)
+    _ray_wins(monkeypatch)
+    db = tmp_path / "g.db"
+    run = run_audit(spec, store=f"sqlite:///{db}", executor=AutoExecutor(workers=2))
+    ex = run.report["manifest"]["executor"]
+    assert (ex["name"], ex["layout"], ex["threads"]) == ("auto", "ray", 1) and "saved on 47 units" in ex["why"]
+    assert comparable(run.report) == comparable(local)
+    con = sqlite3.connect(db)
+    try:
+        assert con.execute("SELECT count(*), count(DISTINCT key) FROM records WHERE study != 'core'").fetchone() == (48, 48)
+    finally:
+        con.close()
+    assert ray.is_initialized()  # the module's cluster was used, not started (nor stopped) by auto
+    assert torch.get_num_threads() == previous
+
+
+def test_auto_runs_in_process_with_one_log_line_when_ray_does_not_start(
+    model_file: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    small = {**spec_48_units(model_file), "threats": [{"norm": "linf", "eps": 0.1}], "attacks": ["fgsm"], "batch_size": 48}
+    spec = load_spec(small)
+    _ray_wins(monkeypatch)
+
+    def refuse(self: RayExecutor) -> None:
+        raise ExecutorError("--executor ray: cannot connect to a local Ray cluster (test)")
+
+    monkeypatch.setattr(RayExecutor, "start", refuse)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        local = run_audit(spec, store=None, executor="local").report
+        with caplog.at_level("WARNING", logger="gauntlet.audit.executors"):
+            run = run_audit(spec, store=None, executor=AutoExecutor(workers=2))
+    finally:
+        torch.set_num_threads(previous)
+    ex = run.report["manifest"]["executor"]
+    assert ex["layout"] == "local" and ex["why"].startswith("Ray did not start")
+    assert [r.message for r in caplog.records if "Ray did not start" in r.message]
+    assert comparable(run.report) == comparable(local)

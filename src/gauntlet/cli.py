@@ -547,6 +547,7 @@ def _run(
     workers: int | None = None,
     baseline: int | None = None,
     alpha: str = "0.05",
+    threads: int | None = None,
 ) -> None:
     from gauntlet.audit.executors import make_executor
     from gauntlet.audit.gate import parse_alpha, parse_regression, parse_threshold, summary_line
@@ -558,7 +559,9 @@ def _run(
         thresholds = [parse_threshold(t) for t in fail_under]
         regression = parse_regression(max_regression)
         level = parse_alpha(alpha)
-        runner = make_executor(executor, address=ray_address, workers=workers)
+        # --executor auto lays out --workers cores, else the --threads the user allowed torch
+        cores = workers if workers is not None or executor != "auto" else threads
+        runner = make_executor(executor, address=ray_address, workers=cores)
         with bar:
             run = run_audit(
                 spec_obj,
@@ -636,11 +639,16 @@ def audit(
     ),
     trust: bool = typer.Option(False, "--trust", help="Allow pickle model files (runs code from the file: trusted files only)."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch (default: torch's choice)."),
-    executor: str = typer.Option("local", "--executor", help="Where units run: local (this process) or ray (Ray tasks, one thread each)."),
+    executor: str = typer.Option(
+        "local", "--executor",
+        help="Where units run: local (this process), ray (Ray tasks, one thread each) or auto (whichever of the two this machine runs faster, decided after the first unit).",
+    ),
     ray_address: str | None = typer.Option(
         None, "--ray-address", help="Ray cluster to run on (with --executor ray); default: start a local cluster."
     ),
-    workers: int | None = typer.Option(None, "--workers", min=1, help="CPUs of the local Ray cluster (default: all)."),
+    workers: int | None = typer.Option(
+        None, "--workers", min=1, help="CPUs of the local Ray cluster, or the cores --executor auto lays out (default: all; for auto, --threads when given)."
+    ),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Audit a model against a threat spec: report.json + report.html, history in the store, exit code 0/1/2.
@@ -673,7 +681,7 @@ def audit(
         args += ["--workers", str(workers)] if workers else []
     _run(spec_obj, out=out, store=store, fail_under=fail_under, max_regression=max_regression, trust=trust,
          as_json=as_json, command=shlex.join(args), executor=executor, ray_address=ray_address, workers=workers,
-         baseline=baseline, alpha=alpha)
+         baseline=baseline, alpha=alpha, threads=threads)
 
 
 @app.command()

@@ -6,6 +6,9 @@ store's only writer) commits the record there.  A unit's result depends only on 
 environment, never on where or in which order it runs, so every executor gives the same report.
 
 * :class:`LocalExecutor` (``--executor local``, the default): one unit after the other.
+* :class:`AutoExecutor` (``--executor auto``): the faster of the two on this machine, decided per
+  audit after its first unit — every core as intra-op threads in this process, or one-thread
+  units side by side on a local Ray cluster (:mod:`gauntlet.audit.layout`).
 * :class:`RayExecutor` (``--executor ray [--ray-address ADDR]``): units as Ray tasks, one CPU and
   one torch thread each; the environment (model and data) is put in the object store once.  A
   worker that dies is retried by Ray (``max_retries``); a unit that fails on every try, or raises,
@@ -16,8 +19,10 @@ environment, never on where or in which order it runs, so every executor gives t
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,7 +32,9 @@ from typing_extensions import Self
 
 from gauntlet.errors import ConfigError, ExecutorError, GauntletError, first_line
 
-__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "Task", "make_executor"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["EXECUTORS", "AutoExecutor", "Executor", "LocalExecutor", "RayExecutor", "Task", "available_cpus", "make_executor"]
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,6 @@ class Task:
 
 
 OnDone = Callable[[Task, dict[str, Any]], None]
-
-
 
 
 class Executor(ABC):
@@ -217,6 +222,119 @@ class RayExecutor(Executor):
                 ray.cancel(ref, force=True)
 
 
+class AutoExecutor(Executor):
+    """The faster thread layout on this machine, decided per audit (:mod:`gauntlet.audit.layout`).
+
+    The first unit runs in this process on ``cores`` torch threads and is timed.  When the units
+    left are predicted to take more than a few seconds, the model's input-gradient pass is timed
+    on one thread, on ``cores`` threads and as ``cores`` one-thread copies side by side (about
+    half a second), and the rest of the audit runs where it is predicted to finish first: in this
+    process on ``cores`` threads or on one, or as one-thread units on a local Ray cluster of
+    ``cores`` workers (only when Ray is installed and repays its start).  On one core, on a GPU,
+    for a model that is not a PyTorch network, or for a short audit, everything runs in this
+    process on ``cores`` threads.
+    A Ray cluster that fails to start falls back to this process with one log line.  What was
+    decided and why is in ``describe()`` (the manifest's ``executor``).
+
+    Args:
+        workers: the CPU cores to use (default: those this process may run on).
+    """
+
+    name = "auto"
+
+    def __init__(self, *, workers: int | None = None) -> None:
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
+            raise ConfigError(f"--workers must be an int >= 1, got {workers!r}")
+        self.workers = workers
+        self._decision: dict[str, Any] = {}
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "cores": self.workers or available_cpus(), **self._decision}
+
+    def run(self, env: Any, tasks: Sequence[Task], on_done: OnDone) -> None:
+        import torch
+
+        cores = self.workers or available_cpus()
+        saved = torch.get_num_threads()
+        torch.set_num_threads(cores)
+        try:
+            if not tasks:
+                return
+            first, rest = tasks[0], list(tasks[1:])
+            t0 = time.perf_counter()
+            record = run_task(env, first)
+            unit_s = time.perf_counter() - t0
+            on_done(first, record)
+            _trim_heap()
+            self._decision = {"first_unit_s": round(unit_s, 3), **self._decide(env, unit_s, rest, cores)}
+            if self._decision["layout"] == "ray":
+                ray = RayExecutor(workers=cores)
+                try:
+                    ray.start()
+                except ExecutorError as exc:
+                    logger.warning("--executor auto: running in this process, Ray did not start (%s)", exc)
+                    self._decision.update(layout="local", why=f"Ray did not start: {exc}")
+                else:
+                    try:
+                        ray.run(env, rest, on_done)
+                    finally:
+                        ray.close()
+                    return
+            torch.set_num_threads(int(self._decision.get("threads", cores)))
+            LocalExecutor().run(env, rest, on_done)
+        finally:
+            torch.set_num_threads(saved)
+
+    def _decide(self, env: Any, unit_s: float, rest: Sequence[Task], cores: int) -> dict[str, Any]:
+        from gauntlet.audit import layout
+
+        def local(why: str) -> dict[str, Any]:
+            return layout.LayoutChoice("local", cores, why).as_dict()
+
+        if cores < 2:
+            return local("one CPU core")
+        if not layout.worth_measuring(unit_s, len(rest), cores):
+            return local(
+                f"{len(rest)} units of ~{unit_s:.2g} s left: too little work to be worth measuring the layouts "
+                f"(under {layout.MEASURE_MIN_S:g} s)"
+            )
+        net = _torch_network(env)
+        if net is None:
+            return local("not a PyTorch network on the CPU: its thread layouts cannot be measured here")
+        # a batch of the audit's data; at most 64 rows keeps the measurement near half a second
+        x = env.x[: max(1, min(int(env.batch_size), 64))]
+        try:
+            times = layout.measure_layouts(net, x, cores)
+        except Exception as exc:  # noqa: BLE001 - a network that cannot be copied or run this way: stay in process
+            return local(f"the layouts could not be measured ({type(exc).__name__}: {first_line(exc)})")
+        try:
+            import ray  # noqa: F401
+        except ModuleNotFoundError:
+            has_ray = False
+        else:
+            has_ray = True
+        choice = layout.choose_layout(unit_s, len(rest), times, ray=has_ray)
+        return {**choice.as_dict(), "measured": times.as_dict()}
+
+
+def available_cpus() -> int:
+    """The CPU cores this process may run on (its affinity mask where the OS has one)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def _torch_network(env: Any) -> Any:
+    """A copy of the audited PyTorch network with its normalisation (``trainable_copy``), or
+    ``None`` when the audited model (or, behind a defense, the model file) has none or is on a GPU."""
+    for model in (env.model, getattr(env, "base_model", None)):
+        copy_fn = getattr(model, "trainable_copy", None)
+        if callable(copy_fn) and getattr(getattr(model, "device", None), "type", "cpu") == "cpu":
+            return copy_fn()
+    return None
+
+
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail in seconds, with one line, when nothing listens at a ``host:port`` / ``ray://host:port``
     address (``ray.init`` itself retries for minutes).  ``auto`` and addresses without a port are
@@ -280,15 +398,18 @@ def _trim_heap() -> None:
 _MALLOC_TRIM: Any = None
 
 #: executor name → class (``--executor``)
-EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "ray": RayExecutor}
+EXECUTORS: dict[str, type[Executor]] = {"local": LocalExecutor, "auto": AutoExecutor, "ray": RayExecutor}
 
 
 def make_executor(name: str = "local", *, address: str | None = None, workers: int | None = None) -> Executor:
-    """The executor ``name`` (``local`` or ``ray``); ``address``/``workers`` are Ray's."""
+    """The executor ``name`` (``local``, ``auto`` or ``ray``); ``address`` is Ray's, ``workers``
+    the CPUs of a local Ray cluster (``ray``) or the cores ``auto`` lays out."""
     if name not in EXECUTORS:
         raise ConfigError(f"--executor {name!r}: unknown executor; use one of {', '.join(EXECUTORS)}")
+    if name != "ray" and address is not None:
+        raise ConfigError("--ray-address needs --executor ray")
     if name == "local":
-        if address is not None:
-            raise ConfigError("--ray-address needs --executor ray")
         return LocalExecutor()
+    if name == "auto":
+        return AutoExecutor(workers=workers)
     return RayExecutor(address=address, workers=workers)

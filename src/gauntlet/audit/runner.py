@@ -705,7 +705,8 @@ def run_audit(
         trust: override ``spec.model.trust`` (CLI ``--trust``).
         progress: called with a :class:`ProgressEvent` after every unit and phase.
         command: the command line, recorded in the manifest and the store.
-        executor: where units run: ``"local"`` (default), ``"ray"`` or an
+        executor: where units run: ``"local"`` (default), ``"ray"``, ``"auto"`` (the faster of the
+            two on this machine, :class:`~gauntlet.audit.executors.AutoExecutor`) or an
             :class:`~gauntlet.audit.executors.Executor` (e.g. ``RayExecutor(address=..., workers=2)``).
             It is started before anything is written, so an unreachable cluster leaves the store
             untouched; one given by name is closed at the end, one given as an object is left
