@@ -436,9 +436,7 @@ def execute(
     reused = sum(1 for t in prep.tasks if t.key in done)
     try:
         emit(ProgressEvent("units", reused, total, reused, "resumed" if reused else "starting"))
-        warm_up = getattr(env.model, "warm_up", None)
-        if callable(warm_up):  # build the model's fast paths once, before the first unit (their cost is reported)
-            warm_up(env.x)
+        env.model.warm_up(env.x)  # build the model's fast paths once, before the first unit (their cost is reported)
         if env.clean_pred is None:
             _reseed(env.model, spec.seed)
             env.clean_pred = predict_batched(env.model, env.x, spec.batch_size)
@@ -472,7 +470,7 @@ def execute(
             flags.extend(study.cross_flags(sections))
         from gauntlet.audit.flags import execution_flags
 
-        execution = _execution(env.model)
+        execution = env.model.execution()  # the fast paths and their build cost (None: an adapter without)
         flags.extend(execution_flags(execution))
     except BaseException as exc:
         if store is not None and audit_id is not None:
@@ -507,13 +505,6 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def _execution(model: Any) -> dict[str, Any] | None:
-    """The audited model's execution paths and their build cost in this process (``None`` for an
-    adapter without fast paths)."""
-    fn = getattr(model, "execution", None)
-    return fn() if callable(fn) else None
 
 
 def _manifest(

@@ -12,7 +12,7 @@ import contextlib
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -85,6 +85,18 @@ class Model(abc.ABC):
 
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
+
+    def execution(self) -> dict[str, Any] | None:
+        """How this adapter's queries run in this process (its fast paths and what building them
+        cost, as :meth:`TorchModel.execution <gauntlet.models.TorchModel.execution>` reports);
+        ``None``: an adapter without fast paths."""
+        return None
+
+    def warm_up(self, x: Tensor) -> dict[str, Any] | None:
+        """Build the adapter's fast paths on (part of) ``x`` now, before the first real query, and
+        return :meth:`execution`; an audit calls it once per model and process.  Nothing to build
+        here."""
+        return self.execution()
 
     def reset_counters(self) -> None:
         self.queries = 0
