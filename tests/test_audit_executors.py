@@ -189,7 +189,7 @@ def test_an_auto_audit_that_picks_ray_runs_the_rest_on_the_cluster_and_equals_th
 ) -> None:
     spec = load_spec(spec_48_units(model_file))
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # auto's first unit and Ray's workers run one thread: compare like with like
     try:
         local = run_audit(spec, store=None, executor="local").report
     finally:
@@ -221,7 +221,7 @@ def test_auto_runs_in_process_with_one_log_line_when_ray_does_not_start(
 
     monkeypatch.setattr(RayExecutor, "start", refuse)
     previous = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)  # auto runs its first unit, and falls back, on one thread
     try:
         local = run_audit(spec, store=None, executor="local").report
         with caplog.at_level("WARNING", logger="gauntlet.audit.executors"):
@@ -229,6 +229,6 @@ def test_auto_runs_in_process_with_one_log_line_when_ray_does_not_start(
     finally:
         torch.set_num_threads(previous)
     ex = run.report["manifest"]["executor"]
-    assert ex["layout"] == "local" and ex["why"].startswith("Ray did not start")
+    assert (ex["layout"], ex["threads"]) == ("local", 1) and ex["why"].startswith("Ray did not start")
     assert [r.message for r in caplog.records if "Ray did not start" in r.message]
     assert comparable(run.report) == comparable(local)

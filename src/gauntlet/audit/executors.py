@@ -225,14 +225,15 @@ class RayExecutor(Executor):
 class AutoExecutor(Executor):
     """The faster thread layout on this machine, decided per audit (:mod:`gauntlet.audit.layout`).
 
-    The first unit runs in this process on ``cores`` torch threads and is timed.  When the units
-    left are predicted to take more than a few seconds, the model's input-gradient pass is timed
-    on one thread, on ``cores`` threads and as ``cores`` one-thread copies side by side (about
-    half a second), and the rest of the audit runs where it is predicted to finish first: in this
-    process on ``cores`` threads or on one, or as one-thread units on a local Ray cluster of
-    ``cores`` workers (only when Ray is installed and repays its start).  On one core, on a GPU,
-    for a model that is not a PyTorch network, or for a short audit, everything runs in this
-    process on ``cores`` threads.
+    The first unit runs in this process on one torch thread (the layout that is never badly wrong:
+    on a busy machine every-core threads can be several times slower, BENCHMARKS §36) and is
+    timed.  When the units left are predicted to take more than a few seconds, the model's
+    input-gradient pass is timed on one thread, on ``cores`` threads and as ``cores`` one-thread
+    copies side by side (about a second), and the rest of the audit runs where it is predicted to
+    finish first: in this process on one thread or on ``cores``, or as one-thread units on a local
+    Ray cluster of ``cores`` workers (only when Ray is installed and repays its start).  On one
+    core, on a GPU, for a model that is not a PyTorch network, or for a short audit, everything
+    runs in this process on one thread.
     A Ray cluster that fails to start falls back to this process with one log line.  What was
     decided and why is in ``describe()`` (the manifest's ``executor``).
 
@@ -256,7 +257,7 @@ class AutoExecutor(Executor):
 
         cores = self.workers or available_cpus()
         saved = torch.get_num_threads()
-        torch.set_num_threads(cores)
+        torch.set_num_threads(1)
         try:
             if not tasks:
                 return
@@ -273,14 +274,14 @@ class AutoExecutor(Executor):
                     ray.start()
                 except ExecutorError as exc:
                     logger.warning("--executor auto: running in this process, Ray did not start (%s)", exc)
-                    self._decision.update(layout="local", why=f"Ray did not start: {exc}")
+                    self._decision.update(layout="local", threads=1, why=f"Ray did not start: {exc}")
                 else:
                     try:
                         ray.run(env, rest, on_done)
                     finally:
                         ray.close()
                     return
-            torch.set_num_threads(int(self._decision.get("threads", cores)))
+            torch.set_num_threads(int(self._decision.get("threads", 1)))
             LocalExecutor().run(env, rest, on_done)
         finally:
             torch.set_num_threads(saved)
@@ -289,14 +290,14 @@ class AutoExecutor(Executor):
         from gauntlet.audit import layout
 
         def local(why: str) -> dict[str, Any]:
-            return layout.LayoutChoice("local", cores, why).as_dict()
+            return layout.LayoutChoice("local", 1, why).as_dict()
 
         if cores < 2:
             return local("one CPU core")
         if not layout.worth_measuring(unit_s, len(rest), cores):
             return local(
                 f"{len(rest)} units of ~{unit_s:.2g} s left: too little work to be worth measuring the layouts "
-                f"(under {layout.MEASURE_MIN_S:g} s)"
+                f"(under {layout.MEASURE_MIN_S:g} s on one thread)"
             )
         net = _torch_network(env)
         if net is None:

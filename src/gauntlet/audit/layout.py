@@ -13,12 +13,12 @@ the answer depends on the model, the machine and the audit's length, and :class:
   copy, no state shared; PyTorch releases the GIL inside its kernels).  The last stands in for
   Ray's worker processes and slightly under-rates them (Python's own work between kernels is
   serialised by the GIL), so the choice errs towards staying in process.
-* :func:`choose_layout`: the first unit's time in process, times the units still to run (cheapest
-  first, so a lower bound of the work left), predicts each layout's remaining time — this process
-  on every core, this process on one thread (on a busy machine two threads can be slower than
-  one), and a local Ray cluster, whose start-up and per-unit overhead are added — and takes the
-  shortest.  An audit with less than :data:`MEASURE_MIN_S` of work left runs in process on every
-  core without measuring anything.
+* :func:`choose_layout`: the first unit's time on one thread, times the units still to run
+  (cheapest first, so a lower bound of the work left), predicts each layout's remaining time —
+  this process on one thread, this process on every core (on a busy machine that can be several
+  times slower than one thread: BENCHMARKS §36), and a local Ray cluster, whose start-up and
+  per-unit overhead are added — and takes the shortest.  An audit with less than
+  :data:`MEASURE_MIN_S` of one-thread work left stays on one thread without measuring anything.
 
 Everything decided is recorded in the manifest (``manifest.executor``): the layout, why, the
 measured speed-ups and both predictions.
@@ -99,31 +99,30 @@ class LayoutChoice:
         return out
 
 
-#: measure the layouts only when the work left is predicted to take at least this long (seconds):
-#: the measurement costs about half a second
+#: measure the layouts only when the work left is predicted to take at least this long on one
+#: thread (seconds): the measurement costs about a second
 MEASURE_MIN_S = 5.0
 
 
 def worth_measuring(unit_s: float, units_left: int, cores: int) -> bool:
-    """Whether the units left (``units_left`` of about ``unit_s`` seconds each on ``cores``
-    threads) are long enough for :func:`measure_layouts` to be worth its time."""
+    """Whether the units left (``units_left`` of about ``unit_s`` seconds each on one thread) are
+    long enough for :func:`measure_layouts` to be worth its time."""
     return cores >= 2 and units_left >= 1 and unit_s * units_left >= MEASURE_MIN_S
 
 
 def choose_layout(unit_s: float, units_left: int, times: LayoutTimes, *, ray: bool = True) -> LayoutChoice:
     """Pick the fastest layout for ``units_left`` more units that each took about ``unit_s`` wall
-    seconds in this process on ``times.cores`` threads, given the measured speed-ups: this process
-    on ``cores`` threads, or on one thread (when threads only slow each other down, as on a busy
-    machine), or — if ``ray`` — ``cores`` one-thread units side by side on a local Ray cluster,
-    start-up and per-unit overhead included (:data:`RAY_FIXED_S`, :data:`RAY_UNIT_S`)."""
+    seconds in this process on one thread, given the measured speed-ups: this process on one
+    thread, or on ``cores`` threads, or — if ``ray`` — ``cores`` one-thread units side by side on
+    a local Ray cluster, start-up and per-unit overhead included (:data:`RAY_FIXED_S`,
+    :data:`RAY_UNIT_S`)."""
     cores, s_intra, s_inter = times.cores, times.intra_speedup, times.inter_speedup
-    one_thread_s = unit_s * s_intra  # a unit on one thread (unit_s was measured on `cores` threads)
-    threads = cores if s_intra >= 1.0 else 1
-    local = unit_s * units_left if threads == cores else one_thread_s * units_left
+    one = unit_s * units_left
+    threads, local = (cores, one / s_intra) if s_intra > 1.0 else (1, one)
     gain = f"{cores} one-thread workers {s_inter:.2f}× one thread, {cores} threads {s_intra:.2f}×"
     if not ray:
         return LayoutChoice("local", threads, f"{gain}; Ray is not installed", local)
-    ray_s = one_thread_s * units_left / max(s_inter, 1e-9) + RAY_FIXED_S + RAY_UNIT_S * units_left
+    ray_s = one / max(s_inter, 1e-9) + RAY_FIXED_S + RAY_UNIT_S * units_left
     if ray_s < local:
         return LayoutChoice("ray", 1, f"{gain}: about {local - ray_s:.0f} s saved on {units_left} units, Ray's start included", local, ray_s)
     return LayoutChoice(
