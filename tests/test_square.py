@@ -8,7 +8,7 @@ from torch import nn
 
 import gauntlet as gt
 from gauntlet import norms as N
-from gauntlet.attacks.evasion.square import Square, _eta, p_schedule
+from gauntlet.attacks.evasion.square import Square, _eta, _fit_l2, p_schedule
 from gauntlet.attacks.losses import margin
 from gauntlet.errors import CapabilityError, ConfigError
 from gauntlet.models.base import InputSpec, Model
@@ -209,9 +209,53 @@ def test_square_l2_update_shape_is_a_unit_bump_pair_of_opposite_signs():
         ({"eps": 0.1, "max_queries": 0}, "max_queries"),
         ({"eps": 0.1, "restarts": 0}, "restarts"),
         ({"eps": 0.1, "loss": "dlr"}, "loss"),
+        ({"eps": 0.1, "l2_bounds": "project"}, "l2_bounds"),
         ({}, "eps is required"),
     ],
 )
 def test_square_rejects_bad_hyperparameters(params, match):
     with pytest.raises(ConfigError, match=match):
         gt.attacks.create("square", **params)
+
+
+def test_square_l2_fit_puts_the_clipped_perturbation_on_the_eps_sphere():
+    gen = torch.Generator().manual_seed(0)
+    x = (torch.rand(40, 1, 6, 6, generator=gen) > 0.5).double() * torch.rand(40, 1, 6, 6, generator=gen, dtype=torch.float64)
+    d = torch.randn(40, 1, 6, 6, generator=gen, dtype=torch.float64)
+    d[0] = 0.0
+    for eps in (0.3, 1.5):
+        out = _fit_l2(x, d, eps, 0.0, 1.0)
+        assert out.min() >= 0.0 and out.max() <= 1.0
+        dist = (out - x).flatten(1).norm(dim=1)
+        assert torch.allclose(dist[1:], torch.full_like(dist[1:], eps), rtol=1e-9)
+        assert float(dist[0]) == 0.0  # no direction, no move
+        # the same direction: every coordinate moves with the sign of d, none against it
+        moved = out - x
+        assert bool((moved * d >= 0).all())
+    # where nothing is clipped it is the paper's point x + ε·d/‖d‖
+    xm = torch.full((3, 1, 4, 4), 0.5, dtype=torch.float64)
+    dm = torch.randn(3, 1, 4, 4, generator=gen, dtype=torch.float64)
+    dm = 0.2 * dm / dm.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+    assert torch.allclose(_fit_l2(xm, dm, 0.2, 0.0, 1.0), xm + dm)
+    # an ε the bounds cannot reach: every moving coordinate goes to its bound
+    far = _fit_l2(x, d, 100.0, 0.0, 1.0)
+    assert torch.allclose(far[1:], torch.where(d[1:] > 0, 1.0, torch.where(d[1:] < 0, 0.0, x[1:])))
+
+
+@pytest.mark.parametrize("l2_bounds", ["rescale", "clip"])
+def test_square_l2_bounds_rescale_queries_on_the_sphere_clip_inside_it(digits_net, digits_batch, l2_bounds):
+    x, y = digits_batch
+    model = ScoresOnly(digits_net)
+    eps = 1.5
+    gt.attacks.create("square", norm="l2", eps=eps, max_queries=30, l2_bounds=l2_bounds).run(model, x, y, seed=0)
+    queried = torch.cat([c[0] for c in model.calls])
+    dist = (queried[:, None] - x[None]).flatten(2).norm(dim=-1).amin(dim=1)
+    assert queried.min() >= 0.0 and queried.max() <= 1.0
+    dist = dist[dist > 0]  # the search's queries (not the clean inputs the base class and the attack check)
+    assert float(dist.max()) <= eps * (1 + 1e-5)
+    if l2_bounds == "rescale":
+        # each candidate uses the whole budget, unless the bounds leave less in its direction
+        on_sphere = (dist >= eps * (1 - 1e-4)).double().mean()
+        assert float(on_sphere) > 0.9
+    else:
+        assert float(dist.mean()) < eps * 0.98  # the clip loses part of it on these digits

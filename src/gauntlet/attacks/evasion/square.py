@@ -6,6 +6,14 @@ position) and keeps it only when it lowers the loss; points stop being queried a
 are fooled.  L∞ starts from vertical stripes of ±ε, L2 from a grid of ±"pseudo-Gaussian"
 bumps and moves mass between two windows with the paper's centred-square update.
 
+L2 and the input bounds: the paper scales every L2 candidate to norm ε and then clips it to the
+bounds, so whatever the clip cuts off is lost (on MNIST, with most pixels at 0 or 1, typically a
+third to a half of the norm).  ``l2_bounds="rescale"`` (the default) scales the candidate along
+the same direction until the *clipped* perturbation has norm ε (an exact line search: the
+largest multiple of the direction whose clipped norm is ε), i.e. it puts every candidate on the
+boundary of the feasible set, the paper's own design principle; ``l2_bounds="clip"`` is the
+paper's (and the authors' code's) behaviour.  See BENCHMARKS.md section 12 for what it changes.
+
 Inputs of shape ``(N, C, H, W)`` use square windows; ``(N, H, W)`` is read as one channel;
 any other per-sample shape (e.g. tabular features) is read as a single row ``1 × D`` on which a
 "square" is a segment covering the same share ``p`` of the features.
@@ -73,6 +81,37 @@ def _flips(k: int, c: int, gen: torch.Generator, dev: torch.device, dt: torch.dt
     return (1 - 2 * bits).to(dt).view(k, c, 1, 1)
 
 
+def _fit_l2(x: Tensor, d: Tensor, eps: float, lo: float, hi: float) -> Tensor:
+    """``clip(x + λ·d)`` with the ``λ ≥ 0`` whose clipped perturbation has L2 norm ``eps``, per row.
+
+    The clipped norm grows with ``λ``: coordinate ``i`` moves ``λ|d_i|`` until it reaches its bound
+    (room ``r_i``) at ``λ = t_i = r_i/|d_i|``.  With the ``t_i`` sorted, ``‖·‖²`` on the stretch
+    where the first ``k`` coordinates are saturated is ``R_k + λ²·A_k`` (``R_k``: their squared
+    rooms, ``A_k``: the other ``d_i²``), so ``λ`` is exact: the first ``k`` whose solution
+    ``√((ε² − R_k)/A_k)`` lies before ``t_k``.  Where the bounds leave less than ``eps`` in that
+    direction, every coordinate that moves goes to its bound.
+    """
+    n = x.shape[0]
+    xf = x.reshape(n, -1).double()
+    df = d.reshape(n, -1).double()
+    a = df.abs()
+    room = torch.where(df > 0, hi - xf, xf - lo).clamp_min(0.0)
+    t = torch.where(a > 0, room / a.clamp_min(1e-300), torch.full_like(a, math.inf))
+    t, order = t.sort(dim=1)
+    r2 = torch.where(t.isfinite(), room.gather(1, order) ** 2, torch.zeros_like(t))
+    zero = torch.zeros(n, 1, dtype=xf.dtype, device=xf.device)
+    big_r = torch.cat([zero, r2.cumsum(1)], dim=1)  # R_k, k = 0..D
+    big_a = torch.cat([(a.gather(1, order) ** 2).flip(1).cumsum(1).flip(1), zero], dim=1)  # A_k
+    lam = ((eps**2 - big_r).clamp_min(0.0) / big_a.clamp_min(1e-300)).sqrt()
+    lam = torch.where((big_r >= eps**2) | (big_a <= 0), torch.full_like(lam, math.inf), lam)
+    valid = lam <= torch.cat([t, torch.full_like(zero, math.inf)], dim=1)
+    lam = lam.gather(1, valid.to(torch.uint8).argmax(dim=1, keepdim=True))  # the first valid k
+    # unreachable ε: a step long enough to take every moving coordinate to its bound
+    reach = torch.where(t.isfinite(), t, torch.zeros_like(t)).amax(dim=1, keepdim=True)
+    lam = torch.where(lam.isfinite(), lam, 2 * reach)
+    return (xf + lam * df).clamp(lo, hi).to(x.dtype).reshape(x.shape)
+
+
 def _window_mask(top: Tensor, left: Tensor, sh: int, sw: int, h: int, w: int) -> Tensor:
     """Boolean masks ``(n, 1, h, w)`` of the windows ``[top, top+sh) × [left, left+sw)``."""
     rows = torch.arange(h, device=top.device)
@@ -105,6 +144,10 @@ class Square(Attack):
             already fooled are never queried again.
         p_init: initial share of the features a square covers (0.8 in the paper for L∞, and
             fine for L2), halved on the paper's schedule rescaled to ``max_queries``.
+        l2_bounds: how an L2 candidate meets the input bounds. ``"rescale"``: scaled along its
+            direction so that its *clipped* perturbation has norm ε (on the ε-sphere whenever
+            the bounds allow; see the module docstring); ``"clip"``: the paper's scale to norm ε,
+            then clip (what the bounds cut off is lost).  Ignored for L∞.
         restarts: independent runs on the points still standing; they share ``max_queries``
             (each gets ``max_queries // restarts``, the first also the remainder).
         loss: ``"margin"`` (logit margin, the paper's untargeted loss) or ``"ce"``.
@@ -129,6 +172,7 @@ class Square(Attack):
         "p_init": [Interval(float, 0, 1, closed="right")],
         "restarts": [Interval(int, 1, None)],
         "loss": [Options(("margin", "ce"))],
+        "l2_bounds": [Options(("rescale", "clip"))],
         "search_precision": SEARCH_PRECISION,
     }
 
@@ -141,6 +185,7 @@ class Square(Attack):
         p_init: float = 0.8,
         restarts: int = 1,
         loss: str = "margin",
+        l2_bounds: str = "rescale",
         targeted: bool = False,
         batch_size: int | None = None,
         search_precision: str = "full",
@@ -151,6 +196,7 @@ class Square(Attack):
         self.p_init = p_init
         self.restarts = restarts
         self.loss = loss
+        self.l2_bounds = l2_bounds
         self.targeted = targeted
         self.batch_size = batch_size
         self.search_precision = search_precision
@@ -253,12 +299,16 @@ class Square(Attack):
             s0 = max(min(h, w) // 5, 1)
             nh, nw = h // s0, w // s0
             oh, ow = (h - s0 * nh) // 2, (w - s0 * nw) // 2
+            # the authors' code: a bump pair per tile, transposed at random tile by tile, with a
+            # random sign per tile and channel
             bump = _eta(s0, s0, dev, dt)
+            turn = (torch.rand(n, 1, nh, nw, generator=gen, device=dev) > 0.5)[..., None, None]
+            shapes = torch.where(turn, bump.T, bump)  # (n, 1, nh, nw, s0, s0)
             sgn = torch.randint(0, 2, (n, c, nh, nw), generator=gen, device=dev).to(dt) * 2 - 1
-            tiles = (sgn[:, :, :, None, :, None] * bump[None, None, None, :, None, :]).reshape(n, c, nh * s0, nw * s0)
+            tiles = (sgn[..., None, None] * shapes).permute(0, 1, 2, 4, 3, 5).reshape(n, c, nh * s0, nw * s0)
             delta0 = torch.zeros_like(x)
             delta0[:, :, oh : oh + nh * s0, ow : ow + nw * s0] = tiles
-            x_best = (x + eps * delta0 / _l2(delta0).clamp_min(1e-12)).clamp(lo, hi)
+            x_best = self._l2_place(x, delta0, eps, lo, hi)
         loss_best, fooled = self._query(ctx, unflat(x_best), y, t)
         used = torch.ones(n, dtype=torch.int64, device=dev)
 
@@ -336,7 +386,15 @@ class Square(Attack):
         new = new / new.pow(2).sum(dim=(2, 3), keepdim=True).sqrt().clamp_min(1e-12) * room
         delta = torch.where(m2, torch.zeros_like(delta), delta)
         delta[win] = new
-        return (x + eps * delta / _l2(delta).clamp_min(1e-12)).clamp(lo, hi)
+        return self._l2_place(x, delta, eps, lo, hi)
+
+    def _l2_place(self, x: Tensor, delta: Tensor, eps: float, lo: float, hi: float) -> Tensor:
+        """The candidate ``x + δ`` for the direction ``delta``: norm ε, then clipped (``"clip"``), or
+        clipped with norm ε (``"rescale"``)."""
+        d = eps * delta / _l2(delta).clamp_min(1e-12)
+        if self.l2_bounds == "rescale":
+            return _fit_l2(x, d, eps, lo, hi)
+        return (x + d).clamp(lo, hi)
 
 
 def _l2(z: Tensor) -> Tensor:
