@@ -12,8 +12,9 @@ on one CPU thread, with the same threat models and the same budgets:
   paper's L2 table for Madry's MNIST model); ``p_init`` = 0.8 for both norms (the paper's value
   for MNIST L∞, and both libraries' default for L2);
 * 1,000 and 5,000 queries per point, one run per budget (both tools rescale the ``p`` schedule
-  to the budget): gauntlet ``create("square", norm=..., eps=..., max_queries=B, p_init=0.8)``,
-  ART ``SquareAttack(norm=..., eps=..., max_iter=B, p_init=0.8, nb_restarts=1)`` (one candidate
+  to the budget): gauntlet ``create("square", norm=..., eps=..., max_queries=B, p_init=0.8)``
+  (for L2 its default ``l2_bounds="rescale"``; the tool ``gauntlet-clip`` runs the paper's
+  ``"clip"``), ART ``SquareAttack(norm=..., eps=..., max_iter=B, p_init=0.8, nb_restarts=1)`` (one candidate
   per standing point per iteration, so ``max_iter`` = B gives ART one candidate more than
   gauntlet, whose B includes the initial stripes/tiles).
 
@@ -39,16 +40,27 @@ call minus the counter's own bookkeeping.
 
 The default is the full grid (both models × both norms × both budgets) on 200 points, which
 takes hours on one loaded core (ART sends ``N`` rows per iteration for as long as any point
-stands); ``--plan MODEL:NORM:BUDGET:N,...`` runs chosen cells, e.g. the run in BENCHMARKS.md (``--plan loaded``)::
+stands); ``--plan MODEL:NORM:BUDGET:N,...`` runs chosen cells, e.g. the run of BENCHMARKS.md's L∞ rows (``--plan loaded``;
+its L2 cells, on 50 and 20 points, predate ``l2_bounds``)::
 
     .venv/bin/python benchmarks/bench_square.py --plan lenet5_clntrained:linf:1000:200,\\
     lenet5_clntrained:linf:5000:200,lenet5_clntrained:l2:1000:50,lenet5_advtrained:linf:1000:50,\\
     lenet5_advtrained:l2:1000:50,lenet5_advtrained:linf:5000:20,lenet5_clntrained:l2:5000:20
 
 Options: ``--n 200``, ``--models lenet5_clntrained,lenet5_advtrained``, ``--norms linf,l2``,
-``--budgets 1000,5000``, ``--plan ...``, ``--only gauntlet,art`` (add ``art-reference-scale`` for
-ART with its L2 window scaled as in the authors' code, see ``art_reference_scale``), ``--seed 0``,
-``--out square.json``.
+``--budgets 1000,5000``, ``--plan ...``, ``--only gauntlet,art`` (L2 cells also take
+``art-reference-scale``, ART with its L2 window scaled as in the authors' code, see
+``art_reference_scale``, and ``gauntlet-clip``, gauntlet with the paper's ``l2_bounds="clip"``),
+``--art-batch 50`` (ART on that many points per ``generate`` call: it queries every point of a call
+every iteration, so batches bound its cost; the points do not interact except through ART's
+one window position per iteration), ``--seed 0``, ``--out square.json``.  The L2 run in
+BENCHMARKS.md::
+
+    .venv/bin/python benchmarks/bench_square.py --plan lenet5_clntrained:l2:1000:200,lenet5_advtrained:l2:1000:200 \\
+        --only gauntlet,gauntlet-clip,art,art-reference-scale --art-batch 50 --out square_l2.json
+    .venv/bin/python benchmarks/bench_square.py --plan lenet5_clntrained:l2:5000:50,lenet5_advtrained:l2:5000:50 \\
+        --only gauntlet,gauntlet-clip,art --art-batch 50 --out square_l2_5000.json
+
 Writes ``benchmarks/results/square.json``.
 """
 
