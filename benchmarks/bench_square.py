@@ -214,6 +214,9 @@ def stats(net: nn.Module, x: Tensor, y: Tensor, x_adv: Tensor, cnt: Counter | Me
         "total_rows_per_point": float(cnt.raw.sum()) / n,
         "fallback_rows": cnt.fallback_rows,
         "cpu_seconds": cpu,
+        # per point: fooled (a valid adversarial of a clean-correct point), distinct queries to success
+        "fooled_points": ok.nonzero().squeeze(1).tolist(),
+        "distinct_queries_per_point": cnt.distinct_success.tolist(),
         "_ok": ok, "_distinct": cnt.distinct_success.clone(), "_raw": cnt.raw_success.clone(),
     }
 
@@ -395,6 +398,22 @@ def main() -> None:
           f"{fmt(r['mean_raw_queries_successful'])} / {fmt(r['median_raw_queries_successful'])}",
           fmt(r["total_rows_per_point"]), fmt(r["cpu_seconds"])] for r in rows],
     ))
+    # queries on the points both gauntlet and another tool fooled (the means above are over different
+    # sets when the success rates differ)
+    for r in rows:
+        if r["tool"] != "gauntlet":
+            continue
+        for o in rows:
+            if o["tool"] == "gauntlet" or (o["model"], o["norm"], o["budget"], o["n"]) != (
+                    r["model"], r["norm"], r["budget"], r["n"]):
+                continue
+            both = sorted(set(r["fooled_points"]) & set(o["fooled_points"]))
+            if both:
+                qg = float(np.mean([r["distinct_queries_per_point"][i] for i in both]))
+                qo = float(np.mean([o["distinct_queries_per_point"][i] for i in both]))
+                log(f"{r['model']} {r['norm']} B={r['budget']} n={r['n']}: on the {len(both)} points both fooled, mean "
+                    f"distinct queries gauntlet {qg:.1f} vs {o['tool']} {qo:.1f}; fooled by gauntlet only "
+                    f"{len(set(r['fooled_points']) - set(both))}, by {o['tool']} only {len(set(o['fooled_points']) - set(both))}")
     checks = [r for r in rows if r["tool"].startswith("gauntlet")]
     if checks:
         log(f"\ngauntlet's own queries_per_sample equals the counter's counts: {all(r['own_count_matches'] for r in checks)}")
