@@ -178,6 +178,7 @@ def _ray_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(layout, "MEASURE_MIN_S", 0.0)
     monkeypatch.setattr(layout, "RAY_FIXED_S", 0.0)
     monkeypatch.setattr(layout, "RAY_UNIT_S", 0.0)
+    monkeypatch.setattr(layout, "RAY_MARGIN", 0.0)
     monkeypatch.setattr(
         layout, "measure_layouts",
         lambda net, x, cores, **kw: layout.LayoutTimes(cores=cores, one=1.0, intra=0.6, inter=1.0, batch=len(x), passes=1),
@@ -196,7 +197,8 @@ def test_an_auto_audit_that_picks_ray_runs_the_rest_on_the_cluster_and_equals_th
         torch.set_num_threads(previous)
     _ray_wins(monkeypatch)
     db = tmp_path / "g.db"
-    run = run_audit(spec, store=f"sqlite:///{db}", executor=AutoExecutor(workers=2))
+    with AutoExecutor(workers=2) as auto:
+        run = run_audit(spec, store=f"sqlite:///{db}", executor=auto)
     ex = run.report["manifest"]["executor"]
     assert (ex["name"], ex["layout"], ex["threads"]) == ("auto", "ray", 1) and "saved on 47 units" in ex["why"]
     assert comparable(run.report) == comparable(local)
@@ -225,7 +227,8 @@ def test_auto_runs_in_process_with_one_log_line_when_ray_does_not_start(
     try:
         local = run_audit(spec, store=None, executor="local").report
         with caplog.at_level("WARNING", logger="gauntlet.audit.executors"):
-            run = run_audit(spec, store=None, executor=AutoExecutor(workers=2))
+            with AutoExecutor(workers=2) as auto:
+                run = run_audit(spec, store=None, executor=auto)
     finally:
         torch.set_num_threads(previous)
     ex = run.report["manifest"]["executor"]

@@ -237,6 +237,11 @@ class AutoExecutor(Executor):
     A Ray cluster that fails to start falls back to this process with one log line.  What was
     decided and why is in ``describe()`` (the manifest's ``executor``).
 
+    The process's torch thread count is part of the layout: :meth:`start` sets one thread (so the
+    audit's work outside the units — the model's warm-up, the clean predictions — runs on it too),
+    :meth:`run` leaves the decided count in place for the report that follows, and :meth:`close`
+    restores what the process had before :meth:`start`.
+
     Args:
         workers: the CPU cores to use (default: those this process may run on).
     """
@@ -248,18 +253,36 @@ class AutoExecutor(Executor):
             raise ConfigError(f"--workers must be an int >= 1, got {workers!r}")
         self.workers = workers
         self._decision: dict[str, Any] = {}
+        self._saved_threads: int | None = None
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "cores": self.workers or available_cpus(), **self._decision}
+
+    def start(self) -> None:
+        import torch
+
+        if self._saved_threads is None:
+            self._saved_threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def close(self) -> None:
+        import torch
+
+        if self._saved_threads is not None:
+            torch.set_num_threads(self._saved_threads)
+            self._saved_threads = None
 
     def run(self, env: Any, tasks: Sequence[Task], on_done: OnDone) -> None:
         import torch
 
         cores = self.workers or available_cpus()
-        saved = torch.get_num_threads()
+        if self._saved_threads is None:  # run without start(): close() still restores the count
+            self.start()
         torch.set_num_threads(1)
+        failed = True
         try:
             if not tasks:
+                failed = False
                 return
             first, rest = tasks[0], list(tasks[1:])
             t0 = time.perf_counter()
@@ -280,11 +303,14 @@ class AutoExecutor(Executor):
                         ray.run(env, rest, on_done)
                     finally:
                         ray.close()
+                    failed = False
                     return
             torch.set_num_threads(int(self._decision.get("threads", 1)))
             LocalExecutor().run(env, rest, on_done)
+            failed = False
         finally:
-            torch.set_num_threads(saved)
+            if failed:  # an error or an interrupt: the caller's thread count back at once
+                self.close()
 
     def _decide(self, env: Any, unit_s: float, rest: Sequence[Task], cores: int) -> dict[str, Any]:
         from gauntlet.audit import layout

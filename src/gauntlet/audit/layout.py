@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "MEASURE_MIN_S", "RAY_FIXED_S", "RAY_UNIT_S", "LayoutChoice", "LayoutTimes", "choose_layout", "measure_layouts",
+    "MEASURE_MIN_S", "RAY_FIXED_S", "RAY_MARGIN", "RAY_UNIT_S", "LayoutChoice", "LayoutTimes", "choose_layout", "measure_layouts",
     "worth_measuring",
 ]
 
@@ -47,6 +47,10 @@ RAY_FIXED_S = 6.0
 #: Ray's overhead per unit, seconds (BENCHMARKS §9: +0.22 s per unit, mostly units running slower
 #: in fresh worker processes; scheduling and the object store ≈ 0.04 s)
 RAY_UNIT_S = 0.2
+#: Ray is chosen only when predicted at least this much faster than staying in process: its
+#: overheads grow with the machine's load (§9: 3.8–7.9 s to start), and the side-by-side threads
+#: that stand in for its workers share one process
+RAY_MARGIN = 0.1
 
 
 @dataclass(frozen=True)
@@ -115,7 +119,7 @@ def choose_layout(unit_s: float, units_left: int, times: LayoutTimes, *, ray: bo
     seconds in this process on one thread, given the measured speed-ups: this process on one
     thread, or on ``cores`` threads, or — if ``ray`` — ``cores`` one-thread units side by side on
     a local Ray cluster, start-up and per-unit overhead included (:data:`RAY_FIXED_S`,
-    :data:`RAY_UNIT_S`)."""
+    :data:`RAY_UNIT_S`), when predicted at least :data:`RAY_MARGIN` faster."""
     cores, s_intra, s_inter = times.cores, times.intra_speedup, times.inter_speedup
     one = unit_s * units_left
     threads, local = (cores, one / s_intra) if s_intra > 1.0 else (1, one)
@@ -123,10 +127,12 @@ def choose_layout(unit_s: float, units_left: int, times: LayoutTimes, *, ray: bo
     if not ray:
         return LayoutChoice("local", threads, f"{gain}; Ray is not installed", local)
     ray_s = one / max(s_inter, 1e-9) + RAY_FIXED_S + RAY_UNIT_S * units_left
-    if ray_s < local:
+    if ray_s < (1.0 - RAY_MARGIN) * local:
         return LayoutChoice("ray", 1, f"{gain}: about {local - ray_s:.0f} s saved on {units_left} units, Ray's start included", local, ray_s)
     return LayoutChoice(
-        "local", threads, f"{gain}: Ray would not repay its start and per-unit overhead on {units_left} units", local, ray_s
+        "local", threads,
+        f"{gain}: Ray would not be {RAY_MARGIN:.0%} faster, its start and per-unit overhead included, on {units_left} units",
+        local, ray_s,
     )
 
 
