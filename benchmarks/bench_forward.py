@@ -52,6 +52,43 @@ def timed_build(fn: Callable[[], Any]) -> tuple[float, float]:
     return time.process_time() - c0, time.perf_counter() - t0
 
 
+def model_flops(net: torch.nn.Module, x: Tensor) -> float:
+    """Floating-point operations of one forward pass on ``x``: 2 per multiply-add of every
+    convolution and linear layer (what dominates; activations and pools are not counted)."""
+    total = 0.0
+
+    def hook(mod: torch.nn.Module, inp: Any, out: Tensor) -> None:
+        nonlocal total
+        if isinstance(mod, torch.nn.Conv2d):
+            k = mod.in_channels // mod.groups * mod.kernel_size[0] * mod.kernel_size[1]
+            total += 2.0 * out.numel() * k
+        elif isinstance(mod, torch.nn.Linear):
+            total += 2.0 * out.numel() * mod.in_features
+
+    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    try:
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def sgemm_gflops(n: int = 1024, repeats: int = 7) -> float:
+    """This core's float32 matrix-multiply rate through PyTorch (one thread, ``n``×``n``, the best
+    of ``repeats`` CPU-timed rounds): the practical ceiling of dense float32 work here."""
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        c0 = time.process_time()
+        for _ in range(4):
+            a @ b
+        best = min(best, (time.process_time() - c0) / 4)
+    return 2.0 * n**3 / best / 1e9
+
+
 def bench_model(name: str, x: Tensor, x_check: Tensor, repeats: int, use_compile: bool) -> dict[str, Any]:
     net = C.load_model(name)
     fast = gt.models.TorchModel(net, num_classes=10, input_shape=(1, 28, 28))
@@ -119,6 +156,9 @@ def bench_model(name: str, x: Tensor, x_check: Tensor, repeats: int, use_compile
             "cpu_s": cpu[k],
             "wall_s": wall[k],
         }
+    flops = model_flops(net, x)
+    for row in rows.values():
+        row["gflops"] = flops * INNER / row["cpu_median_s"] / 1e9
     if fast._frozen.builds != 1:
         raise SystemExit(f"{name}: the frozen copy was built {fast._frozen.builds} times (expected once)")
     return {
@@ -128,6 +168,7 @@ def bench_model(name: str, x: Tensor, x_check: Tensor, repeats: int, use_compile
         "build_cpu_s": build_cpu,
         "build_wall_s": build_wall,
         "max_abs_logit_diff": max_diff,
+        "gflop_per_batch": flops / 1e9,
         "logit_scale": scale,
         "compile_build_cpu_s": None if compile_build is None else compile_build[0],
         "compile_build_wall_s": None if compile_build is None else compile_build[1],
@@ -147,6 +188,7 @@ def main() -> None:
     x = x_all[: args.batch].contiguous()
 
     results = [bench_model(name, x, x_all, args.repeats, args.compile) for name in MODELS]
+    peak = sgemm_gflops()
     table = []
     for r in results:
         for k, row in r["rows"].items():
@@ -165,12 +207,18 @@ def main() -> None:
                 f"; torch.compile build {r['compile_build_cpu_s']:.1f} s CPU ({r['compile_build_wall_s']:.1f} s wall),"
                 f" max diff {r['compile_max_abs_logit_diff']:.2g}"
             )
+        eager_gf = r["rows"]["eager net(x)"]["gflops"]
+        fast_gf = r["rows"]["TorchModel scores (fast)"]["gflops"]
+        print(
+            f"{r['model']}: {r['gflop_per_batch']:.2f} GFLOP per batch; eager {eager_gf:.0f} GFLOP/s, fast {fast_gf:.0f} GFLOP/s "
+            f"= {fast_gf / peak:.0%} of this core's sgemm rate ({peak:.0f} GFLOP/s); 2× eager needs {2 * eager_gf:.0f} GFLOP/s"
+        )
         print(
             f"{r['model']}: build {r['build_cpu_s']:.3f} s CPU ({r['build_wall_s']:.3f} s wall), "
             f"max |fast - eager| {r['max_abs_logit_diff']:.2g} (logit scale {r['logit_scale']:.1f}), "
             f"fast scores {fast:.2f}× eager: must reach ≥ 2× and ≤ 1e-5: {'REACHED' if ok else 'NOT REACHED'}{extra}"
         )
-    path = C.write_json("forward.json", {"env": C.environment(), "args": vars(args), "results": results})
+    path = C.write_json("forward.json", {"env": C.environment(), "args": vars(args), "sgemm_gflops": peak, "results": results})
     print(f"\nwritten {path}")
 
 
