@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gauntlet.audit import layout, load_spec, run_audit
-from gauntlet.audit.executors import AutoExecutor, make_executor
+from gauntlet.audit.executors import AutoExecutor, Task, make_executor
 from gauntlet.audit.layout import LayoutTimes, choose_layout, measure_layouts, worth_measuring
 from gauntlet.audit.report import comparable
 from gauntlet.errors import ConfigError
@@ -116,8 +116,9 @@ def local_report(model_file: Path) -> Any:
 
 
 def test_a_short_auto_audit_runs_in_process_without_measuring_and_equals_the_local_audit(
-    model_file: Path, local_report: dict[str, Any]
+    model_file: Path, local_report: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(layout, "MEASURE_MIN_S", 1e9)  # every audit is "short": no measurement, one thread
     spec = load_spec(small_spec(model_file))
     threads = torch.get_num_threads()
     with AutoExecutor(workers=2) as auto:
@@ -182,3 +183,18 @@ def test_cli_auto_lays_out_the_threads_it_is_given(model_file: Path, tmp_path: P
     assert res.exit_code == 0, res.output
     ex = json.loads((tmp_path / "out" / "report.json").read_text())["manifest"]["executor"]
     assert (ex["name"], ex["cores"], ex["layout"], ex["why"]) == ("auto", 1, "local", "one CPU core")
+
+
+def test_the_work_left_is_estimated_from_the_first_unit_scaled_by_cost_within_its_study() -> None:
+    from gauntlet.audit.executors import _seconds_per_unit
+
+    class Unit:
+        def __init__(self, key: str, cost: float) -> None:
+            self.key, self.cost = key, cost
+
+    a, b = object(), object()  # two studies
+    first = Task(a, Unit("f", 10.0), 0)
+    rest = [Task(a, Unit("p", 200.0), 1), Task(a, Unit("q", 10.0), 2), Task(b, Unit("r", 1e6), 3)]
+    # same study: 0.5 s x 20 and 0.5 s x 1; another study's cost scale is not comparable: as the first
+    assert _seconds_per_unit(0.5, first, rest) == pytest.approx((10.0 + 0.5 + 0.5) / 3)
+    assert _seconds_per_unit(0.5, first, []) == 0.5

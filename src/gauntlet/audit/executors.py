@@ -226,8 +226,9 @@ class AutoExecutor(Executor):
     """The faster thread layout on this machine, decided per audit (:mod:`gauntlet.audit.layout`).
 
     The first unit runs in this process on one torch thread (the layout that is never badly wrong:
-    on a busy machine every-core threads can be several times slower, BENCHMARKS §36) and is
-    timed.  When the units left are predicted to take more than a few seconds, the model's
+    on a busy machine every-core threads can be several times slower, BENCHMARKS §37) and is
+    timed.  When the units left are predicted (its time scaled by their ``cost``) to take more
+    than a few seconds, the model's
     input-gradient pass is timed on one thread, on ``cores`` threads and as ``cores`` one-thread
     copies side by side (about a second), and the rest of the audit runs where it is predicted to
     finish first: in this process on one thread or on ``cores``, or as one-thread units on a local
@@ -290,7 +291,7 @@ class AutoExecutor(Executor):
             unit_s = time.perf_counter() - t0
             on_done(first, record)
             _trim_heap()
-            self._decision = {"first_unit_s": round(unit_s, 3), **self._decide(env, unit_s, rest, cores)}
+            self._decision = {"first_unit_s": round(unit_s, 3), **self._decide(env, unit_s, first, rest, cores)}
             if self._decision["layout"] == "ray":
                 ray = RayExecutor(workers=cores)
                 try:
@@ -312,7 +313,10 @@ class AutoExecutor(Executor):
             if failed:  # an error or an interrupt: the caller's thread count back at once
                 self.close()
 
-    def _decide(self, env: Any, unit_s: float, rest: Sequence[Task], cores: int) -> dict[str, Any]:
+    def _decide(self, env: Any, unit_s: float, first: Task, rest: Sequence[Task], cores: int) -> dict[str, Any]:
+        """Measure the layouts when the cost-scaled estimate of the work left says it is worth it
+        (a wrong guess costs a second); choose Ray only on the conservative estimate, every unit
+        left as long as the first, the cheapest (a wrong guess costs Ray's start)."""
         from gauntlet.audit import layout
 
         def local(why: str) -> dict[str, Any]:
@@ -320,9 +324,10 @@ class AutoExecutor(Executor):
 
         if cores < 2:
             return local("one CPU core")
-        if not layout.worth_measuring(unit_s, len(rest), cores):
+        per_unit = _seconds_per_unit(unit_s, first, rest)
+        if not layout.worth_measuring(per_unit, len(rest), cores):
             return local(
-                f"{len(rest)} units of ~{unit_s:.2g} s left: too little work to be worth measuring the layouts "
+                f"{len(rest)} units of ~{per_unit:.2g} s left: too little work to be worth measuring the layouts "
                 f"(under {layout.MEASURE_MIN_S:g} s on one thread)"
             )
         net = _torch_network(env)
@@ -341,7 +346,19 @@ class AutoExecutor(Executor):
         else:
             has_ray = True
         choice = layout.choose_layout(unit_s, len(rest), times, ray=has_ray)
-        return {**choice.as_dict(), "measured": times.as_dict()}
+        return {**choice.as_dict(), "estimated_work_s": round(per_unit * len(rest), 2), "measured": times.as_dict()}
+
+
+def _seconds_per_unit(unit_s: float, first: Task, rest: Sequence[Task]) -> float:
+    """The predicted mean one-thread seconds of the units left, from the first unit's ``unit_s``:
+    a unit of the same study scaled by its ``cost`` relative to the first's (a study's costs share
+    one scale, e.g. samples × steps), a unit of another study counted as the first (the cheapest:
+    an under-estimate)."""
+    if not rest:
+        return unit_s
+    study, base = first.study, first.cost
+    total = sum(unit_s * (t.cost / base if t.study is study and base > 0 else 1.0) for t in rest)
+    return total / len(rest)
 
 
 def available_cpus() -> int:

@@ -14,7 +14,8 @@ the answer depends on the model, the machine and the audit's length, and :class:
   Ray's worker processes and slightly under-rates them (Python's own work between kernels is
   serialised by the GIL), so the choice errs towards staying in process.
 * :func:`choose_layout`: the first unit's time on one thread, times the units still to run
-  (cheapest first, so a lower bound of the work left), predicts each layout's remaining time —
+  (cheapest first, so a lower bound of the work left; whether to measure at all is decided on the
+  cost-scaled estimate, see ``AutoExecutor``), predicts each layout's remaining time —
   this process on one thread, this process on every core (on a busy machine that can be several
   times slower than one thread: BENCHMARKS §36), and a local Ray cluster, whose start-up and
   per-unit overhead are added — and takes the shortest.  An audit with less than
