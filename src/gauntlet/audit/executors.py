@@ -6,9 +6,9 @@ store's only writer) commits the record there.  A unit's result depends only on 
 environment, never on where or in which order it runs, so every executor gives the same report.
 
 * :class:`LocalExecutor` (``--executor local``, the default): one unit after the other.
-* :class:`AutoExecutor` (``--executor auto``): the faster of the two on this machine, decided per
-  audit after its first unit — every core as intra-op threads in this process, or one-thread
-  units side by side on a local Ray cluster (:mod:`gauntlet.audit.layout`).
+* :class:`AutoExecutor` (``--executor auto``): the fastest layout on this machine, measured per
+  audit after its first unit — this process on one thread or on every core, or one-thread units
+  side by side on a local Ray cluster (:mod:`gauntlet.audit.layout`).
 * :class:`RayExecutor` (``--executor ray [--ray-address ADDR]``): units as Ray tasks, one CPU and
   one torch thread each; the environment (model and data) is put in the object store once.  A
   worker that dies is retried by Ray (``max_retries``); a unit that fails on every try, or raises,
@@ -228,15 +228,14 @@ class AutoExecutor(Executor):
     The first unit runs in this process on one torch thread (the layout that is never badly wrong:
     on a busy machine every-core threads can be several times slower, BENCHMARKS §37) and is
     timed.  When the units left are predicted (its time scaled by their ``cost``) to take more
-    than a few seconds, the model's
-    input-gradient pass is timed on one thread, on ``cores`` threads and as ``cores`` one-thread
-    copies side by side (about a second), and the rest of the audit runs where it is predicted to
-    finish first: in this process on one thread or on ``cores``, or as one-thread units on a local
-    Ray cluster of ``cores`` workers (only when Ray is installed and repays its start).  On one
-    core, on a GPU, for a model that is not a PyTorch network, or for a short audit, everything
-    runs in this process on one thread.
-    A Ray cluster that fails to start falls back to this process with one log line.  What was
-    decided and why is in ``describe()`` (the manifest's ``executor``).
+    than a few seconds, the model's input-gradient pass is timed on one thread, on ``cores``
+    threads and as ``cores`` one-thread copies side by side (about a second), and the rest of the
+    audit runs where it is predicted to finish first: in this process on one thread or on
+    ``cores``, or as one-thread units on a local Ray cluster of ``cores`` workers (only when Ray is
+    installed and repays its start).  On one core, on a GPU, for a model that is not a PyTorch
+    network, or for a short audit, everything runs in this process on one thread.  A Ray cluster
+    that fails to start falls back to this process with one log line.  What was decided and why is
+    in ``describe()`` (the manifest's ``executor``).
 
     The process's torch thread count is part of the layout: :meth:`start` sets one thread (so the
     audit's work outside the units — the model's warm-up, the clean predictions — runs on it too),
