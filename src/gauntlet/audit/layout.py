@@ -1,23 +1,25 @@
-"""Which thread layout runs an audit faster on this machine: one process with every core as
-intra-op threads, or one-thread units side by side on a local Ray cluster (inter-op).
+"""Which thread layout runs an audit fastest on this machine: this process on one thread, this
+process with every core as intra-op threads, or one-thread units side by side on a local Ray
+cluster (inter-op).
 
 Measured here (BENCHMARKS §36, 2 cores): two one-thread processes ran PGD-40 2.0× faster than
 one thread where one process with two threads ran it 1.7× faster, and the two tied on APGD-CE
 with early stop; a local Ray cluster costs ≈ 6 s to start and stop and ≈ 0.2 s per unit (§9).  So
-the answer depends on the model, the machine and the audit's length, and :class:`AutoExecutor
+the answer depends on the model, the machine, its load and the audit's length, and :class:`AutoExecutor
 <gauntlet.audit.executors.AutoExecutor>` decides it per audit from two things:
 
 * :func:`measure_layouts`: the model's input-gradient pass (the bulk of an attack's work) timed
   three ways on a batch of the audit's data — one thread, ``cores`` intra-op threads, and
   ``cores`` one-thread copies of the network at once in Python threads (each on its own deep
   copy, no state shared; PyTorch releases the GIL inside its kernels).  The last stands in for
-  Ray's worker processes and slightly under-rates them (Python's own work between kernels is
-  serialised by the GIL), so the choice errs towards staying in process.
+  Ray's worker processes: it under-rates them where Python's own work between kernels matters
+  (the GIL serialises it) and over-rated them on a busy machine (BENCHMARKS §37), hence
+  :data:`RAY_MARGIN`.
 * :func:`choose_layout`: the first unit's time on one thread, times the units still to run
   (cheapest first, so a lower bound of the work left; whether to measure at all is decided on the
   cost-scaled estimate, see ``AutoExecutor``), predicts each layout's remaining time —
   this process on one thread, this process on every core (on a busy machine that can be several
-  times slower than one thread: BENCHMARKS §36), and a local Ray cluster, whose start-up and
+  times slower than one thread: BENCHMARKS §37), and a local Ray cluster, whose start-up and
   per-unit overhead are added — and takes the shortest.  An audit with less than
   :data:`MEASURE_MIN_S` of one-thread work left stays on one thread without measuring anything.
 
