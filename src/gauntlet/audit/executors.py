@@ -19,6 +19,7 @@ environment, never on where or in which order it runs, so every executor gives t
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -279,6 +280,7 @@ class AutoExecutor(Executor):
         if self._saved_threads is None:  # run without start(): close() still restores the count
             self.start()
         torch.set_num_threads(1)
+        self._decision = {}  # an executor reused for another audit describes this one's decision only
         failed = True
         try:
             if not tasks:
@@ -338,12 +340,8 @@ class AutoExecutor(Executor):
             times = layout.measure_layouts(net, x, cores)
         except Exception as exc:  # noqa: BLE001 - a network that cannot be copied or run this way: stay in process
             return local(f"the layouts could not be measured ({type(exc).__name__}: {first_line(exc)})")
-        try:
-            import ray  # noqa: F401
-        except ModuleNotFoundError:
-            has_ray = False
-        else:
-            has_ray = True
+        # whether Ray is installed, without importing it (seconds) when it may not be chosen
+        has_ray = importlib.util.find_spec("ray") is not None
         choice = layout.choose_layout(unit_s, len(rest), times, ray=has_ray)
         return {**choice.as_dict(), "estimated_work_s": round(per_unit * len(rest), 2), "measured": times.as_dict()}
 
