@@ -42,29 +42,21 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import _common  # noqa: E402
 
 MODES = ("local-1", "local-all", "ray", "auto")
-AUDITS = {
-    "short": ("models/advertorch_lenet5_mnist_clntrained.pt", "lenet5"),
-    "long": ("models/trades_smallcnn_mnist.pt", "smallcnn"),
-}
+SMALLCNN = "models/trades_smallcnn_mnist.pt"
 
 
 def spec_for(shared: Path, which: str) -> dict[str, Any]:
-    path, arch = AUDITS[which]
-    if not (shared / path).is_file():
-        raise SystemExit(f"bench_audit_auto: {shared / path} not found; set GAUNTLET_SHARED=/path/to/shared")
-    data = {"path": str(shared / "data" / "mnist"), "split": "test", "seed": 0}
-    if which == "short":
-        return {
-            "model": {"path": str(shared / path), "name": f"{arch}-{which}", "arch": arch},
-            "data": {**data, "n": 500},
-            "threats": [{"norm": "linf", "eps": [0.1, 0.2, 0.3]}, {"norm": "l2", "eps": [1.0, 2.0]}],
-            "attacks": ["fgsm", {"name": "pgd", "steps": 20}],
-            "batch_size": 50,
-            "seed": 0,
-        }
+    if which == "short":  # section 9's audit, as bench_audit_executors builds it
+        from bench_audit_executors import shared_dir as section9_shared
+        from bench_audit_executors import spec_for as section9_spec
+
+        section9_shared()  # checks its model and data are there
+        return section9_spec(shared, n=500, batch_size=50, pgd_steps=20)
+    if not (shared / SMALLCNN).is_file():
+        raise SystemExit(f"bench_audit_auto: {shared / SMALLCNN} not found; set GAUNTLET_SHARED=/path/to/shared")
     return {
-        "model": {"path": str(shared / path), "name": f"{arch}-{which}", "arch": arch},
-        "data": {**data, "n": 1024},
+        "model": {"path": str(shared / SMALLCNN), "name": "smallcnn-long", "arch": "smallcnn"},
+        "data": {"path": str(shared / "data" / "mnist"), "split": "test", "seed": 0, "n": 1024},
         "threats": [{"norm": "linf", "eps": [0.3]}],
         "attacks": [{"name": "pgd", "steps": 40}],
         "batch_size": 128,
